@@ -1,0 +1,13 @@
+"""lightnets: light CNNs written once as a framework-neutral spec, lowered to torch, keras and paddle.
+
+``import lightnets`` needs numpy only; frameworks are imported when a backend is first used.
+"""
+
+from .api import build, export_weights, load_backend, load_weights, run, save_weights, spec
+from .errors import LightnetsError
+from .graph import Graph, GraphBuilder, Node
+from .registry import get_spec, list_models
+
+__version__ = "0.1.0"
+__all__ = ["build", "export_weights", "load_weights", "save_weights", "run", "spec", "load_backend",
+           "get_spec", "list_models", "Graph", "GraphBuilder", "Node", "LightnetsError", "__version__"]

@@ -1,0 +1,94 @@
+"""The user-facing API: build a native model from an id or a graph, move canonical weights in and out."""
+
+from __future__ import annotations
+
+import importlib
+import importlib.util
+import os
+import sys
+from collections.abc import Mapping
+from types import ModuleType
+
+import numpy as np
+
+from . import registry, weights as W
+from .errors import BackendNotInstalledError, LightnetsError, UnknownBackendError
+from .graph import Graph
+
+BACKENDS = {"torch": ("torch", "torch"), "keras": ("keras", "keras"), "paddle": ("paddle", "paddle")}
+DTYPES = ("float32", "float64")
+
+
+def load_backend(name: str) -> ModuleType:
+    """Import ``lightnets.backends.<name>``; raise a clear error if it or its framework is missing."""
+    if name not in BACKENDS:
+        raise UnknownBackendError(f"unknown backend {name!r}; choose one of {', '.join(BACKENDS)}")
+    framework, extra = BACKENDS[name]
+    module = f"lightnets.backends.{name}"
+    if module not in sys.modules and importlib.util.find_spec(framework) is None:
+        raise BackendNotInstalledError(f"backend {name!r} needs the {framework!r} package, which is not "
+                                       f"installed; run: pip install 'lightnets[{extra}]'")
+    return importlib.import_module(module)
+
+
+def backend_of(model) -> ModuleType:
+    """The backend module that built ``model``."""
+    for name in BACKENDS:
+        module = sys.modules.get(f"lightnets.backends.{name}")
+        if module is not None and module.owns(model):
+            return module
+    raise LightnetsError(f"{type(model).__name__} is not a lightnets model; build one with lightnets.build()")
+
+
+def spec(arch: str | Graph, num_classes: int = 1000, input_size: int = 224, include_top: bool = True) -> Graph:
+    """The graph for a model id (or the graph itself)."""
+    if isinstance(arch, Graph):
+        return arch
+    if not isinstance(arch, str):
+        raise LightnetsError(f"arch must be a model id or a Graph, got {type(arch).__name__}")
+    return registry.get_spec(arch, num_classes=num_classes, input_size=input_size, include_top=include_top)
+
+
+def _as_weights(weights) -> Mapping[str, np.ndarray]:
+    if isinstance(weights, (str, os.PathLike)):
+        return W.load(weights)
+    return weights
+
+
+def build(arch: str | Graph, backend: str = "torch", weights=None, num_classes: int = 1000,
+          input_size: int = 224, include_top: bool = True, dtype: str = "float32", seed: int = 0):
+    """Build the native model of ``arch`` in ``backend``.
+
+    ``weights``: canonical dict or a ``.safetensors``/``.npz`` path; ``None`` gives the deterministic
+    random init of ``seed``. Weights are checked against the spec before the framework is touched.
+    """
+    if dtype not in DTYPES:
+        raise LightnetsError(f"dtype {dtype!r} is not supported; use one of {DTYPES}")
+    graph = spec(arch, num_classes, input_size, include_top)
+    w = W.init_weights(graph, seed) if weights is None else W.check_weights(graph, _as_weights(weights))
+    be = load_backend(backend)
+    model = be.build(graph, dtype)
+    be.set_weights(model, w)
+    return model
+
+
+def export_weights(model) -> W.Weights:
+    """The canonical weights of a lightnets model of any backend."""
+    return backend_of(model).get_weights(model)
+
+
+def load_weights(model, weights) -> None:
+    """Assign canonical weights (dict or file) to ``model``; checked in full before any assignment."""
+    be = backend_of(model)
+    be.set_weights(model, W.check_weights(be.graph_of(model), _as_weights(weights)))
+
+
+def save_weights(model, path) -> None:
+    """Save a model's canonical weights (``.safetensors`` or ``.npz``), atomically."""
+    be = backend_of(model)
+    W.save(be.get_weights(model), path, metadata={"lightnets.graph": be.graph_of(model).name})
+
+
+def run(model, x: np.ndarray, return_all: bool = False):
+    """Eval forward of a lightnets model of any backend on an NCHW numpy batch."""
+    return backend_of(model).run(model, x, return_all=return_all)

@@ -1,0 +1,3 @@
+"""Architectures as paper tables plus one builder per family; importing this registers them all."""
+
+from . import mobilenet_v1, mobilenet_v2  # noqa: F401

@@ -1,0 +1,43 @@
+"""MobileNetV1 (Howard et al. 2017, table 1): depthwise-separable convs, width multiplier alpha."""
+
+from __future__ import annotations
+
+from typing import NamedTuple
+
+from ..graph import Graph, GraphBuilder
+from ..registry import register
+from .common import width_id
+
+
+class DWSep(NamedTuple):
+    """One depthwise-separable layer: 3x3 depthwise of ``stride``, then 1x1 to ``out`` channels."""
+
+    out: int
+    stride: int
+
+
+STEM = 32
+# Paper table 1, after the 3x3/2 stem conv of 32 channels.
+LAYERS = (
+    DWSep(64, 1), DWSep(128, 2), DWSep(128, 1), DWSep(256, 2), DWSep(256, 1), DWSep(512, 2),
+    *[DWSep(512, 1)] * 5,
+    DWSep(1024, 2), DWSep(1024, 1),
+)
+WIDTHS = (0.25, 0.5, 0.75, 1.0)
+
+
+def build(name: str, width: float, num_classes: int, input_size: int, include_top: bool,
+          dropout: float = 0.0, eps: float = 1e-5) -> Graph:
+    """MobileNetV1: channels are ``int(c * width)`` as in keras.applications and paddle.vision."""
+    g = GraphBuilder(name, (3, input_size, input_size), family="mobilenet_v1", width=width)
+    x = g.conv_bn_act("stem", "input", int(STEM * width), 3, stride=2, eps=eps)
+    for i, layer in enumerate(LAYERS):
+        c = g.channels(x)
+        x = g.conv_bn_act(f"blocks.{i}.dw", x, c, 3, stride=layer.stride, groups=c, eps=eps)
+        x = g.conv_bn_act(f"blocks.{i}.pw", x, int(layer.out * width), 1, eps=eps)
+    g.classifier(x, num_classes, dropout=dropout, include_top=include_top)
+    return g.build()
+
+
+for _w in WIDTHS:
+    register(f"mobilenet_v1_{width_id(_w)}", "mobilenet_v1", build, width=_w)

@@ -1,0 +1,61 @@
+"""MobileNetV2 (Sandler et al. 2018, table 2): inverted residuals with linear bottlenecks."""
+
+from __future__ import annotations
+
+from typing import NamedTuple
+
+from ..graph import Graph, GraphBuilder
+from ..registry import register
+from .common import make_divisible, width_id
+
+
+class Stage(NamedTuple):
+    """A row of table 2: expansion t, output channels c, repeats n, first stride s."""
+
+    t: int
+    c: int
+    n: int
+    s: int
+
+
+STEM = 32
+HEAD = 1280
+STAGES = (
+    Stage(1, 16, 1, 1),
+    Stage(6, 24, 2, 2),
+    Stage(6, 32, 3, 2),
+    Stage(6, 64, 4, 2),
+    Stage(6, 96, 3, 1),
+    Stage(6, 160, 3, 2),
+    Stage(6, 320, 1, 1),
+)
+WIDTHS = (0.35, 0.5, 0.75, 1.0, 1.4)
+
+
+def build(name: str, width: float, num_classes: int, input_size: int, include_top: bool,
+          dropout: float = 0.2, eps: float = 1e-5) -> Graph:
+    """MobileNetV2 as torchvision/timm/keras: ``make_divisible(c * width, 8)``, head widens only above 1.0."""
+    g = GraphBuilder(name, (3, input_size, input_size), family="mobilenet_v2", width=width)
+    x = g.conv_bn_act("stem", "input", make_divisible(STEM * width), 3, stride=2, act="relu6", eps=eps)
+    i = 0
+    for st in STAGES:
+        out = make_divisible(st.c * width)
+        for r in range(st.n):
+            block, inp = f"blocks.{i}", x
+            c = g.channels(x)
+            if st.t != 1:
+                x = g.conv_bn_act(f"{block}.expand", x, c * st.t, 1, act="relu6", eps=eps)
+            hidden = g.channels(x)
+            x = g.conv_bn_act(f"{block}.dw", x, hidden, 3, stride=st.s if r == 0 else 1, groups=hidden,
+                              act="relu6", eps=eps)
+            x = g.conv_bn_act(f"{block}.project", x, out, 1, act=None, eps=eps)
+            if g.shape(x) == g.shape(inp):
+                x = g.add(f"{block}.add", "add", [inp, x])
+            i += 1
+    x = g.conv_bn_act("head.conv", x, make_divisible(HEAD * max(1.0, width)), 1, act="relu6", eps=eps)
+    g.classifier(x, num_classes, dropout=dropout, include_top=include_top)
+    return g.build()
+
+
+for _w in WIDTHS:
+    register(f"mobilenet_v2_{width_id(_w)}", "mobilenet_v2", build, width=_w)

@@ -1,0 +1,209 @@
+"""The frozen, JSON-serialisable graph IR.
+
+A graph is a topologically ordered tuple of nodes over one NCHW input named ``input``; the last
+node is the output. Construction validates everything (op, attrs, names, inputs, shapes), so a
+``Graph`` that exists is a valid network.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from functools import cached_property
+from types import MappingProxyType
+from typing import Any
+
+from . import ops
+from .errors import SpecError
+
+INPUT = "input"
+FORMAT_VERSION = 1
+_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*(\.[A-Za-z0-9_]+)*$")
+
+
+@dataclass(frozen=True)
+class Node:
+    """One op application. ``name`` is a dotted path (``blocks.3.dw.conv``) and prefixes its params."""
+
+    name: str
+    op: str
+    inputs: tuple[str, ...]
+    attrs: Mapping[str, Any] = field(default_factory=dict)
+
+    def __post_init__(self):
+        if not isinstance(self.name, str) or not _NAME.match(self.name):
+            raise SpecError(f"node name {self.name!r} must be a dotted path of identifiers, "
+                            "e.g. 'blocks.3.dw.conv'")
+        object.__setattr__(self, "inputs", tuple(self.inputs))
+        object.__setattr__(self, "attrs", MappingProxyType(ops.normalize_attrs(self.op, dict(self.attrs))))
+
+    def to_json(self) -> dict:
+        return {"name": self.name, "op": self.op, "inputs": list(self.inputs),
+                "attrs": {k: list(v) if isinstance(v, tuple) else v for k, v in self.attrs.items()}}
+
+
+@dataclass(frozen=True)
+class Graph:
+    """A validated network: name, per-sample input shape (C, H, W), nodes, free-form metadata."""
+
+    name: str
+    input_shape: tuple[int, int, int]
+    nodes: tuple[Node, ...]
+    meta: Mapping[str, Any] = field(default_factory=dict)
+
+    def __post_init__(self):
+        object.__setattr__(self, "input_shape", tuple(self.input_shape))
+        object.__setattr__(self, "nodes", tuple(self.nodes))
+        object.__setattr__(self, "meta", MappingProxyType(dict(self.meta)))
+        if len(self.input_shape) != 3 or not all(isinstance(d, int) and d > 0 for d in self.input_shape):
+            raise SpecError(f"graph input_shape {self.input_shape} must be 3 positive ints (C, H, W)")
+        if not self.nodes:
+            raise SpecError("a graph needs at least one node")
+        self.shapes  # noqa: B018 -- validates names, inputs and shapes now
+        self._check_name_prefixes()
+
+    @cached_property
+    def shapes(self) -> dict[str, ops.Shape]:
+        """Per-sample output shape of the input and of every node, in node order."""
+        shapes: dict[str, ops.Shape] = {INPUT: self.input_shape}
+        for node in self.nodes:
+            if node.name in shapes:
+                raise SpecError(f"duplicate node name {node.name!r}; node names must be unique")
+            missing = [i for i in node.inputs if i not in shapes]
+            if missing:
+                raise SpecError(f"node {node.name!r} reads {missing}, which is not the input or an earlier "
+                                "node (dangling input, or nodes out of topological order / a cycle)")
+            try:
+                shapes[node.name] = ops.infer_shape(node.op, dict(node.attrs), [shapes[i] for i in node.inputs])
+            except SpecError as e:
+                raise SpecError(f"node {node.name!r}: {e}") from None
+        return shapes
+
+    def _check_name_prefixes(self):
+        names = {n.name for n in self.nodes}
+        for n in self.nodes:
+            parts = n.name.split(".")
+            for i in range(1, len(parts)):
+                if ".".join(parts[:i]) in names:
+                    raise SpecError(f"node {n.name!r} lies under node {'.'.join(parts[:i])!r}; a node name "
+                                    "may not be a prefix of another (frameworks nest modules by name)")
+
+    @property
+    def output(self) -> str:
+        return self.nodes[-1].name
+
+    @property
+    def output_shape(self) -> ops.Shape:
+        return self.shapes[self.output]
+
+    def node(self, name: str) -> Node:
+        for n in self.nodes:
+            if n.name == name:
+                return n
+        raise SpecError(f"graph {self.name!r} has no node {name!r}")
+
+    def in_shapes(self, node: Node) -> list[ops.Shape]:
+        return [self.shapes[i] for i in node.inputs]
+
+    @cached_property
+    def params(self) -> tuple[ops.ParamSpec, ...]:
+        """Every canonical parameter, in node order."""
+        return tuple(p for n in self.nodes for p in ops.param_specs(n.name, n.op, dict(n.attrs), self.in_shapes(n)))
+
+    def num_params(self, trainable_only: bool = True) -> int:
+        return sum(_prod(p.shape) for p in self.params if p.trainable or not trainable_only)
+
+    def node_macs(self, node: Node) -> int:
+        return ops.macs(node.op, dict(node.attrs), self.in_shapes(node), self.shapes[node.name])
+
+    def macs(self) -> int:
+        """Multiply-accumulates of one forward pass of one sample."""
+        return sum(self.node_macs(n) for n in self.nodes)
+
+    # --- serialisation -----------------------------------------------------------------------
+    def to_json(self) -> str:
+        return json.dumps({"format": "lightnets.graph", "version": FORMAT_VERSION, "name": self.name,
+                           "input_shape": list(self.input_shape), "meta": dict(self.meta),
+                           "nodes": [n.to_json() for n in self.nodes]}, indent=1)
+
+    @classmethod
+    def from_json(cls, text: str) -> Graph:
+        try:
+            d = json.loads(text)
+        except (json.JSONDecodeError, TypeError) as e:
+            raise SpecError(f"graph JSON is not valid JSON ({e}); pass the text of Graph.to_json()") from None
+        if not isinstance(d, dict) or d.get("format") != "lightnets.graph":
+            raise SpecError("graph JSON lacks '\"format\": \"lightnets.graph\"'; pass the text of Graph.to_json()")
+        if d.get("version") != FORMAT_VERSION:
+            raise SpecError(f"graph JSON version {d.get('version')!r} is not supported (this lightnets reads "
+                            f"version {FORMAT_VERSION}); re-export it with this version")
+        try:
+            nodes = [Node(n["name"], n["op"], tuple(n["inputs"]), n.get("attrs", {})) for n in d["nodes"]]
+            return cls(d["name"], tuple(d["input_shape"]), tuple(nodes), d.get("meta", {}))
+        except (KeyError, TypeError) as e:
+            raise SpecError(f"graph JSON is malformed (missing or mistyped field {e}); every node needs "
+                            "name, op, inputs and attrs") from None
+
+
+def _prod(shape) -> int:
+    out = 1
+    for d in shape:
+        out *= d
+    return out
+
+
+class GraphBuilder:
+    """Appends nodes in order; arch builders use it to write the network as code over paper tables."""
+
+    def __init__(self, name: str, input_shape: tuple[int, int, int], **meta):
+        self.name, self.input_shape, self.meta = name, tuple(input_shape), meta
+        self.nodes: list[Node] = []
+        self._shapes: dict[str, ops.Shape] = {INPUT: self.input_shape}
+
+    def add(self, name: str, op: str, inputs: str | list[str], **attrs) -> str:
+        inputs = [inputs] if isinstance(inputs, str) else list(inputs)
+        node = Node(name, op, tuple(inputs), attrs)
+        if name in self._shapes:
+            raise SpecError(f"duplicate node name {name!r}")
+        self._shapes[name] = ops.infer_shape(op, dict(node.attrs), [self._shapes[i] for i in inputs])
+        self.nodes.append(node)
+        return name
+
+    def shape(self, name: str) -> ops.Shape:
+        return self._shapes[name]
+
+    def channels(self, name: str) -> int:
+        return self._shapes[name][0]
+
+    # --- common compositions -----------------------------------------------------------------
+    def conv_bn_act(self, name: str, x: str, out: int, kernel: int, stride: int = 1, groups: int = 1,
+                    act: str | None = "relu", eps: float = 1e-5, pads=None, momentum: float = 0.1) -> str:
+        """conv (no bias) -> BN -> activation, as ``name.conv``, ``name.bn``, ``name.act``."""
+        if pads is None:
+            p = kernel // 2
+            pads = (p, p, p, p)
+        x = self.add(f"{name}.conv", "conv2d", x, out_channels=out, kernel=kernel, stride=stride,
+                     pads=pads, groups=groups, bias=False)
+        x = self.add(f"{name}.bn", "batch_norm", x, eps=eps, momentum=momentum)
+        if act:
+            x = self.add(f"{name}.act", "activation", x, kind=act)
+        return x
+
+    def classifier(self, x: str, num_classes: int, dropout: float = 0.0, hidden: int | None = None,
+                   hidden_act: str = "hardswish", include_top: bool = True) -> str:
+        """global_avg_pool -> flatten [-> linear(hidden) -> act] -> dropout -> linear(num_classes)."""
+        x = self.add("head.pool", "global_avg_pool", x)
+        x = self.add("head.flatten", "flatten", x)
+        if not include_top:
+            return x
+        if hidden:
+            x = self.add("head.hidden", "linear", x, out_features=hidden, bias=True)
+            x = self.add("head.hidden_act", "activation", x, kind=hidden_act)
+        if dropout:
+            x = self.add("head.dropout", "dropout", x, rate=dropout)
+        return self.add("head.fc", "linear", x, out_features=num_classes, bias=True)
+
+    def build(self) -> Graph:
+        return Graph(self.name, self.input_shape, tuple(self.nodes), self.meta)

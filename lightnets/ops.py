@@ -1,0 +1,330 @@
+"""The closed op vocabulary: each op's attributes, parameters and shape rule.
+
+Shapes are per sample and channels-first: ``(C, H, W)`` for feature maps, ``(C,)`` for vectors.
+Nothing outside this table may enter a graph. Adding an op means: a schema here, a numpy
+reference in ``reference.py``, a lowering in each backend and a conformance case in ``parity``.
+
+Activation formulas (pinned; every backend must compute exactly these):
+
+- relu(x)        = max(x, 0)
+- relu6(x)       = min(max(x, 0), 6)
+- hardsigmoid(x) = relu6(x + 3) / 6
+- hardswish(x)   = x * relu6(x + 3) / 6
+- sigmoid(x)     = 1 / (1 + exp(-x))
+- swish(x)       = x * sigmoid(x)
+
+BatchNorm (eval): ``y = (x - mean) / sqrt(var + eps) * gamma + beta``; in training the running
+statistics follow the torch convention ``new = (1 - momentum) * old + momentum * batch`` with the
+unbiased batch variance.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any, NamedTuple
+
+from .errors import SpecError
+
+ACTIVATIONS = ("relu", "relu6", "hardsigmoid", "hardswish", "sigmoid", "swish")
+
+Shape = tuple[int, ...]
+
+
+class ParamSpec(NamedTuple):
+    """One canonical parameter: full name, shape, role and whether it is trained by SGD."""
+
+    name: str
+    shape: Shape
+    role: str  # weight | bias | gamma | beta | mean | var
+    trainable: bool
+
+
+@dataclass(frozen=True)
+class Attr:
+    """One attribute of an op: its kind, default (``REQUIRED`` if none) and an optional check."""
+
+    kind: str  # int | float | bool | str | ints
+    default: Any = None
+    check: Callable[[Any], str | None] | None = None
+    length: int | None = None  # for kind == "ints"
+
+    REQUIRED = object()
+
+
+def _positive(v):
+    return None if all(i > 0 for i in (v if isinstance(v, tuple) else (v,))) else "must be > 0"
+
+
+def _non_negative(v):
+    return None if all(i >= 0 for i in v) else "must be >= 0"
+
+
+def _in(options):
+    return lambda v: None if v in options else f"must be one of {', '.join(map(str, options))}"
+
+
+def _rate(v):
+    return None if 0.0 <= v < 1.0 else "must be in [0, 1)"
+
+
+def _eps(v):
+    return None if v > 0 else "must be > 0"
+
+
+R = Attr.REQUIRED
+
+
+@dataclass(frozen=True)
+class OpSchema:
+    """An op of the vocabulary: attributes, number of inputs, parameters and shape rule."""
+
+    name: str
+    attrs: dict[str, Attr]
+    n_inputs: int | None  # None: any number >= 2
+    infer: Callable[[dict, list[Shape]], Shape]
+    params: Callable[[dict, list[Shape]], list[tuple[str, Shape, str, bool]]] = lambda a, s: []
+
+
+def _need_map(op: str, shape: Shape) -> tuple[int, int, int]:
+    if len(shape) != 3:
+        raise SpecError(f"{op} needs a (C, H, W) feature map, got shape {shape}; "
+                        "put it before global_avg_pool/flatten")
+    return shape
+
+
+def window_out(size: int, k: int, s: int, pad_lo: int, pad_hi: int, d: int = 1) -> int:
+    """Output length of a sliding window (floor mode)."""
+    return (size + pad_lo + pad_hi - d * (k - 1) - 1) // s + 1
+
+
+def _window_shape(op: str, a: dict, x: Shape, channels: int) -> Shape:
+    c, h, w = _need_map(op, x)
+    kh, kw = a["kernel"]
+    sh, sw = a["stride"]
+    t, b, l, r = a["pads"]
+    dh, dw = a.get("dilation", (1, 1))
+    ho, wo = window_out(h, kh, sh, t, b, dh), window_out(w, kw, sw, l, r, dw)
+    if ho < 1 or wo < 1:
+        raise SpecError(f"{op}: input {h}x{w} is too small for kernel {kh}x{kw}, stride {sh}x{sw}, "
+                        f"pads {a['pads']} (output would be {ho}x{wo}); use a larger input size")
+    return (channels, ho, wo)
+
+
+def _conv_infer(a, shapes):
+    c = _need_map("conv2d", shapes[0])[0]
+    g = a["groups"]
+    if c % g or a["out_channels"] % g:
+        raise SpecError(f"conv2d: in_channels {c} and out_channels {a['out_channels']} must both be "
+                        f"divisible by groups {g}; change the channel table or the groups")
+    return _window_shape("conv2d", a, shapes[0], a["out_channels"])
+
+
+def _conv_params(a, shapes):
+    c = shapes[0][0]
+    kh, kw = a["kernel"]
+    out = [("weight", (a["out_channels"], c // a["groups"], kh, kw), "weight", True)]
+    if a["bias"]:
+        out.append(("bias", (a["out_channels"],), "bias", True))
+    return out
+
+
+def _pool_infer(op):
+    def infer(a, shapes):
+        c = _need_map(op, shapes[0])[0]
+        kh, kw = a["kernel"]
+        t, b, l, r = a["pads"]
+        if max(t, b) >= kh or max(l, r) >= kw:
+            raise SpecError(f"{op}: pads {a['pads']} must be smaller than the kernel {a['kernel']} "
+                            "(a window of padding only has no defined value)")
+        return _window_shape(op, a, shapes[0], c)
+    return infer
+
+
+def _same(op):
+    def infer(a, shapes):
+        first = shapes[0]
+        for s in shapes[1:]:
+            if s != first:
+                raise SpecError(f"{op}: input shapes {shapes} differ; {op} needs equal shapes")
+        return first
+    return infer
+
+
+def _mul_infer(a, shapes):
+    x, s = shapes
+    c = _need_map("mul", x)[0]
+    if s not in ((c, 1, 1), x):
+        raise SpecError(f"mul: scale shape {s} must be {(c, 1, 1)} (per-channel, as in SE) or {x}")
+    return x
+
+
+def _concat_infer(a, shapes):
+    hw = {s[1:] for s in shapes}
+    if len(hw) != 1 or any(len(s) != 3 for s in shapes):
+        raise SpecError(f"concat: inputs {shapes} must be feature maps of one spatial size")
+    return (sum(s[0] for s in shapes), *shapes[0][1:])
+
+
+def _slice_infer(a, shapes):
+    c = _need_map("slice_channels", shapes[0])[0]
+    start, stop = a["start"], a["stop"]
+    if not 0 <= start < stop <= c:
+        raise SpecError(f"slice_channels: [{start}, {stop}) is not a non-empty range inside the "
+                        f"{c} input channels")
+    return (stop - start, *shapes[0][1:])
+
+
+def _shuffle_infer(a, shapes):
+    c = _need_map("channel_shuffle", shapes[0])[0]
+    if c % a["groups"]:
+        raise SpecError(f"channel_shuffle: {c} channels are not divisible by groups {a['groups']}")
+    return shapes[0]
+
+
+def _bn_infer(a, shapes):
+    return shapes[0]
+
+
+def _bn_params(a, shapes):
+    c = (shapes[0][0],)
+    return [("gamma", c, "gamma", True), ("beta", c, "beta", True),
+            ("mean", c, "mean", False), ("var", c, "var", False)]
+
+
+def _gap_infer(a, shapes):
+    c = _need_map("global_avg_pool", shapes[0])[0]
+    return (c, 1, 1)
+
+
+def _flatten_infer(a, shapes):
+    s = shapes[0]
+    if len(s) == 3 and s[1:] != (1, 1):
+        raise SpecError(f"flatten: input {s} must be (C, 1, 1): flatten only after global_avg_pool, "
+                        "so that NCHW and NHWC frameworks agree on the feature order")
+    return (s[0],)
+
+
+def _linear_infer(a, shapes):
+    if len(shapes[0]) != 1:
+        raise SpecError(f"linear: input {shapes[0]} must be a vector; flatten it first")
+    return (a["out_features"],)
+
+
+def _linear_params(a, shapes):
+    out = [("weight", (a["out_features"], shapes[0][0]), "weight", True)]
+    if a["bias"]:
+        out.append(("bias", (a["out_features"],), "bias", True))
+    return out
+
+
+WINDOW = {
+    "kernel": Attr("ints", R, _positive, 2),
+    "stride": Attr("ints", (1, 1), _positive, 2),
+    "pads": Attr("ints", (0, 0, 0, 0), _non_negative, 4),
+}
+
+OPS: dict[str, OpSchema] = {
+    s.name: s
+    for s in [
+        OpSchema("conv2d", {
+            "out_channels": Attr("int", R, _positive),
+            **WINDOW,
+            "dilation": Attr("ints", (1, 1), _positive, 2),
+            "groups": Attr("int", 1, _positive),
+            "bias": Attr("bool", False),
+        }, 1, _conv_infer, _conv_params),
+        OpSchema("batch_norm", {
+            "eps": Attr("float", 1e-5, _eps),
+            "momentum": Attr("float", 0.1, lambda v: None if 0 < v <= 1 else "must be in (0, 1]"),
+        }, 1, _bn_infer, _bn_params),
+        OpSchema("activation", {"kind": Attr("str", R, _in(ACTIVATIONS))}, 1, _same("activation")),
+        OpSchema("add", {}, 2, _same("add")),
+        OpSchema("mul", {}, 2, _mul_infer),
+        OpSchema("concat", {}, None, _concat_infer),
+        OpSchema("slice_channels", {"start": Attr("int", R), "stop": Attr("int", R)}, 1, _slice_infer),
+        OpSchema("channel_shuffle", {"groups": Attr("int", R, _positive)}, 1, _shuffle_infer),
+        OpSchema("max_pool2d", dict(WINDOW), 1, _pool_infer("max_pool2d")),
+        OpSchema("avg_pool2d", {**WINDOW, "count_include_pad": Attr("bool", R)}, 1,
+                 _pool_infer("avg_pool2d")),
+        OpSchema("global_avg_pool", {}, 1, _gap_infer),
+        OpSchema("flatten", {}, 1, _flatten_infer),
+        OpSchema("linear", {"out_features": Attr("int", R, _positive), "bias": Attr("bool", True)}, 1,
+                 _linear_infer, _linear_params),
+        OpSchema("dropout", {"rate": Attr("float", 0.0, _rate)}, 1, _same("dropout")),
+    ]
+}
+
+
+def _coerce(op: str, key: str, spec: Attr, value: Any) -> Any:
+    where = f"{op}.{key}"
+    if spec.kind == "ints":
+        if isinstance(value, int) and not isinstance(value, bool):
+            value = (value,) * spec.length
+        if not isinstance(value, (tuple, list)) or len(value) != spec.length or not all(
+            isinstance(v, int) and not isinstance(v, bool) for v in value
+        ):
+            raise SpecError(f"{where} must be an int or {spec.length} ints, got {value!r}")
+        return tuple(value)
+    if spec.kind == "int":
+        ok = isinstance(value, int) and not isinstance(value, bool)
+    elif spec.kind == "float":
+        ok = isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
+        value = float(value) if ok else value
+    elif spec.kind == "bool":
+        ok = isinstance(value, bool)
+    else:
+        ok = isinstance(value, str)
+    if not ok:
+        raise SpecError(f"{where} must be of type {spec.kind}, got {value!r}")
+    return value
+
+
+def normalize_attrs(op: str, attrs: dict) -> dict:
+    """Validate ``attrs`` of ``op`` against its schema; return them complete and canonical."""
+    if op not in OPS:
+        raise SpecError(f"unknown op {op!r}; the vocabulary is: {', '.join(OPS)}")
+    schema = OPS[op].attrs
+    unknown = sorted(set(attrs) - set(schema))
+    if unknown:
+        raise SpecError(f"{op}: unknown attribute(s) {unknown}; allowed: {sorted(schema)}")
+    out = {}
+    for key, spec in schema.items():
+        if key not in attrs:
+            if spec.default is R:
+                raise SpecError(f"{op}: missing required attribute {key!r}")
+            value = spec.default
+        else:
+            value = _coerce(op, key, spec, attrs[key])
+        if spec.check and (problem := spec.check(value)):
+            raise SpecError(f"{op}.{key}={value!r} {problem}")
+        out[key] = value
+    return out
+
+
+def infer_shape(op: str, attrs: dict, in_shapes: list[Shape]) -> Shape:
+    """Output shape of ``op`` for the given (normalized) attrs and input shapes."""
+    schema = OPS[op]
+    n = len(in_shapes)
+    if (schema.n_inputs is None and n < 2) or (schema.n_inputs is not None and n != schema.n_inputs):
+        want = "at least 2" if schema.n_inputs is None else str(schema.n_inputs)
+        raise SpecError(f"{op} takes {want} input(s), got {n}")
+    return schema.infer(attrs, in_shapes)
+
+
+def param_specs(node_name: str, op: str, attrs: dict, in_shapes: list[Shape]) -> list[ParamSpec]:
+    """Canonical parameters of one node, named ``<node>.<suffix>``."""
+    return [ParamSpec(f"{node_name}.{suffix}", shape, role, trainable)
+            for suffix, shape, role, trainable in OPS[op].params(attrs, in_shapes)]
+
+
+def macs(op: str, attrs: dict, in_shapes: list[Shape], out_shape: Shape) -> int:
+    """Multiply-accumulates of one node (convs and linears; BN is assumed folded)."""
+    if op == "conv2d":
+        kh, kw = attrs["kernel"]
+        c_out, ho, wo = out_shape
+        return c_out * ho * wo * (in_shapes[0][0] // attrs["groups"]) * kh * kw
+    if op == "linear":
+        return in_shapes[0][0] * attrs["out_features"]
+    return 0

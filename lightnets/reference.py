@@ -1,0 +1,154 @@
+"""Float64 numpy executor of the IR: the golden oracle every backend is measured against."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import numpy as np
+
+from .errors import InputShapeError
+from .graph import INPUT, Graph, Node
+
+F = np.float64
+
+
+def _pad(x: np.ndarray, pads, value=0.0) -> np.ndarray:
+    t, b, l, r = pads
+    if not any(pads):
+        return x
+    return np.pad(x, ((0, 0), (0, 0), (t, b), (l, r)), constant_values=value)
+
+
+def _windows(x: np.ndarray, a: dict, ho: int, wo: int):
+    """Yield (i, j, strided view of shape (N, C, ho, wo)) for every kernel offset."""
+    kh, kw = a["kernel"]
+    sh, sw = a["stride"]
+    dh, dw = a.get("dilation", (1, 1))
+    for i in range(kh):
+        for j in range(kw):
+            yield i, j, x[:, :, i * dh: i * dh + sh * (ho - 1) + 1: sh, j * dw: j * dw + sw * (wo - 1) + 1: sw]
+
+
+def conv2d(x, w, b, a, out_shape):
+    n, c = x.shape[:2]
+    o, ho, wo = out_shape
+    g = a["groups"]
+    xp = _pad(x, a["pads"])
+    wg = w.reshape(g, o // g, c // g, *w.shape[2:])
+    y = np.zeros((n, g, o // g, ho * wo), F)
+    for i, j, win in _windows(xp, a, ho, wo):
+        y += np.matmul(wg[None, :, :, :, i, j], win.reshape(n, g, c // g, ho * wo))
+    y = y.reshape(n, o, ho, wo)
+    return y if b is None else y + b[None, :, None, None]
+
+
+def batch_norm(x, gamma, beta, mean, var, eps):
+    scale = gamma / np.sqrt(var + eps)
+    return (x - mean[None, :, None, None]) * scale[None, :, None, None] + beta[None, :, None, None]
+
+
+def _relu6(x):
+    return np.minimum(np.maximum(x, 0.0), 6.0)
+
+
+def _sigmoid(x):
+    return 0.5 * (1.0 + np.tanh(0.5 * x))  # = 1 / (1 + exp(-x)), without overflow
+
+
+ACTIVATIONS: dict[str, Callable[[np.ndarray], np.ndarray]] = {
+    "relu": lambda x: np.maximum(x, 0.0),
+    "relu6": _relu6,
+    "hardsigmoid": lambda x: _relu6(x + 3.0) / 6.0,
+    "hardswish": lambda x: x * _relu6(x + 3.0) / 6.0,
+    "sigmoid": _sigmoid,
+    "swish": lambda x: x * _sigmoid(x),
+}
+
+
+def channel_shuffle(x, groups):
+    """Paper / torch shuffle: view (g, C/g), transpose, flatten: out[j*g + i] = in[i*(C/g) + j]."""
+    n, c, h, w = x.shape
+    return x.reshape(n, groups, c // groups, h, w).transpose(0, 2, 1, 3, 4).reshape(n, c, h, w)
+
+
+def max_pool2d(x, a, out_shape):
+    xp = _pad(x, a["pads"], -np.inf)
+    _, ho, wo = out_shape
+    return np.max([win for _, _, win in _windows(xp, a, ho, wo)], axis=0)
+
+
+def avg_pool2d(x, a, out_shape):
+    _, ho, wo = out_shape
+    total = sum(win for _, _, win in _windows(_pad(x, a["pads"]), a, ho, wo))
+    if a["count_include_pad"]:
+        return total / (a["kernel"][0] * a["kernel"][1])
+    ones = np.ones((1, 1, *x.shape[2:]), F)
+    count = sum(win for _, _, win in _windows(_pad(ones, a["pads"]), a, ho, wo))
+    return total / count
+
+
+def run_node(node: Node, inputs: list[np.ndarray], weights: dict[str, np.ndarray], out_shape) -> np.ndarray:
+    """Evaluate one node in float64 (eval mode: BN uses running statistics, dropout is identity)."""
+    a = node.attrs
+    x = inputs[0]
+    p = lambda suffix: weights.get(f"{node.name}.{suffix}")  # noqa: E731
+    op = node.op
+    if op == "conv2d":
+        return conv2d(x, p("weight"), p("bias"), a, out_shape)
+    if op == "batch_norm":
+        return batch_norm(x, p("gamma"), p("beta"), p("mean"), p("var"), a["eps"])
+    if op == "activation":
+        return ACTIVATIONS[a["kind"]](x)
+    if op == "add":
+        return x + inputs[1]
+    if op == "mul":
+        return x * inputs[1]
+    if op == "concat":
+        return np.concatenate(inputs, axis=1)
+    if op == "slice_channels":
+        return x[:, a["start"]: a["stop"]]
+    if op == "channel_shuffle":
+        return channel_shuffle(x, a["groups"])
+    if op == "max_pool2d":
+        return max_pool2d(x, a, out_shape)
+    if op == "avg_pool2d":
+        return avg_pool2d(x, a, out_shape)
+    if op == "global_avg_pool":
+        return x.mean(axis=(2, 3), keepdims=True)
+    if op == "flatten":
+        return x.reshape(x.shape[0], -1)
+    if op == "linear":
+        y = x @ p("weight").T
+        return y if p("bias") is None else y + p("bias")
+    if op == "dropout":
+        return x
+    raise AssertionError(f"op {op!r} has no reference")  # unreachable: Node validates ops
+
+
+def check_input(graph: Graph, x: np.ndarray, layout: str = "NCHW") -> None:
+    """Raise InputShapeError unless ``x`` is a batch of images with the graph's channel count."""
+    c = graph.input_shape[0]
+    if getattr(x, "ndim", None) != 4:
+        raise InputShapeError(f"input must be a 4-D {layout} batch, got shape {tuple(getattr(x, 'shape', ()))}; "
+                              "add a batch axis with x[None] for one image")
+    got = x.shape[1] if layout == "NCHW" else x.shape[3]
+    if got != c:
+        raise InputShapeError(f"input has {got} channels on the {layout} channel axis, the model expects {c}; "
+                              f"shape {tuple(x.shape)} - is it in {layout} layout?")
+
+
+def run(graph: Graph, weights: dict[str, np.ndarray], x: np.ndarray,
+        return_all: bool = False) -> np.ndarray | dict[str, np.ndarray]:
+    """Run ``graph`` on the NCHW batch ``x`` in float64; ``return_all`` gives every node's output."""
+    check_input(graph, np.asarray(x))
+    if tuple(x.shape[1:]) != graph.input_shape:
+        raise InputShapeError(f"input shape {tuple(x.shape[1:])} differs from the graph's {graph.input_shape}; "
+                              "build the spec with that input_size")
+    w = {k: np.asarray(v, F) for k, v in weights.items()}
+    values = {INPUT: np.asarray(x, F)}
+    for node in graph.nodes:
+        values[node.name] = run_node(node, [values[i] for i in node.inputs], w, graph.shapes[node.name])
+    if return_all:
+        del values[INPUT]
+        return values
+    return values[graph.output]

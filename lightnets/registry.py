@@ -1,0 +1,60 @@
+"""Model ids -> spec builders. Families register themselves when ``lightnets.archs`` is imported."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import NamedTuple
+
+from .errors import SpecError, UnknownModelError
+from .graph import Graph
+
+
+class Entry(NamedTuple):
+    """A registered id: the family builder and the keyword arguments that pick the variant."""
+
+    family: str
+    builder: Callable[..., Graph]
+    kwargs: dict
+
+
+_REGISTRY: dict[str, Entry] = {}
+
+
+def register(model_id: str, family: str, builder: Callable[..., Graph], **kwargs) -> None:
+    """Register ``model_id``; registering an id twice is a programming error and raises."""
+    if model_id in _REGISTRY:
+        raise SpecError(f"model id {model_id!r} is already registered (by family {_REGISTRY[model_id].family!r})")
+    _REGISTRY[model_id] = Entry(family, builder, kwargs)
+
+
+def _ensure_loaded() -> None:
+    from . import archs  # noqa: F401 -- importing registers every family
+
+
+def list_models(family: str | None = None) -> list[str]:
+    """Every registered id (optionally of one family), sorted."""
+    _ensure_loaded()
+    return sorted(k for k, e in _REGISTRY.items() if family is None or e.family == family)
+
+
+def families() -> list[str]:
+    _ensure_loaded()
+    return sorted({e.family for e in _REGISTRY.values()})
+
+
+def entry(model_id: str) -> Entry:
+    _ensure_loaded()
+    if model_id not in _REGISTRY:
+        raise UnknownModelError(model_id, sorted(_REGISTRY))
+    return _REGISTRY[model_id]
+
+
+def get_spec(model_id: str, num_classes: int = 1000, input_size: int = 224, include_top: bool = True) -> Graph:
+    """The graph of ``model_id`` for the given classifier size and square input size."""
+    e = entry(model_id)
+    if not isinstance(num_classes, int) or isinstance(num_classes, bool) or num_classes < 1:
+        raise SpecError(f"num_classes must be a positive int, got {num_classes!r}")
+    if not isinstance(input_size, int) or isinstance(input_size, bool) or input_size < 32:
+        raise SpecError(f"input_size must be an int >= 32, got {input_size!r}; these nets downsample 32x")
+    return e.builder(name=model_id, num_classes=num_classes, input_size=input_size,
+                     include_top=include_top, **e.kwargs)
