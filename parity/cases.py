@@ -1,0 +1,103 @@
+"""Conformance cases: small graphs exercising every op with its edge attributes, and model cases.
+
+Golden outputs come from the float64 numpy reference (``lightnets.reference``).
+"""
+
+from __future__ import annotations
+
+from typing import NamedTuple
+
+import numpy as np
+
+from lightnets import ops, registry
+from lightnets.graph import INPUT, Graph, GraphBuilder
+
+
+class Case(NamedTuple):
+    """A conformance case: an id, the graph, and the batch size of its input."""
+
+    id: str
+    graph: Graph
+    batch: int = 2
+
+
+def _one(case_id: str, shape, op: str, batch: int = 2, pre=None, **attrs) -> Case:
+    """A graph ``input [-> pre] -> op``; ``pre(g)`` may add nodes and returns the op's inputs."""
+    g = GraphBuilder(case_id, shape)
+    inputs = pre(g) if pre else [INPUT]
+    g.add("op", op, inputs, **attrs)
+    return Case(case_id, g.build(), batch)
+
+
+def _side(kind: str):
+    """Second input for binary ops: an activation of the input (same shape)."""
+    def pre(g):
+        return [INPUT, g.add("side", "activation", INPUT, kind=kind)]
+    return pre
+
+
+def _se_scale(g):
+    s = g.add("squeeze", "global_avg_pool", INPUT)
+    return [INPUT, g.add("gate", "activation", s, kind="hardsigmoid")]
+
+
+def _flat(g):
+    return [g.add("flat", "flatten", g.add("gap", "global_avg_pool", INPUT))]
+
+
+def op_cases() -> list[Case]:
+    """Every op of the vocabulary with its edge attributes (groups, depthwise, stride 2, odd sizes...)."""
+    cases = [
+        _one("conv_3x3_s1_same", (4, 9, 9), "conv2d", out_channels=6, kernel=3, pads=1),
+        _one("conv_3x3_s2_odd", (3, 11, 13), "conv2d", out_channels=5, kernel=3, stride=2, pads=1, bias=True),
+        _one("conv_3x3_s2_asym_tf_same", (3, 10, 10), "conv2d", out_channels=4, kernel=3, stride=2,
+             pads=(0, 1, 0, 1)),
+        _one("conv_5x5_asym_pads", (2, 8, 7), "conv2d", out_channels=3, kernel=5, pads=(1, 2, 0, 3)),
+        _one("conv_1x1_grouped", (12, 5, 5), "conv2d", out_channels=6, kernel=1, groups=3),
+        _one("conv_3x3_grouped_s2", (8, 9, 8), "conv2d", out_channels=16, kernel=3, stride=2, pads=1, groups=4,
+             bias=True),
+        _one("conv_depthwise_3x3", (6, 7, 7), "conv2d", out_channels=6, kernel=3, pads=1, groups=6),
+        _one("conv_depthwise_5x5_s2", (6, 12, 12), "conv2d", out_channels=6, kernel=5, stride=2, pads=2, groups=6),
+        _one("conv_depthwise_7x7_s2_asym", (4, 11, 10), "conv2d", out_channels=4, kernel=7, stride=2,
+             pads=(2, 3, 3, 2), groups=4, bias=True),
+        _one("conv_depthwise_mult2", (3, 6, 6), "conv2d", out_channels=6, kernel=3, pads=1, groups=3),
+        _one("conv_dilated", (3, 12, 12), "conv2d", out_channels=4, kernel=3, pads=2, dilation=2),
+        _one("conv_rect_kernel", (3, 8, 9), "conv2d", out_channels=2, kernel=(1, 3), pads=(0, 0, 1, 1)),
+        _one("batch_norm", (5, 4, 3), "batch_norm", eps=1e-5),
+        _one("batch_norm_eps1e-3", (5, 4, 3), "batch_norm", eps=1e-3),
+        *[_one(f"activation_{k}", (3, 5, 4), "activation", kind=k) for k in ops.ACTIVATIONS],
+        _one("add", (4, 5, 5), "add", pre=_side("relu")),
+        _one("mul_se_scale", (4, 5, 6), "mul", pre=_se_scale),
+        _one("mul_same_shape", (4, 5, 6), "mul", pre=_side("sigmoid")),
+        _one("concat", (3, 5, 5), "concat", pre=_side("relu6")),
+        _one("slice_channels_low", (6, 4, 4), "slice_channels", start=0, stop=3),
+        _one("slice_channels_high", (7, 4, 4), "slice_channels", start=3, stop=7),
+        _one("channel_shuffle_g2", (6, 3, 3), "channel_shuffle", groups=2),
+        _one("channel_shuffle_g3", (12, 3, 5), "channel_shuffle", groups=3),
+        _one("channel_shuffle_batch1", (8, 2, 2), "channel_shuffle", batch=1, groups=4),
+        _one("max_pool_3x3_s2_p1", (3, 9, 9), "max_pool2d", kernel=3, stride=2, pads=1),
+        _one("max_pool_3x3_s2_even", (3, 8, 8), "max_pool2d", kernel=3, stride=2, pads=(0, 1, 0, 1)),
+        _one("max_pool_2x2", (3, 6, 7), "max_pool2d", kernel=2, stride=2),
+        _one("avg_pool_3x3_s2_count_pad", (3, 8, 8), "avg_pool2d", kernel=3, stride=2, pads=1,
+             count_include_pad=True),
+        _one("avg_pool_3x3_s2_exclude_pad", (3, 9, 8), "avg_pool2d", kernel=3, stride=2, pads=1,
+             count_include_pad=False),
+        _one("avg_pool_2x2_nopad", (3, 6, 6), "avg_pool2d", kernel=2, stride=2, count_include_pad=False),
+        _one("global_avg_pool", (5, 7, 6), "global_avg_pool"),
+        _one("flatten", (5, 4, 4), "flatten", pre=lambda g: [g.add("gap", "global_avg_pool", INPUT)]),
+        _one("linear", (6, 3, 3), "linear", pre=_flat, out_features=4),
+        _one("linear_nobias", (6, 3, 3), "linear", pre=_flat, out_features=3, bias=False),
+        _one("dropout_eval_identity", (3, 4, 4), "dropout", rate=0.5),
+    ]
+    return cases
+
+
+def model_cases(models: list[str] | None = None, input_size: int = 64, num_classes: int = 10) -> list[Case]:
+    """Every registered id (or ``models``) at a small input size, for the parity matrix."""
+    ids = models or registry.list_models()
+    return [Case(m, registry.get_spec(m, num_classes=num_classes, input_size=input_size)) for m in ids]
+
+
+def make_input(graph: Graph, batch: int = 2, seed: int = 0) -> np.ndarray:
+    """A deterministic float64 NCHW input for ``graph``."""
+    return np.random.default_rng(seed).standard_normal((batch, *graph.input_shape))
