@@ -1,4 +1,196 @@
-"""The ``lightnets`` console script."""
+"""The ``lightnets`` console script: list, summary, parity.
 
-def main(argv=None):  # placeholder until the CLI lands
+Bad arguments exit with code 2 and the usage; a LightnetsError exits 1 with its message, never a
+traceback.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+from . import registry
+from .errors import LightnetsError
+
+PARITY_TARGETS = ("torch", "keras", "keras-torch", "paddle")
+DTYPES = ("float32", "float64")
+
+
+def _csv(allowed: tuple[str, ...] | None = None):
+    def parse(text: str) -> list[str]:
+        items = [t.strip() for t in text.split(",") if t.strip()]
+        bad = [t for t in items if allowed and t not in allowed]
+        if bad or not items:
+            raise argparse.ArgumentTypeError(f"{text!r}: choose from {', '.join(allowed or ())}")
+        return items
+    return parse
+
+
+def _console():
+    from rich.console import Console
+
+    return Console()
+
+
+def cmd_list(args) -> int:
+    from rich.table import Table
+
+    table = Table(title="lightnets models (224x224, 1000 classes)")
+    for col, justify in (("id", "left"), ("family", "left"), ("params", "right"), ("MMACs", "right")):
+        table.add_column(col, justify=justify)
+    for model_id in registry.list_models(args.family):
+        g = registry.get_spec(model_id)
+        table.add_row(model_id, registry.entry(model_id).family, f"{g.num_params():,}", f"{g.macs() / 1e6:.1f}")
+    _console().print(table)
     return 0
+
+
+def cmd_summary(args) -> int:
+    from rich.table import Table
+
+    g = registry.get_spec(args.model, num_classes=args.num_classes, input_size=args.size)
+    table = Table(title=f"{args.model}: input {g.input_shape}")
+    for col, justify in (("layer", "left"), ("ops", "left"), ("output", "left"), ("params", "right"),
+                         ("MMACs", "right")):
+        table.add_column(col, justify=justify)
+    rows: dict[str, list] = {}
+    params = {}
+    for p in g.params:
+        node = p.name.rsplit(".", 1)[0]
+        params[node] = params.get(node, 0) + (_size(p.shape) if p.trainable else 0)
+    for n in g.nodes:
+        key = _layer_key(n.name)
+        row = rows.setdefault(key, [[], None, 0, 0])
+        if n.op not in row[0]:
+            row[0].append(n.op)
+        row[1] = g.shapes[n.name]
+        row[2] += params.get(n.name, 0)
+        row[3] += g.node_macs(n)
+    for key, (op_names, shape, p, m) in rows.items():
+        table.add_row(key, ",".join(op_names), "x".join(map(str, shape)), f"{p:,}", f"{m / 1e6:.2f}")
+    table.add_section()
+    table.add_row("total", "", "x".join(map(str, g.output_shape)), f"{g.num_params():,}", f"{g.macs() / 1e6:.2f}")
+    _console().print(table)
+    return 0
+
+
+def _layer_key(node_name: str) -> str:
+    """The block a node belongs to: its first name component plus any numeric ones after it."""
+    parts = node_name.split(".")
+    key = [parts[0]]
+    for part in parts[1:]:
+        if not part.isdigit():
+            break
+        key.append(part)
+    return ".".join(key)
+
+
+def _size(shape) -> int:
+    out = 1
+    for d in shape:
+        out *= d
+    return out
+
+
+def _select_models(spec: list[str]) -> list[str]:
+    ids: list[str] = []
+    families = registry.families()
+    for item in spec:
+        if item == "all":
+            ids += registry.list_models()
+        elif item in families:
+            ids += registry.list_models(item)
+        else:
+            registry.entry(item)  # raises UnknownModelError with suggestions
+            ids.append(item)
+    return list(dict.fromkeys(ids))
+
+
+def cmd_parity(args) -> int:
+    from rich.progress import Progress
+
+    from .parity import cases as C, report, runner
+
+    models = _select_models(args.models)
+    case_list = (C.op_cases() if args.ops else []) + C.model_cases(models, input_size=args.size,
+                                                                    num_classes=args.num_classes)
+    kinds = {c.id: "op" for c in C.op_cases()} if args.ops else {}
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    console = _console()
+    console.print(f"parity: {len(models)} models + {len(kinds)} op cases x {', '.join(args.backends)} x "
+                  f"{', '.join(args.dtype)}, input {args.size}px{', train mode + gradients' if args.train else ''}")
+    t0 = time.perf_counter()
+    with tempfile.TemporaryDirectory(prefix="lightnets-parity-") as work, Progress(console=console) as bar:
+        task = bar.add_task("backends", total=len(args.backends))
+        results = runner.run_matrix(case_list, args.backends, args.dtype, Path(work), kinds=kinds, jobs=args.jobs,
+                                    train=args.train, probe=models[0] if models else None,
+                                    on_done=lambda target: bar.advance(task))
+    elapsed = time.perf_counter() - t0
+    meta = {"models": len(models), "op_cases": len(kinds), "targets": ",".join(args.backends),
+            "dtypes": ",".join(args.dtype), "input_size": args.size, "train": args.train,
+            "wall_time_s": round(elapsed, 1), "python": sys.version.split()[0], **_versions()}
+    report.print_summary(results, args.dtype, console)
+    report.write_json(results, meta, out / "report.json")
+    report.write_markdown(results, args.dtype, meta, out / "report.md")
+    plotted = report.plot_divergence(results, out / "divergence.png")
+    failed = sum(r.failed for r in results)
+    console.print(f"{len(results)} comparisons, {failed} failed, {elapsed:.0f} s; wrote {out}/report.md, "
+                  f"report.json{', divergence.png' if plotted else ''}")
+    return 1 if failed else 0
+
+
+def _versions() -> dict[str, str]:
+    from importlib.metadata import PackageNotFoundError, version
+
+    out = {}
+    for pkg in ("numpy", "torch", "keras", "tensorflow-cpu", "paddlepaddle"):
+        try:
+            out[pkg] = version(pkg)
+        except PackageNotFoundError:
+            pass
+    return out
+
+
+def make_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="lightnets", description=__doc__.splitlines()[0])
+    sub = p.add_subparsers(dest="command", required=True)
+
+    s = sub.add_parser("list", help="every model id with params and MACs")
+    s.add_argument("--family", help="only this family")
+    s.set_defaults(func=cmd_list)
+
+    s = sub.add_parser("summary", help="per-layer table of one model: output shape, params, MACs")
+    s.add_argument("model")
+    s.add_argument("--size", type=int, default=224)
+    s.add_argument("--num-classes", type=int, default=1000)
+    s.set_defaults(func=cmd_summary)
+
+    s = sub.add_parser("parity", help="the cross-framework parity matrix against the numpy reference")
+    s.add_argument("--models", type=_csv(), default=["all"], help="ids, family names or 'all' (comma separated)")
+    s.add_argument("--backends", type=_csv(PARITY_TARGETS), default=list(PARITY_TARGETS))
+    s.add_argument("--dtype", type=_csv(DTYPES), default=list(DTYPES))
+    s.add_argument("--train", action="store_true", help="also train-mode BN and gradients")
+    s.add_argument("--no-ops", dest="ops", action="store_false", help="skip the op conformance cases")
+    s.add_argument("--size", type=int, default=224, help="input size of the model cases")
+    s.add_argument("--num-classes", type=int, default=1000)
+    s.add_argument("--jobs", type=int, default=2, help="backend subprocesses at once")
+    s.add_argument("--out", default="parity-report", help="directory for report.md/json and divergence.png")
+    s.set_defaults(func=cmd_parity)
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = make_parser().parse_args(argv)
+    try:
+        return args.func(args)
+    except LightnetsError as e:
+        print(f"lightnets: error: {e}", file=sys.stderr)
+        return 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())

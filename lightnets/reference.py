@@ -139,6 +139,30 @@ def check_input(graph: Graph, x: np.ndarray, layout: str = "NCHW") -> None:
                               f"shape {tuple(x.shape)} - is it in {layout} layout?")
 
 
+def train_forward(graph: Graph, weights: dict[str, np.ndarray], x: np.ndarray):
+    """Training-mode forward (BN on batch statistics, dropout off) in float64.
+
+    Returns the output and the updated running statistics ``{"<bn>.mean": ..., "<bn>.var": ...}``
+    after one step, torch convention: ``new = (1 - m) * old + m * batch`` with the unbiased batch
+    variance (normalisation itself uses the biased variance).
+    """
+    w = {k: np.asarray(v, F) for k, v in weights.items()}
+    values, stats = {INPUT: np.asarray(x, F)}, {}
+    for node in graph.nodes:
+        inputs = [values[i] for i in node.inputs]
+        if node.op == "batch_norm":
+            h, m = inputs[0], node.attrs["momentum"]
+            mean, var = h.mean(axis=(0, 2, 3)), h.var(axis=(0, 2, 3))
+            n = h.size // h.shape[1]
+            p = lambda s, name=node.name: w[f"{name}.{s}"]  # noqa: E731
+            values[node.name] = batch_norm(h, p("gamma"), p("beta"), mean, var, node.attrs["eps"])
+            stats[f"{node.name}.mean"] = (1 - m) * p("mean") + m * mean
+            stats[f"{node.name}.var"] = (1 - m) * p("var") + m * var * n / (n - 1)
+        else:
+            values[node.name] = run_node(node, inputs, w, graph.shapes[node.name])
+    return values[graph.output], stats
+
+
 def run(graph: Graph, weights: dict[str, np.ndarray], x: np.ndarray,
         return_all: bool = False) -> np.ndarray | dict[str, np.ndarray]:
     """Run ``graph`` on the NCHW batch ``x`` in float64; ``return_all`` gives every node's output."""

@@ -1,0 +1,264 @@
+"""The parity matrix: every case in every target (one subprocess each), compared with the reference.
+
+Targets are backends in a given environment: ``torch``, ``keras`` (on tensorflow), ``keras-torch``
+(keras with ``KERAS_BACKEND=torch``) and ``paddle``. Inputs, weights and graphs go to the workers
+through files; outputs come back the same way. When a case exceeds its tolerance the runner asks
+for every node's output and names the first node that diverges.
+"""
+
+from __future__ import annotations
+
+import itertools
+import json
+import os
+import subprocess
+import sys
+import threading
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from lightnets import reference, weights as W
+
+from . import tolerances as T
+from .cases import Case, make_input
+
+TARGETS: dict[str, tuple[str, dict[str, str]]] = {
+    "torch": ("torch", {}),
+    "keras": ("keras", {"KERAS_BACKEND": "tensorflow"}),
+    "keras-torch": ("keras", {"KERAS_BACKEND": "torch"}),
+    "paddle": ("paddle", {}),
+}
+THREAD_ENV = {"OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1", "OPENBLAS_NUM_THREADS": "1",
+              "TF_NUM_INTRAOP_THREADS": "1", "TF_NUM_INTEROP_THREADS": "1", "TF_CPP_MIN_LOG_LEVEL": "3",
+              "GLOG_minloglevel": "2", "PYTHONWARNINGS": "ignore"}
+
+
+@dataclass
+class Result:
+    """One comparison: a case in a target (or a pair of targets) at a dtype."""
+
+    kind: str  # op | model | pair | train | stats | grad
+    case: str
+    target: str  # a target, or "a~b" for a pair
+    dtype: str
+    abs_err: float = float("nan")
+    rel_err: float = float("nan")
+    tol: float = float("nan")
+    status: str = "pass"  # pass | fail | error | xfail | xpass
+    error: str = ""
+    divergence: dict | None = None
+    per_node: list = field(default_factory=list)  # [(node, op, rel_err)] along depth, when located
+
+    @property
+    def failed(self) -> bool:
+        return self.status in ("fail", "error", "xpass")
+
+
+def _judge(r: Result) -> Result:
+    expected = T.EXPECTED_FAILURES.get((r.case, r.target, r.dtype))
+    bad = r.status == "error" or not r.rel_err <= r.tol
+    if expected:
+        r.status = "xfail" if bad else "xpass"
+        r.error = r.error or f"expected failure ({expected}) passed: remove it from EXPECTED_FAILURES"
+    else:
+        r.status = "error" if r.status == "error" else ("fail" if bad else "pass")
+    return r
+
+
+class Matrix:
+    """Prepares files for the cases, runs the workers, compares, locates divergences."""
+
+    def __init__(self, cases: list[Case], workdir: Path, kinds: dict[str, str] | None = None, seed: int = 0):
+        self.cases = {c.id: c for c in cases}
+        self.kinds = kinds or {}
+        self.workdir = Path(workdir)
+        self.files: dict[str, dict] = {}
+        self.golden: dict[str, np.ndarray] = {}
+        for i, c in enumerate(cases):
+            d = self.workdir / "cases" / c.id
+            d.mkdir(parents=True, exist_ok=True)
+            (d / "graph.json").write_text(c.graph.to_json())
+            w = W.init_weights(c.graph, seed=seed + i)
+            W.save(w, d / "weights.safetensors")
+            x = make_input(c.graph, c.batch, seed=seed + i)
+            np.save(d / "input.npy", x)
+            probe = np.random.default_rng(seed + i + 1).standard_normal((c.batch, *c.graph.output_shape))
+            np.save(d / "probe.npy", probe)
+            self.files[c.id] = {"id": c.id, "graph": str(d / "graph.json"), "weights": str(d / "weights.safetensors"),
+                                "input": str(d / "input.npy"), "probe": str(d / "probe.npy")}
+            self.golden[c.id] = reference.run(c.graph, w, x)
+
+    # --- workers ------------------------------------------------------------------------------
+    def launch(self, target: str, case_ids: list[str], dtypes: list[str], tag: str, return_all=False,
+               train=False) -> tuple[subprocess.Popen, Path]:
+        backend, env = TARGETS[target]
+        out = self.workdir / "out" / tag / target
+        out.mkdir(parents=True, exist_ok=True)
+        request = {"backend": backend, "dtypes": dtypes, "out": str(out), "train": train,
+                   "cases": [{**self.files[c], "return_all": return_all} for c in case_ids]}
+        (out / "request.json").write_text(json.dumps(request, indent=1))
+        proc = subprocess.Popen([sys.executable, "-m", "lightnets.parity.worker", str(out / "request.json")],
+                                env={**os.environ, **THREAD_ENV, **env}, stdout=subprocess.PIPE,
+                                stderr=subprocess.STDOUT, text=True)
+        return proc, out
+
+    def run_workers(self, targets: list[str], case_ids: list[str], dtypes: list[str], tag: str, jobs: int = 2,
+                    on_done: Callable[[str], None] | None = None, **kw) -> dict[str, Path]:
+        """Run one worker per target, ``jobs`` at a time; return each target's output directory."""
+        outs: dict[str, Path] = {}
+        pending = list(targets)
+        lock = threading.Lock()
+
+        def work():
+            while True:
+                with lock:
+                    if not pending:
+                        return
+                    target = pending.pop(0)
+                proc, out = self.launch(target, case_ids, dtypes, tag, **kw)
+                log = proc.communicate()[0]
+                (out / "worker.log").write_text(log)
+                if proc.returncode != 0 and not (out / "status.json").exists():
+                    (out / "status.json").write_text(json.dumps({"__worker__": {
+                        "ok": False, "error": f"worker exited with {proc.returncode}: {log.strip()[-800:]}"}}))
+                outs[target] = out
+                if on_done:
+                    on_done(target)
+
+        threads = [threading.Thread(target=work) for _ in range(max(1, jobs))]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join()
+        return outs
+
+    # --- comparison ---------------------------------------------------------------------------
+    @staticmethod
+    def _load(out: Path, dtype: str, case_id: str) -> tuple[dict | None, str]:
+        status = json.loads((out / "status.json").read_text())
+        if "__worker__" in status:
+            return None, status["__worker__"]["error"]
+        s = status.get(f"{dtype}/{case_id}", {"ok": False, "error": "not run"})
+        if not s["ok"]:
+            return None, s["error"]
+        with np.load(out / dtype / f"{case_id}.npz") as z:
+            return {k: z[k] for k in z.files}, ""
+
+    def _tol(self, case_id: str, dtype: str) -> float:
+        table = T.OP_REL if self.kinds.get(case_id) == "op" else T.MODEL_REL
+        return table[dtype]
+
+    def compare(self, outs: dict[str, Path], dtypes: list[str], train: bool = False) -> list[Result]:
+        results: list[Result] = []
+        for case_id, dtype in itertools.product(self.cases, dtypes):
+            kind = self.kinds.get(case_id, "model")
+            tol, ref = self._tol(case_id, dtype), self.golden[case_id]
+            got = {}
+            for target, out in outs.items():
+                arrays, err = self._load(out, dtype, case_id)
+                if arrays is None:
+                    results.append(_judge(Result(kind, case_id, target, dtype, tol=tol, status="error", error=err)))
+                    continue
+                got[target] = arrays
+                results.append(_judge(Result(kind, case_id, target, dtype, T.abs_error(arrays["output"], ref),
+                                             T.rel_error(arrays["output"], ref), tol)))
+            for a, b in itertools.combinations(sorted(got), 2):
+                ya, yb = got[a]["output"], got[b]["output"]
+                scale = float(np.max(np.abs(ref))) or 1.0
+                results.append(_judge(Result("pair", case_id, f"{a}~{b}", dtype, T.abs_error(ya, yb),
+                                             T.abs_error(ya, yb) / scale, 2 * tol)))
+            if train:
+                results += self._compare_train(case_id, dtype, got)
+        return results
+
+    def _compare_train(self, case_id: str, dtype: str, got: dict[str, dict]) -> list[Result]:
+        case = self.cases[case_id]
+        w = W.load(self.files[case_id]["weights"])
+        out, stats = reference.train_forward(case.graph, w, np.load(self.files[case_id]["input"]))
+        results = []
+        tol = self._tol(case_id, dtype)
+        for target, arrays in got.items():
+            results.append(_judge(Result("train", case_id, target, dtype, T.abs_error(arrays["train:output"], out),
+                                         T.rel_error(arrays["train:output"], out), tol)))
+            errs = [T.rel_error(arrays[f"stat:{k}"], v) for k, v in stats.items()] or [0.0]
+            results.append(_judge(Result("stats", case_id, target, dtype, rel_err=max(errs), tol=tol)))
+        grad_tol = T.GRAD_REL[dtype]
+        for a, b in itertools.combinations(sorted(got), 2):
+            keys = sorted(k for k in got[a] if k.startswith("grad:"))
+            missing = set(keys) ^ {k for k in got[b] if k.startswith("grad:")}
+            if missing:
+                results.append(_judge(Result("grad", case_id, f"{a}~{b}", dtype, tol=grad_tol, status="error",
+                                             error=f"gradient keys differ: {sorted(missing)[:5]}")))
+                continue
+            errs = [T.rel_error(got[a][k], got[b][k]) for k in keys]
+            worst = int(np.argmax(errs)) if errs else 0
+            r = Result("grad", case_id, f"{a}~{b}", dtype, rel_err=max(errs, default=0.0), tol=grad_tol)
+            results.append(_judge(r))
+            if r.failed:
+                r.error = f"worst gradient: {keys[worst][5:]}"
+        return results
+
+    # --- divergence locator -------------------------------------------------------------------
+    def locate(self, target: str, dtype: str, case_ids: list[str], out: Path) -> dict[str, tuple[dict | None, list]]:
+        """Per-node errors along depth for ``case_ids`` in ``target``, and the first node over tolerance."""
+        located = {}
+        for case_id in case_ids:
+            arrays, err = self._load(out, dtype, case_id)
+            if arrays is None:
+                located[case_id] = ({"error": err}, [])
+                continue
+            graph = self.cases[case_id].graph
+            ref_all = reference.run(graph, W.load(self.files[case_id]["weights"]),
+                                    np.load(self.files[case_id]["input"]), return_all=True)
+            tol = self._tol(case_id, dtype)
+            per_node, first = [], None
+            for node in graph.nodes:
+                rel = T.rel_error(arrays[f"node:{node.name}"], ref_all[node.name])
+                per_node.append((node.name, node.op, rel))
+                if first is None and not rel <= tol:
+                    first = {"node": node.name, "op": node.op, "attrs": _jsonable(dict(node.attrs)),
+                             "inputs": list(node.inputs), "rel_err": rel,
+                             "abs_err": T.abs_error(arrays[f"node:{node.name}"], ref_all[node.name])}
+            located[case_id] = (first, per_node)
+        return located
+
+
+def _jsonable(attrs: dict) -> dict:
+    return {k: list(v) if isinstance(v, tuple) else v for k, v in attrs.items()}
+
+
+def run_matrix(cases: list[Case], targets: list[str], dtypes: list[str], workdir: Path, kinds=None,
+               jobs: int = 2, train: bool = False, locate: bool = True, probe: str | None = None,
+               on_done: Callable[[str], None] | None = None) -> list[Result]:
+    """Run ``cases`` in every target and dtype; compare with the reference and pairwise.
+
+    Failing cases (and the ``probe`` case, for the depth plot) are re-run with every node's output
+    and get their first diverging node and per-node error curve attached.
+    """
+    unknown = [t for t in targets if t not in TARGETS]
+    if unknown:
+        raise ValueError(f"unknown parity target(s) {unknown}; choose from {', '.join(TARGETS)}")
+    m = Matrix(cases, workdir, kinds)
+    outs = m.run_workers(targets, list(m.cases), dtypes, "main", jobs=jobs, on_done=on_done, train=train)
+    results = m.compare(outs, dtypes, train=train)
+    if locate:
+        wanted: dict[tuple[str, str], set[str]] = {}
+        for r in results:
+            if r.kind in ("op", "model") and (r.failed or r.case == probe):
+                wanted.setdefault((r.target, r.dtype), set()).add(r.case)
+        for (target, dtype), ids in sorted(wanted.items()):
+            out = m.run_workers([target], sorted(ids), [dtype], f"locate-{dtype}", jobs=1, return_all=True)[target]
+            for case_id, (first, per_node) in m.locate(target, dtype, sorted(ids), out).items():
+                for r in results:
+                    if (r.kind, r.case, r.target, r.dtype) in (("op", case_id, target, dtype),
+                                                               ("model", case_id, target, dtype)):
+                        r.divergence = first if r.failed else None
+                        r.per_node = per_node
+    return results
+
+
+def to_json(results: list[Result]) -> list[dict]:
+    return [asdict(r) for r in results]

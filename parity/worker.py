@@ -1,0 +1,71 @@
+"""One parity subprocess: run cases in one backend and write the outputs to files.
+
+``python -m lightnets.parity.worker REQUEST.json``. The request names the backend, the dtypes and,
+per case, the graph JSON, canonical weights and input files written by the runner. Each backend
+runs in its own process (tensorflow-then-paddle in one process segfaults, and keras picks its own
+backend from ``KERAS_BACKEND`` at import). A failing case is recorded and the others still run.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+import time
+import traceback
+from pathlib import Path
+
+import numpy as np
+
+import lightnets
+from lightnets import weights as W
+from lightnets.graph import Graph
+
+
+def run_request(request: dict) -> dict:
+    """Run every case of ``request``; write ``<out>/<dtype>/<case>.npz``; return per-case status."""
+    backend = lightnets.load_backend(request["backend"])
+    out_dir = Path(request["out"])
+    status: dict[str, dict] = {}
+    for dtype in request["dtypes"]:
+        (out_dir / dtype).mkdir(parents=True, exist_ok=True)
+        for case in request["cases"]:
+            key = f"{dtype}/{case['id']}"
+            try:
+                t0 = time.perf_counter()
+                graph = Graph.from_json(Path(case["graph"]).read_text())
+                model = lightnets.build(graph, backend=request["backend"], weights=W.load(case["weights"]),
+                                        dtype=dtype)
+                t1 = time.perf_counter()
+                x = np.load(case["input"]).astype(dtype)
+                arrays = {"output": backend.run(model, x)}
+                t2 = time.perf_counter()
+                if case.get("return_all"):
+                    arrays.update({f"node:{k}": v for k, v in backend.run(model, x, return_all=True).items()})
+                if request.get("train"):
+                    arrays.update(_train_arrays(backend, model, x, np.load(case["probe"]).astype(dtype)))
+                np.savez(out_dir / dtype / f"{case['id']}.npz", **arrays)
+                status[key] = {"ok": True, "build_s": t1 - t0, "run_s": t2 - t1}
+            except Exception as e:  # recorded per case, reported by the runner
+                status[key] = {"ok": False, "error": f"{type(e).__name__}: {e}",
+                               "traceback": traceback.format_exc(limit=6)}
+    return status
+
+
+def _train_arrays(backend, model, x, probe) -> dict[str, np.ndarray]:
+    """Train-mode forward with its updated BN statistics, and gradients of sum(logits * probe)."""
+    arrays = {f"grad:{k}": v for k, v in backend.gradients(model, x, probe).items()}
+    out, stats = backend.train_forward(model, x)  # last: it updates the running statistics
+    arrays.update({"train:output": out, **{f"stat:{k}": v for k, v in stats.items()}})
+    return arrays
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else argv
+    request = json.loads(Path(argv[0]).read_text())
+    status = run_request(request)
+    (Path(request["out"]) / "status.json").write_text(json.dumps(status, indent=1))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
