@@ -32,7 +32,7 @@ def _csv(allowed: tuple[str, ...] | None = None):
 def _console():
     from rich.console import Console
 
-    return Console()
+    return Console(width=None if sys.stdout.isatty() else 160)
 
 
 def cmd_list(args) -> int:

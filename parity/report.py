@@ -51,9 +51,10 @@ def print_summary(results: list[Result], dtypes: list[str], console=None) -> Non
     for col in ("kind", "case", "target"):
         table.add_column(col)
     for dtype in dtypes:
-        table.add_column(f"{dtype} abs", justify="right")
-        table.add_column(f"{dtype} rel", justify="right")
-        table.add_column(f"{dtype}", justify="center")
+        short = dtype.replace("float", "f")
+        table.add_column(f"{short} abs", justify="right")
+        table.add_column(f"{short} rel", justify="right")
+        table.add_column(short, justify="center")
     for row in summary_rows(results):
         cells = [row["kind"], row["case"], row["target"]]
         for dtype in dtypes:

@@ -1,0 +1,96 @@
+"""The parity suite: op cases and a quick model subset in every target, the locator, the report."""
+
+import json
+
+import numpy as np
+import pytest
+
+from lightnets import cli, registry
+from lightnets.parity import cases as C, runner, tolerances as T
+from lightnets.parity.runner import Matrix
+
+TARGETS = list(runner.TARGETS)
+
+
+def quick_models() -> list[str]:
+    """The smallest id of every family: the model subset of `make test`."""
+    return [min(registry.list_models(f), key=lambda m: registry.get_spec(m).num_params())
+            for f in registry.families()]
+
+
+@pytest.fixture(scope="module")
+def matrix(tmp_path_factory):
+    ops = C.op_cases()
+    models = C.model_cases(quick_models(), input_size=64, num_classes=10)
+    kinds = {c.id: "op" for c in ops}
+    results = runner.run_matrix(ops + models, TARGETS, ["float32", "float64"], tmp_path_factory.mktemp("parity"),
+                                kinds=kinds, train=True, probe=models[0].id)
+    return results
+
+
+def test_every_op_and_quick_model_agrees_in_every_target(matrix):
+    failed = [(r.kind, r.case, r.target, r.dtype, r.rel_err, r.error[:200]) for r in matrix if r.failed]
+    assert failed == []
+    seen = {(r.kind, r.target) for r in matrix}
+    for target in TARGETS:
+        assert {("op", target), ("model", target), ("train", target), ("stats", target)} <= seen
+
+
+def test_gradients_agree_across_backends_in_float64(matrix):
+    grads = [r for r in matrix if r.kind == "grad" and r.dtype == "float64"]
+    assert len(grads) >= len(quick_models()) * 3  # every pair of targets, every model
+    assert max(r.rel_err for r in grads) <= T.GRAD_REL["float64"]
+
+
+def test_probe_case_has_a_per_node_curve(matrix):
+    curves = [r for r in matrix if r.per_node]
+    assert curves and all(len(r.per_node) == len(registry.get_spec(r.case, input_size=64).nodes) for r in curves)
+
+
+def test_locator_names_a_planted_wrong_pad(tmp_path):
+    """Change one conv's pads in the graph the worker builds; the locator must name that node."""
+    case = C.model_cases(["mobilenet_v1_025"], input_size=32, num_classes=10)[0]
+    m = Matrix([case], tmp_path)
+    graph_file = tmp_path / "cases" / case.id / "graph.json"
+    d = json.loads(graph_file.read_text())
+    planted = next(n for n in d["nodes"] if n["name"] == "blocks.4.dw.conv")
+    assert planted["attrs"]["pads"] == [1, 1, 1, 1]
+    planted["attrs"]["pads"] = [2, 0, 1, 1]  # same output shape, shifted window
+    graph_file.write_text(json.dumps(d))
+    outs = m.run_workers(["torch"], [case.id], ["float64"], "main")
+    [result] = [r for r in m.compare(outs, ["float64"]) if r.kind == "model"]
+    assert result.failed and result.rel_err > 1e-3
+    out = m.run_workers(["torch"], [case.id], ["float64"], "locate", return_all=True)["torch"]
+    first, per_node = m.locate("torch", "float64", [case.id], out)[case.id]
+    assert first["node"] == "blocks.4.dw.conv" and first["op"] == "conv2d"
+    assert first["attrs"]["pads"] == [1, 1, 1, 1]
+    names = [n for n, _, _ in per_node]
+    assert all(e <= T.MODEL_REL["float64"] for _, _, e in per_node[: names.index("blocks.4.dw.conv")])
+
+
+def test_cli_writes_reports_and_exits_1_on_unexpected_pass(tmp_path, monkeypatch, capsys):
+    args = ["parity", "--models", "mobilenet_v1_025", "--backends", "torch", "--dtype", "float64", "--no-ops",
+            "--size", "32", "--num-classes", "10", "--out", str(tmp_path)]
+    assert cli.main(args) == 0
+    assert {p.name for p in tmp_path.iterdir()} == {"report.md", "report.json", "divergence.png"}
+    report = json.loads((tmp_path / "report.json").read_text())
+    assert report["results"][0]["case"] == "mobilenet_v1_025"
+    assert "mobilenet_v1_025" in (tmp_path / "report.md").read_text()
+    monkeypatch.setitem(T.EXPECTED_FAILURES, ("mobilenet_v1_025", "torch", "float64"), "planted for this test")
+    assert cli.main(args) == 1
+    assert "xpass" in capsys.readouterr().out
+
+
+def test_cli_bad_arguments_exit_2_with_usage(capsys):
+    with pytest.raises(SystemExit) as e:
+        cli.main(["parity", "--dtype", "float16"])
+    assert e.value.code == 2
+    err = capsys.readouterr().err
+    assert "usage: lightnets parity" in err and "choose from float32, float64" in err
+
+
+def test_rel_error_is_relative_to_the_reference_magnitude():
+    ref = np.array([10.0, -20.0])
+    assert T.rel_error(ref + 0.2, ref) == pytest.approx(0.01)
+    with pytest.raises(ValueError, match="differs from the reference shape"):
+        T.rel_error(np.zeros(3), ref)
