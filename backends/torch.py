@@ -1,0 +1,281 @@
+"""PyTorch lowering of the op vocabulary: one converter per op, a module that runs the nodes in order.
+
+Nodes with parameters become ordinary ``nn`` modules nested by their dotted name, so node
+``blocks.3.dw.conv`` holds ``blocks.3.dw.conv.weight`` in the state dict. Canonical weights share
+torch's layouts (conv OIHW, linear (out, in)); only BN names differ (see ``_NATIVE``).
+"""
+
+from __future__ import annotations
+
+import operator
+from collections.abc import Callable
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from lightnets.errors import LightnetsError, SpecError
+from lightnets.graph import INPUT, Graph, Node
+from lightnets.reference import check_input
+
+FRAMEWORK = "torch"
+DTYPES = {"float32": torch.float32, "float64": torch.float64}
+
+# canonical suffix -> torch suffix, per op (ops absent here have no parameters or the same names)
+_NATIVE = {"batch_norm": {"gamma": "weight", "beta": "bias", "mean": "running_mean", "var": "running_var"}}
+
+
+# --- modules the standard library lacks --------------------------------------------------------
+def _torch_pads(pads) -> tuple[int, int, int, int]:
+    """IR pads (top, bottom, left, right) -> F.pad order (left, right, top, bottom)."""
+    t, b, l, r = pads
+    return (l, r, t, b)
+
+
+class PadConv2d(nn.Conv2d):
+    """Conv2d after explicit, possibly asymmetric zero padding (e.g. TF "same" with stride 2)."""
+
+    def __init__(self, *args, pads, **kwargs):
+        super().__init__(*args, padding=0, **kwargs)
+        self.pads = _torch_pads(pads)
+
+    def forward(self, x):
+        return super().forward(F.pad(x, self.pads))
+
+    def extra_repr(self):
+        return f"{super().extra_repr()}, pads(l,r,t,b)={self.pads}"
+
+
+class PadPool2d(nn.Module):
+    """Max or average pooling after explicit asymmetric padding.
+
+    Max pads with -inf. Average either counts pads (zero padding, fixed divisor) or divides each
+    window's sum by its number of real pixels.
+    """
+
+    def __init__(self, kind: str, kernel, stride, pads, count_include_pad: bool = True):
+        super().__init__()
+        self.kind, self.kernel, self.stride = kind, tuple(kernel), tuple(stride)
+        self.pads, self.count_include_pad = _torch_pads(pads), count_include_pad
+
+    def forward(self, x):
+        if self.kind == "max":
+            return F.max_pool2d(F.pad(x, self.pads, value=-float("inf")), self.kernel, self.stride)
+        y = F.avg_pool2d(F.pad(x, self.pads), self.kernel, self.stride, divisor_override=1)
+        if self.count_include_pad:
+            return y / (self.kernel[0] * self.kernel[1])
+        ones = torch.ones((1, 1, *x.shape[2:]), dtype=x.dtype, device=x.device)
+        return y / F.avg_pool2d(F.pad(ones, self.pads), self.kernel, self.stride, divisor_override=1)
+
+    def extra_repr(self):
+        return (f"kind={self.kind}, kernel={self.kernel}, stride={self.stride}, pads(l,r,t,b)={self.pads}"
+                + ("" if self.kind == "max" else f", count_include_pad={self.count_include_pad}"))
+
+
+class ChannelShuffle(nn.Module):
+    """Paper shuffle: view (N, g, C/g, H, W), swap the group axes, flatten back."""
+
+    def __init__(self, groups: int):
+        super().__init__()
+        self.groups = groups
+
+    def forward(self, x):
+        n, c, h, w = x.shape
+        return x.view(n, self.groups, c // self.groups, h, w).transpose(1, 2).reshape(n, c, h, w)
+
+    def extra_repr(self):
+        return f"groups={self.groups}"
+
+
+# --- converters: (node, input shapes) -> module or plain callable of the node's inputs -----------
+def _symmetric(pads, kernel=None) -> tuple[int, int] | None:
+    """(pad_h, pad_w) if torch's symmetric padding expresses ``pads`` (pools: pad <= kernel / 2)."""
+    t, b, l, r = pads
+    if t != b or l != r or (kernel is not None and (2 * t > kernel[0] or 2 * l > kernel[1])):
+        return None
+    return (t, l)
+
+
+def _conv2d(node: Node, shapes):
+    a = node.attrs
+    args = dict(in_channels=shapes[0][0], out_channels=a["out_channels"], kernel_size=a["kernel"],
+                stride=a["stride"], dilation=a["dilation"], groups=a["groups"], bias=a["bias"])
+    sym = _symmetric(a["pads"])
+    return nn.Conv2d(padding=sym, **args) if sym else PadConv2d(pads=a["pads"], **args)
+
+
+def _batch_norm(node: Node, shapes):
+    return nn.BatchNorm2d(shapes[0][0], eps=node.attrs["eps"], momentum=node.attrs["momentum"])
+
+
+_ACTIVATIONS: dict[str, Callable[[], nn.Module]] = {
+    "relu": nn.ReLU,  # max(x, 0)
+    "relu6": nn.ReLU6,  # min(max(x, 0), 6)
+    "hardsigmoid": nn.Hardsigmoid,  # relu6(x + 3) / 6 in torch's kernels
+    "hardswish": nn.Hardswish,  # x * relu6(x + 3) / 6
+    "sigmoid": nn.Sigmoid,
+    "swish": nn.SiLU,  # x * sigmoid(x)
+}
+
+
+def _pool(kind: str):
+    def convert(node: Node, shapes):
+        a = node.attrs
+        sym = _symmetric(a["pads"], a["kernel"])
+        include = a.get("count_include_pad", True)
+        if sym is None:
+            return PadPool2d(kind, a["kernel"], a["stride"], a["pads"], include)
+        if kind == "max":
+            return nn.MaxPool2d(a["kernel"], a["stride"], padding=sym)
+        return nn.AvgPool2d(a["kernel"], a["stride"], padding=sym, count_include_pad=include)
+    return convert
+
+
+def _slice(node: Node, shapes):
+    start, stop = node.attrs["start"], node.attrs["stop"]
+    return lambda x: x[:, start:stop]
+
+
+def _linear(node: Node, shapes):
+    return nn.Linear(shapes[0][0], node.attrs["out_features"], bias=node.attrs["bias"])
+
+
+CONVERTERS: dict[str, Callable[[Node, list], Callable]] = {
+    "conv2d": _conv2d,
+    "batch_norm": _batch_norm,
+    "activation": lambda node, shapes: _ACTIVATIONS[node.attrs["kind"]](),
+    "add": lambda node, shapes: operator.add,
+    "mul": lambda node, shapes: operator.mul,
+    "concat": lambda node, shapes: lambda *xs: torch.cat(xs, 1),
+    "slice_channels": _slice,
+    "channel_shuffle": lambda node, shapes: ChannelShuffle(node.attrs["groups"]),
+    "max_pool2d": _pool("max"),
+    "avg_pool2d": _pool("avg"),
+    "global_avg_pool": lambda node, shapes: nn.AdaptiveAvgPool2d(1),
+    "flatten": lambda node, shapes: lambda x: torch.flatten(x, 1),
+    "linear": _linear,
+    "dropout": lambda node, shapes: nn.Dropout(node.attrs["rate"]),
+}
+
+
+# --- the model ------------------------------------------------------------------------------------
+class GraphModule(nn.Module):
+    """Runs the nodes of ``graph`` in order. Submodules sit at their node's dotted name."""
+
+    def __init__(self, graph: Graph):
+        super().__init__()
+        self.graph = graph
+        steps, last_use = [], {}
+        for i, node in enumerate(graph.nodes):
+            for name in node.inputs:
+                last_use[name] = i
+        for i, node in enumerate(graph.nodes):
+            fn = CONVERTERS[node.op](node, graph.in_shapes(node))
+            if isinstance(fn, nn.Module):
+                self._attach(node.name, fn)
+            # values no later node reads are dropped right after their last reader, so memory is reused
+            drop = tuple(n for n in dict.fromkeys(node.inputs) if last_use[n] == i and n != graph.output)
+            steps.append((node.name, fn, node.inputs, drop))
+        self._steps = tuple(steps)
+
+    def _attach(self, dotted: str, module: nn.Module) -> None:
+        *parents, leaf = dotted.split(".")
+        owner = self
+        for part in parents:
+            child = owner._modules.get(part)
+            if child is None:
+                child = nn.Module()
+                self._add(owner, part, child, dotted)
+            owner = child
+        self._add(owner, leaf, module, dotted)
+
+    @staticmethod
+    def _add(owner: nn.Module, name: str, module: nn.Module, dotted: str) -> None:
+        try:
+            owner.add_module(name, module)
+        except KeyError as e:
+            raise SpecError(f"node {dotted!r}: the name part {name!r} collides with an attribute of "
+                            f"torch.nn.Module ({e}); rename the node") from None
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        values = {INPUT: x}
+        for name, fn, inputs, drop in self._steps:
+            values[name] = fn(*[values[i] for i in inputs])
+            for d in drop:
+                del values[d]
+        return values[self.graph.output]
+
+    def forward_all(self, x: torch.Tensor) -> dict[str, torch.Tensor]:
+        """Every node's output, by node name."""
+        values = {INPUT: x}
+        for name, fn, inputs, _ in self._steps:
+            values[name] = fn(*[values[i] for i in inputs])
+        del values[INPUT]
+        return values
+
+
+# --- the backend contract -----------------------------------------------------------------------
+def build(graph: Graph, dtype: str = "float32") -> GraphModule:
+    """The torch model of ``graph`` in eval mode, parameters in ``dtype``."""
+    if dtype not in DTYPES:
+        raise LightnetsError(f"dtype {dtype!r} is not supported; use one of {tuple(DTYPES)}")
+    model = GraphModule(graph).to(DTYPES[dtype])
+    model.dtype_name = dtype
+    return model.eval()
+
+
+def owns(model) -> bool:
+    return isinstance(model, GraphModule)
+
+
+def graph_of(model: GraphModule) -> Graph:
+    return model.graph
+
+
+def _dtype(model: GraphModule) -> torch.dtype:
+    for t in model.parameters():
+        return t.dtype
+    return DTYPES[model.dtype_name]
+
+
+def _native_tensors(model: GraphModule) -> dict[str, torch.Tensor]:
+    """canonical name -> native tensor: the one canonical <-> native mapping (renames only)."""
+    native = dict(model.named_parameters())
+    native.update(model.named_buffers())
+    ops = {n.name: n.op for n in model.graph.nodes}
+    out = {}
+    for p in model.graph.params:
+        node, suffix = p.name.rsplit(".", 1)
+        out[p.name] = native[f"{node}.{_NATIVE.get(ops[node], {}).get(suffix, suffix)}"]
+    return out
+
+
+def set_weights(model: GraphModule, weights) -> None:
+    """Copy checked canonical weights into the model, cast to its dtype."""
+    with torch.no_grad():
+        for name, t in _native_tensors(model).items():
+            t.copy_(torch.from_numpy(np.ascontiguousarray(weights[name])).to(t.dtype))
+
+
+def get_weights(model: GraphModule) -> dict[str, np.ndarray]:
+    """Canonical weights as numpy arrays in the model's dtype."""
+    with torch.no_grad():
+        return {name: t.detach().cpu().numpy().copy() for name, t in _native_tensors(model).items()}
+
+
+def run(model: GraphModule, x: np.ndarray, return_all: bool = False):
+    """Eval forward of the NCHW numpy batch ``x``; ``return_all`` gives every node's output."""
+    check_input(model.graph, x)
+    param = next(model.parameters(), None)
+    device = param.device if param is not None else torch.device("cpu")
+    xt = torch.as_tensor(np.asarray(x), dtype=_dtype(model), device=device)
+    was_training = model.training
+    model.eval()
+    try:
+        with torch.inference_mode():
+            if return_all:
+                return {k: v.cpu().numpy() for k, v in model.forward_all(xt).items()}
+            return model(xt).cpu().numpy()
+    finally:
+        model.train(was_training)
