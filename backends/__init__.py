@@ -12,6 +12,11 @@ never model names. Canonical weights are validated by ``lightnets`` before they 
 - ``get_weights(model) -> dict``: the one native -> canonical mapping; arrays in the model's dtype.
 - ``run(model, x, return_all=False) -> np.ndarray | dict``: eval forward of the NCHW numpy batch
   ``x``; with ``return_all`` every node's output, by node name, in NCHW.
+- ``train_forward(model, x) -> (output, stats)``: one training-mode forward (BN on batch
+  statistics, running statistics updated with the IR momentum mapped to the framework's convention,
+  dropout off); ``stats`` are the updated ``{"<bn>.mean": ..., "<bn>.var": ...}``. Leaves eval mode.
+- ``gradients(model, x, probe) -> dict``: eval-mode gradients of ``sum(output * probe)`` w.r.t.
+  every trainable canonical parameter (canonical name and layout) and ``"input"`` (NCHW).
 """
 
 NAMES = ("torch", "keras", "paddle")

@@ -279,3 +279,34 @@ def run(model: GraphModule, x: np.ndarray, return_all: bool = False):
             return model(xt).cpu().numpy()
     finally:
         model.train(was_training)
+
+
+def train_forward(model: GraphModule, x: np.ndarray):
+    """One training-mode forward (BN on batch statistics, dropout off); returns output and new BN stats."""
+    check_input(model.graph, x)
+    xt = torch.as_tensor(np.asarray(x), dtype=_dtype(model))
+    model.eval()
+    bns = [m for m in model.modules() if isinstance(m, nn.BatchNorm2d)]
+    try:
+        for m in bns:
+            m.train()
+        with torch.no_grad():
+            out = model(xt).numpy()
+    finally:
+        model.eval()
+    stats = {k: v.detach().numpy().copy() for k, v in _native_tensors(model).items()
+             if k.endswith((".mean", ".var"))}
+    return out, stats
+
+
+def gradients(model: GraphModule, x: np.ndarray, probe: np.ndarray) -> dict[str, np.ndarray]:
+    """Eval-mode gradients of ``sum(output * probe)`` w.r.t. every trainable parameter and the input."""
+    check_input(model.graph, x)
+    xt = torch.as_tensor(np.asarray(x), dtype=_dtype(model)).requires_grad_(True)
+    model.eval()
+    model.zero_grad(set_to_none=True)
+    (model(xt) * torch.as_tensor(probe, dtype=xt.dtype)).sum().backward()
+    trainable = {p.name for p in model.graph.params if p.trainable}
+    grads = {k: t.grad.numpy().copy() for k, t in _native_tensors(model).items() if k in trainable}
+    model.zero_grad(set_to_none=True)
+    return {**grads, "input": xt.grad.numpy().copy()}
