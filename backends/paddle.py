@@ -1,0 +1,212 @@
+"""PaddlePaddle backend: lowers each op of the vocabulary to a ``paddle.nn.Layer``.
+
+The model is one ``paddle.nn.Layer`` whose sublayers nest by the dotted node names, so state_dict
+keys read ``blocks.3.dw.conv.weight`` or ``blocks.3.dw.bn._mean``. Paddle is NCHW like the IR.
+"""
+
+from __future__ import annotations
+
+import sys
+
+from lightnets.errors import BackendConflictError
+
+FRAMEWORK = "paddle"
+
+# Importing tensorflow before paddle in one process segfaults (paddle 3.3.1, tf 2.21; paddle first works).
+if "tensorflow" in sys.modules and "paddle" not in sys.modules:
+    raise BackendConflictError(
+        "tensorflow is already imported in this process, and importing paddle after tensorflow "
+        "segfaults. Import paddle (or build the paddle model) before tensorflow / keras on the "
+        "tensorflow backend, or run the paddle model in a separate process.")
+
+import numpy as np  # noqa: E402
+import paddle  # noqa: E402
+import paddle.nn.functional as F  # noqa: E402
+from paddle import nn  # noqa: E402
+
+from lightnets.graph import INPUT, Graph, Node  # noqa: E402
+from lightnets.reference import check_input  # noqa: E402
+
+
+class _Fn(nn.Layer):
+    """A parameter-free op as a layer, so every node is a sublayer at its own name."""
+
+    def __init__(self, fn):
+        super().__init__()
+        self.fn = fn
+
+    def forward(self, *xs):
+        return self.fn(*xs)
+
+
+# Pinned formulas of ops.py, written out (paddle's hardsigmoid slope is a float32 0.1666667).
+_ACTIVATIONS = {
+    "relu": F.relu,
+    "relu6": F.relu6,
+    "hardsigmoid": lambda x: F.relu6(x + 3.0) / 6.0,
+    "hardswish": lambda x: x * F.relu6(x + 3.0) / 6.0,
+    "sigmoid": F.sigmoid,
+    "swish": lambda x: x * F.sigmoid(x),
+}
+
+
+def _conv2d(a, in_shapes):
+    return nn.Conv2D(in_shapes[0][0], a["out_channels"], a["kernel"], stride=a["stride"],
+                     padding=list(a["pads"]),  # paddle takes [top, bottom, left, right] as the IR
+                     dilation=a["dilation"], groups=a["groups"], bias_attr=None if a["bias"] else False)
+
+
+class _BatchNorm2D(nn.BatchNorm2D):
+    """BatchNorm2D whose eval forward uses eps exactly as given.
+
+    paddle's batch_norm kernel takes epsilon as a float32 attribute (1e-3 becomes 1.00000005e-3),
+    which moves float64 outputs by ~5e-11; eval therefore computes the pinned formula here.
+    Training uses paddle's own kernel.
+    """
+
+    def forward(self, x):
+        if self.training:
+            return super().forward(x)
+        scale = self.weight / paddle.sqrt(self._variance + self._epsilon)
+        return ((x - self._mean.reshape([1, -1, 1, 1])) * scale.reshape([1, -1, 1, 1])
+                + self.bias.reshape([1, -1, 1, 1]))
+
+
+def _batch_norm(a, in_shapes):
+    # paddle's momentum weighs the old statistic (like keras): the IR's torch momentum m is 1 - m here.
+    return _BatchNorm2D(in_shapes[0][0], momentum=1.0 - a["momentum"], epsilon=a["eps"])
+
+
+def _max_pool2d(a, in_shapes):
+    # paddle's pooling ignores padded cells for max, i.e. -inf padding semantics.
+    return nn.MaxPool2D(a["kernel"], stride=a["stride"], padding=list(a["pads"]))
+
+
+def _avg_pool2d(a, in_shapes):
+    if not a["count_include_pad"]:
+        return nn.AvgPool2D(a["kernel"], stride=a["stride"], padding=list(a["pads"]), exclusive=True)
+    # paddle's exclusive=False divides by a wrong count at asymmetric pads (measured: /6 for /9 at a
+    # corner), so pad with zeros explicitly and pool unpadded. F.pad takes [left, right, top, bottom].
+    t, b, l, r = a["pads"]
+    return _Fn(lambda x: F.avg_pool2d(F.pad(x, [l, r, t, b]) if any(a["pads"]) else x, a["kernel"],
+                                      stride=a["stride"], exclusive=False))
+
+
+def _linear(a, in_shapes):
+    return nn.Linear(in_shapes[0][0], a["out_features"], bias_attr=None if a["bias"] else False)
+
+
+CONVERTERS = {
+    "conv2d": _conv2d,
+    "batch_norm": _batch_norm,
+    "activation": lambda a, s: _Fn(_ACTIVATIONS[a["kind"]]),
+    "add": lambda a, s: _Fn(lambda x, y: x + y),
+    "mul": lambda a, s: _Fn(lambda x, y: x * y),
+    "concat": lambda a, s: _Fn(lambda *xs: paddle.concat(list(xs), axis=1)),
+    "slice_channels": lambda a, s: _Fn(lambda x: x[:, a["start"]: a["stop"]]),
+    "channel_shuffle": lambda a, s: _Fn(lambda x: F.channel_shuffle(x, a["groups"])),
+    "max_pool2d": _max_pool2d,
+    "avg_pool2d": _avg_pool2d,
+    "global_avg_pool": lambda a, s: _Fn(lambda x: x.mean(axis=[2, 3], keepdim=True)),
+    "flatten": lambda a, s: _Fn(lambda x: x.flatten(1)),
+    "linear": _linear,
+    "dropout": lambda a, s: nn.Dropout(a["rate"]),
+}
+
+# The one canonical <-> native mapping: op -> canonical suffix -> (paddle attribute, transpose).
+NATIVE = {
+    "conv2d": {"weight": ("weight", False), "bias": ("bias", False)},  # OIHW in both
+    "linear": {"weight": ("weight", True), "bias": ("bias", False)},  # (out, in) <-> paddle (in, out)
+    "batch_norm": {"gamma": ("weight", False), "beta": ("bias", False),
+                   "mean": ("_mean", False), "var": ("_variance", False)},
+}
+
+
+class GraphLayer(nn.Layer):
+    """A lightnets graph as a paddle layer: forward runs the nodes in order."""
+
+    def __init__(self, graph: Graph, dtype: str):
+        super().__init__()
+        self.graph, self.lightnets_dtype = graph, dtype
+        self._nodes: list[tuple[Node, nn.Layer]] = []
+        for node in graph.nodes:
+            layer = CONVERTERS[node.op](node.attrs, graph.in_shapes(node))
+            *path, leaf = node.name.split(".")
+            parent = self
+            for part in path:
+                if part not in parent._sub_layers:
+                    parent.add_sublayer(part, nn.Layer())
+                parent = parent._sub_layers[part]
+            parent.add_sublayer(leaf, layer)
+            self._nodes.append((node, layer))
+
+    def forward(self, x, return_all: bool = False):
+        values = {INPUT: x}
+        for node, layer in self._nodes:
+            values[node.name] = layer(*[values[i] for i in node.inputs])
+        if return_all:
+            del values[INPUT]
+            return values
+        return values[self.graph.output]
+
+
+def build(graph: Graph, dtype: str = "float32") -> GraphLayer:
+    """The paddle model of ``graph`` with parameters in ``dtype``, in eval mode."""
+    previous = paddle.get_default_dtype()
+    paddle.set_default_dtype(dtype)
+    try:
+        model = GraphLayer(graph, dtype)
+    finally:
+        paddle.set_default_dtype(previous)
+    model.eval()
+    return model
+
+
+def owns(model) -> bool:
+    return isinstance(model, GraphLayer)
+
+
+def graph_of(model: GraphLayer) -> Graph:
+    return model.graph
+
+
+def _native(model: GraphLayer):
+    """Yield (canonical name, paddle parameter, transpose) for every canonical parameter."""
+    for node, layer in model._nodes:
+        for suffix, (attr, transpose) in NATIVE.get(node.op, {}).items():
+            param = getattr(layer, attr)
+            if param is not None:
+                yield f"{node.name}.{suffix}", param, transpose
+
+
+def set_weights(model: GraphLayer, weights) -> None:
+    """Assign canonical weights (already validated against the graph)."""
+    for name, param, transpose in _native(model):
+        w = np.asarray(weights[name], dtype=model.lightnets_dtype)
+        param.set_value(np.ascontiguousarray(w.T if transpose else w))
+
+
+def get_weights(model: GraphLayer) -> dict[str, np.ndarray]:
+    """Canonical weights as numpy arrays in the model's dtype."""
+    out = {}
+    for name, param, transpose in _native(model):
+        w = param.numpy()
+        out[name] = np.ascontiguousarray(w.T if transpose else w)
+    return out
+
+
+def run(model: GraphLayer, x, return_all: bool = False):
+    """Eval forward of the NCHW numpy batch ``x``; ``return_all`` gives every node's output."""
+    x = np.asarray(x)
+    check_input(model.graph, x)
+    training = model.training
+    model.eval()
+    try:
+        with paddle.no_grad():
+            y = model(paddle.to_tensor(x.astype(model.lightnets_dtype)), return_all=return_all)
+    finally:
+        if training:
+            model.train()
+    if return_all:
+        return {k: v.numpy() for k, v in y.items()}
+    return y.numpy()
