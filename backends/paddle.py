@@ -57,19 +57,28 @@ def _conv2d(a, in_shapes):
 
 
 class _BatchNorm2D(nn.BatchNorm2D):
-    """BatchNorm2D whose eval forward uses eps exactly as given.
+    """BatchNorm2D computing the IR's pinned formulas in both modes.
 
-    paddle's batch_norm kernel takes epsilon as a float32 attribute (1e-3 becomes 1.00000005e-3),
-    which moves float64 outputs by ~5e-11; eval therefore computes the pinned formula here.
-    Training uses paddle's own kernel.
+    paddle's batch_norm kernel takes epsilon as a float32 attribute (1e-3 becomes 1.00000005e-3,
+    moving float64 outputs by ~5e-11) and updates the running variance with the biased batch
+    variance; the IR pins the exact eps and the unbiased update (torch convention), so both modes
+    are written out here.
     """
 
     def forward(self, x):
+        shape = [1, -1, 1, 1]
         if self.training:
-            return super().forward(x)
-        scale = self.weight / paddle.sqrt(self._variance + self._epsilon)
-        return ((x - self._mean.reshape([1, -1, 1, 1])) * scale.reshape([1, -1, 1, 1])
-                + self.bias.reshape([1, -1, 1, 1]))
+            mean = x.mean(axis=[0, 2, 3])
+            var = ((x - mean.reshape(shape)) ** 2).mean(axis=[0, 2, 3])
+            n = x.size // x.shape[1]
+            with paddle.no_grad():  # paddle's momentum weighs the old statistic
+                keep = self._momentum
+                paddle.assign(keep * self._mean + (1 - keep) * mean, self._mean)
+                paddle.assign(keep * self._variance + (1 - keep) * var * (n / (n - 1)), self._variance)
+        else:
+            mean, var = self._mean, self._variance
+        scale = self.weight / paddle.sqrt(var + self._epsilon)
+        return (x - mean.reshape(shape)) * scale.reshape(shape) + self.bias.reshape(shape)
 
 
 def _batch_norm(a, in_shapes):
@@ -210,3 +219,35 @@ def run(model: GraphLayer, x, return_all: bool = False):
     if return_all:
         return {k: v.numpy() for k, v in y.items()}
     return y.numpy()
+
+
+def train_forward(model: GraphLayer, x):
+    """One training-mode forward (BN on batch statistics, dropout off); returns output and new BN stats."""
+    x = np.asarray(x)
+    check_input(model.graph, x)
+    model.eval()
+    bns = [layer for _, layer in model._nodes if isinstance(layer, nn.BatchNorm2D)]
+    try:
+        for layer in bns:
+            layer.train()
+        with paddle.no_grad():
+            out = model(paddle.to_tensor(x.astype(model.lightnets_dtype))).numpy()
+    finally:
+        model.eval()
+    stats = {k: v for k, v in get_weights(model).items() if k.endswith((".mean", ".var"))}
+    return out, stats
+
+
+def gradients(model: GraphLayer, x, probe) -> dict[str, np.ndarray]:
+    """Eval-mode gradients of ``sum(output * probe)`` w.r.t. every trainable parameter and the input."""
+    x = np.asarray(x)
+    check_input(model.graph, x)
+    model.eval()
+    xt = paddle.to_tensor(x.astype(model.lightnets_dtype), stop_gradient=False)
+    model.clear_gradients()
+    (model(xt) * paddle.to_tensor(np.asarray(probe, model.lightnets_dtype))).sum().backward()
+    trainable = {p.name for p in model.graph.params if p.trainable}
+    grads = {name: (param.grad.numpy().T if transpose else param.grad.numpy())
+             for name, param, transpose in _native(model) if name in trainable}
+    model.clear_gradients()
+    return {**{k: np.ascontiguousarray(v) for k, v in grads.items()}, "input": xt.grad.numpy()}
