@@ -1,0 +1,273 @@
+"""ShuffleNetV1/V2, MobileNetV3, GhostNet specs: counts against DESIGN §3 and the zoo twins, forward
+numerics against the twins (float64, test-local positional weight mapping), channel shuffle order.
+
+Frameworks are imported inside tests only; tensorflow never (paddle tests run first, see conftest).
+"""
+
+import numpy as np
+import pytest
+
+import lightnets
+from lightnets import reference, registry, weights
+from lightnets.archs import shufflenet_v1
+
+FAMILIES = ("shufflenet_v1", "shufflenet_v2", "mobilenet_v3", "ghostnet")
+
+# DESIGN §3: trainable parameters of the zoo twins at 1000 classes.
+PARAMS = {
+    "mobilenet_v3_large_100": 5_483_032, "mobilenet_v3_large_075": 3_993_528,
+    "mobilenet_v3_large_075_paddle": 3_377_576,
+    "mobilenet_v3_small_100": 2_542_856, "mobilenet_v3_small_075": 2_041_872,
+    "shufflenet_v2_050": 1_366_792, "shufflenet_v2_100": 2_278_604, "shufflenet_v2_150": 3_503_624,
+    "shufflenet_v2_200": 7_393_996, "shufflenet_v2_200_paddle": 7_366_536,
+    "ghostnet_050": 2_587_292, "ghostnet_100": 5_182_508, "ghostnet_130": 7_358_820,
+}
+# DESIGN §3: official megvii ShuffleNetV1 (rounded to 0.01M there; within 1% here).
+SHUFFLENET_V1_PARAMS = {
+    "g3_050": 0.72e6, "g3_100": 1.86e6, "g3_150": 3.44e6, "g3_200": 5.45e6,
+    "g8_050": 1.01e6, "g8_100": 2.43e6, "g8_150": 4.27e6, "g8_200": 6.52e6,
+}
+# DESIGN §3: multiply-accumulates of the papers / official repos, in millions (within 2%).
+MACS = {
+    "shufflenet_v1_g1_100": 143, "shufflenet_v1_g2_100": 140, "shufflenet_v1_g3_100": 137.5,
+    "shufflenet_v1_g4_100": 133, "shufflenet_v1_g8_100": 137.5,
+    "shufflenet_v2_050": 41, "shufflenet_v2_100": 146, "shufflenet_v2_150": 299, "shufflenet_v2_200": 591,
+    "mobilenet_v3_large_100": 219, "mobilenet_v3_small_100": 56,
+    "ghostnet_050": 42, "ghostnet_100": 141, "ghostnet_130": 226,
+}
+
+
+def _ids():
+    return [m for f in FAMILIES for m in lightnets.list_models(f)]
+
+
+def _trainable_torch(model):
+    return sum(p.numel() for p in model.parameters() if p.requires_grad)
+
+
+# --- counts ---------------------------------------------------------------------------------
+@pytest.mark.parametrize("model_id", sorted(PARAMS))
+def test_params_match_design(model_id):
+    assert lightnets.get_spec(model_id).num_params() == PARAMS[model_id]
+
+
+@pytest.mark.parametrize("variant", sorted(SHUFFLENET_V1_PARAMS))
+def test_shufflenet_v1_params_match_the_official_repo(variant):
+    for model_id in (f"shufflenet_v1_{variant}", f"shufflenet_v1_{variant}_megvii"):
+        n = lightnets.get_spec(model_id).num_params()
+        assert n == pytest.approx(SHUFFLENET_V1_PARAMS[variant], rel=0.01), model_id
+
+
+@pytest.mark.parametrize("model_id", sorted(MACS))
+def test_macs_match_papers(model_id):
+    assert lightnets.get_spec(model_id).macs() / 1e6 == pytest.approx(MACS[model_id], rel=0.02)
+
+
+TORCH_TWINS = [  # (our id, zoo, constructor, kwargs)
+    ("shufflenet_v2_050", "torchvision", "shufflenet_v2_x0_5", {}),
+    ("shufflenet_v2_100", "torchvision", "shufflenet_v2_x1_0", {}),
+    ("shufflenet_v2_150", "torchvision", "shufflenet_v2_x1_5", {}),
+    ("shufflenet_v2_200", "torchvision", "shufflenet_v2_x2_0", {}),
+    ("mobilenet_v3_large_100", "torchvision", "mobilenet_v3_large", {}),
+    ("mobilenet_v3_small_100", "torchvision", "mobilenet_v3_small", {}),
+    # torchvision's width_mult rounds like paddle, not like timm/keras
+    ("mobilenet_v3_large_075_paddle", "torchvision", "mobilenet_v3_large", {"width_mult": 0.75}),
+    ("mobilenet_v3_small_075_paddle", "torchvision", "mobilenet_v3_small", {"width_mult": 0.75}),
+    ("mobilenet_v3_large_100", "timm", "mobilenetv3_large_100", {}),
+    ("mobilenet_v3_large_075", "timm", "mobilenetv3_large_075", {}),
+    ("mobilenet_v3_small_100", "timm", "mobilenetv3_small_100", {}),
+    ("mobilenet_v3_small_075", "timm", "mobilenetv3_small_075", {}),
+    ("ghostnet_050", "timm", "ghostnet_050", {}),
+    ("ghostnet_100", "timm", "ghostnet_100", {}),
+    ("ghostnet_130", "timm", "ghostnet_130", {}),
+]
+
+
+def _torch_twin(zoo, ctor, kwargs, num_classes=1000):
+    if zoo == "torchvision":
+        import torchvision
+        return getattr(torchvision.models, ctor)(num_classes=num_classes, **kwargs)
+    import timm
+    return timm.create_model(ctor, pretrained=False, num_classes=num_classes, **kwargs)
+
+
+@pytest.mark.parametrize("model_id,zoo,ctor,kwargs", TORCH_TWINS, ids=[f"{t[0]}-{t[1]}" for t in TORCH_TWINS])
+def test_params_match_torch_twin(model_id, zoo, ctor, kwargs):
+    assert lightnets.get_spec(model_id).num_params() == _trainable_torch(_torch_twin(zoo, ctor, kwargs))
+
+
+PADDLE_TWINS = [  # (our id, paddle.vision.models constructor, kwargs)
+    ("shufflenet_v2_025_paddle", "shufflenet_v2_x0_25", {}),
+    ("shufflenet_v2_033_paddle", "shufflenet_v2_x0_33", {}),
+    ("shufflenet_v2_050", "shufflenet_v2_x0_5", {}),
+    ("shufflenet_v2_100", "shufflenet_v2_x1_0", {}),
+    ("shufflenet_v2_150", "shufflenet_v2_x1_5", {}),
+    ("shufflenet_v2_200_paddle", "shufflenet_v2_x2_0", {}),
+    ("shufflenet_v2_swish_100_paddle", "shufflenet_v2_swish", {}),
+    ("mobilenet_v3_large_100", "mobilenet_v3_large", {}),
+    ("mobilenet_v3_small_100", "mobilenet_v3_small", {}),
+    ("mobilenet_v3_large_075_paddle", "mobilenet_v3_large", {"scale": 0.75}),
+    ("mobilenet_v3_small_075_paddle", "mobilenet_v3_small", {"scale": 0.75}),
+]
+
+
+@pytest.mark.parametrize("model_id,ctor,kwargs", PADDLE_TWINS, ids=[t[0] for t in PADDLE_TWINS])
+def test_params_match_paddle_twin(model_id, ctor, kwargs):
+    import paddle
+    model = getattr(paddle.vision.models, ctor)(pretrained=False, **kwargs)
+    trainable = sum(int(np.prod(p.shape)) for p in model.parameters() if not p.stop_gradient)
+    assert lightnets.get_spec(model_id).num_params() == trainable
+
+
+# --- forward numerics against the twins -----------------------------------------------------
+def _spec(model_id, num_classes, input_size, **override):
+    """Build ``model_id`` with some builder kwargs overridden (e.g. the twin's BN eps)."""
+    e = registry.entry(model_id)
+    return e.builder(name=model_id, num_classes=num_classes, input_size=input_size, include_top=True,
+                     **{**e.kwargs, **override})
+
+
+def _native(graph, twin_keys_shapes, w, linear_transposed=False):
+    """Test-only mapping canonical -> twin: positional over (state-dict order, graph param order).
+
+    Both list convs/linears as weight(, bias) and BN as gamma, beta, mean, var in module order; a
+    mis-ordered or mis-shaped architecture fails the shape check here or the numerics after.
+    """
+    params = graph.params
+    assert len(params) == len(twin_keys_shapes), (len(params), len(twin_keys_shapes))
+    out = {}
+    for p, (key, shape) in zip(params, twin_keys_shapes, strict=True):
+        v = w[p.name]
+        if linear_transposed and graph.node(p.name.rsplit(".", 1)[0]).op == "linear" and p.role == "weight":
+            v = v.T
+        assert int(np.prod(v.shape)) == int(np.prod(shape)), (p.name, p.shape, key, shape)
+        if v.shape != tuple(shape):  # only a 1x1 conv head written here as a linear
+            assert p.name.startswith("head.") and len(shape) == 4 and shape[2:] == (1, 1), (p.name, key)
+        out[key] = v.reshape(shape)
+    return out
+
+
+TORCH_NUMERICS = [  # (our id, zoo, constructor, kwargs, builder overrides to match the twin)
+    ("shufflenet_v2_100", "torchvision", "shufflenet_v2_x1_0", {}, {}),
+    ("mobilenet_v3_large_100", "torchvision", "mobilenet_v3_large", {}, {}),
+    ("mobilenet_v3_large_075_paddle", "torchvision", "mobilenet_v3_large", {"width_mult": 0.75}, {}),
+    ("mobilenet_v3_small_075", "timm", "mobilenetv3_small_075", {}, {"eps": 1e-5}),
+    ("ghostnet_100", "timm", "ghostnet_100", {}, {}),
+]
+
+
+@pytest.mark.parametrize("model_id,zoo,ctor,kwargs,override", TORCH_NUMERICS,
+                         ids=[f"{t[0]}-{t[1]}" for t in TORCH_NUMERICS])
+def test_forward_matches_torch_twin_float64(model_id, zoo, ctor, kwargs, override):
+    import torch
+    graph = _spec(model_id, 10, 64, **override)
+    twin = _torch_twin(zoo, ctor, kwargs, num_classes=10).double().eval()
+    sd = {k: v for k, v in twin.state_dict().items() if not k.endswith("num_batches_tracked")}
+    w = weights.init_weights(graph, seed=1)
+    native = _native(graph, [(k, tuple(v.shape)) for k, v in sd.items()], w)
+    result = twin.load_state_dict({k: torch.from_numpy(np.ascontiguousarray(v)) for k, v in native.items()},
+                                  strict=False)
+    assert not result.unexpected_keys and all(k.endswith("num_batches_tracked") for k in result.missing_keys)
+    x = np.random.default_rng(2).standard_normal((2, 3, 64, 64))
+    with torch.no_grad():
+        got = twin(torch.from_numpy(x)).numpy()
+    want = reference.run(graph, w, x)
+    assert got.shape == want.shape == (2, 10)
+    np.testing.assert_allclose(got, want, rtol=1e-9, atol=1e-9 * np.abs(want).max())
+
+
+@pytest.mark.parametrize("model_id,ctor", [("shufflenet_v2_swish_100_paddle", "shufflenet_v2_swish"),
+                                           ("shufflenet_v2_200_paddle", "shufflenet_v2_x2_0")])
+def test_forward_matches_paddle_twin_float64(model_id, ctor):
+    import paddle
+    before = paddle.get_default_dtype()
+    paddle.set_default_dtype("float64")
+    try:
+        twin = getattr(paddle.vision.models, ctor)(pretrained=False, num_classes=10)
+    finally:
+        paddle.set_default_dtype(before)
+    twin.eval()
+    graph = _spec(model_id, 10, 64)
+    sd = twin.state_dict()
+    w = weights.init_weights(graph, seed=1)
+    native = _native(graph, [(k, tuple(v.shape)) for k, v in sd.items()], w, linear_transposed=True)
+    twin.set_state_dict(native)
+    x = np.random.default_rng(2).standard_normal((2, 3, 64, 64))
+    got = twin(paddle.to_tensor(x)).numpy()
+    want = reference.run(graph, w, x)
+    np.testing.assert_allclose(got, want, rtol=1e-9, atol=1e-9 * np.abs(want).max())
+
+
+# --- channel shuffle ------------------------------------------------------------------------
+def test_channel_shuffle_is_torch_order_not_seed_000_order():
+    import torch
+    n, c, g = 2, 12, 3
+    x = np.random.default_rng(0).standard_normal((n, c, 2, 2))
+    torch_order = torch.from_numpy(x).view(n, g, c // g, 2, 2).transpose(1, 2).reshape(n, c, 2, 2).numpy()
+    seed_000 = x.reshape(n, c // g, g, 2, 2).transpose(0, 2, 1, 3, 4).reshape(n, c, 2, 2)  # (C/g, g)
+    assert not np.array_equal(torch_order, seed_000)
+    np.testing.assert_array_equal(reference.channel_shuffle(x, g), torch_order)
+    # the (C/g, g) order of seed 000 and of the megvii code is the paper shuffle with C/g groups
+    np.testing.assert_array_equal(reference.channel_shuffle(x, c // g), seed_000)
+
+
+def test_shufflenet_v1_structure_avoids_the_seed_defects():
+    """DESIGN §4: depthwise is per channel, no conv bias, stem has BN + ReLU, stage 2 opens ungrouped."""
+    g = lightnets.get_spec("shufflenet_v1_g3_100")
+    convs = {n.name: n for n in g.nodes if n.op == "conv2d"}
+    assert not any(n.attrs["bias"] for n in convs.values())
+    for name, n in convs.items():
+        if name.endswith(".dw.conv"):
+            assert n.attrs["groups"] == g.shapes[n.inputs[0]][0]
+    assert [n.op for n in g.nodes[:3]] == ["conv2d", "batch_norm", "activation"]
+    assert convs["stages.2.0.branch.pw1.conv"].attrs["groups"] == 1
+    assert convs["stages.2.1.branch.pw1.conv"].attrs["groups"] == 3
+    assert convs["stages.3.0.branch.pw1.conv"].attrs["groups"] == 3
+    names = {n.name for n in g.nodes}
+    assert "stages.2.1.branch.dw.act" not in names and "stages.2.1.branch.pw2.act" not in names
+    assert g.node("stages.3.0.shortcut").attrs["count_include_pad"] is True
+    assert g.node("stages.2.0.branch.shuffle").inputs == ("stages.2.0.branch.pw1.act",)
+    assert g.shapes["stages.2.0.concat"][0] == 240 and g.shapes["stages.2.0.branch.pw2.bn"][0] == 240 - 24
+
+
+def test_shufflenet_v1_megvii_flavour_is_the_same_size_with_its_own_shuffle():
+    paper = lightnets.get_spec("shufflenet_v1_g8_100")
+    megvii = lightnets.get_spec("shufflenet_v1_g8_100_megvii")
+    assert paper.num_params() == megvii.num_params() and paper.macs() == megvii.macs()
+    assert paper.node("stages.3.1.branch.shuffle").attrs["groups"] == 8
+    s = megvii.node("stages.3.1.branch.shuffle")
+    assert s.attrs["groups"] == 768 // 4 // 8 and s.inputs == ("stages.3.1.branch.dw.bn",)
+
+
+def test_shufflenet_v1_channel_rule_reproduces_the_official_tables():
+    assert shufflenet_v1.channels(3, 0.5) == (12, (120, 240, 480))
+    assert shufflenet_v1.channels(3, 1.5) == (24, (360, 720, 1440))
+    assert shufflenet_v1.channels(8, 0.5) == (16, (192, 384, 768))
+    assert shufflenet_v1.channels(8, 2.0) == (48, (768, 1536, 3072))
+    for groups in shufflenet_v1.STAGE_CHANNELS:
+        for width in shufflenet_v1.WIDTHS:
+            stem, outs = shufflenet_v1.channels(groups, width)
+            assert stem % groups == 0 and all(o % (4 * groups) == 0 for o in outs)
+
+
+# --- any input size, features without the top ----------------------------------------------
+def test_every_id_builds_at_any_input_size_and_without_top():
+    ids = _ids()
+    assert len(ids) == 28 + 8 + 6 + 3
+    for model_id in ids:
+        full = lightnets.get_spec(model_id)
+        assert full.output_shape == (1000,)
+        feats = full.shapes["head.flatten"]
+        for size in (32, 97, 224):
+            g = lightnets.get_spec(model_id, num_classes=7, input_size=size, include_top=False)
+            assert g.output_shape == feats and len(feats) == 1, model_id
+        assert lightnets.get_spec(model_id, num_classes=7, input_size=97).output_shape == (7,)
+
+
+def test_reference_runs_at_the_smallest_input():
+    x = np.random.default_rng(0).standard_normal((1, 3, 32, 32))
+    smallest = ("shufflenet_v1_g8_050", "shufflenet_v2_025_paddle", "mobilenet_v3_small_075", "ghostnet_050")
+    for model_id in smallest:
+        g = lightnets.get_spec(model_id, num_classes=3, input_size=32)
+        out = reference.run(g, weights.init_weights(g), x)
+        assert out.shape == (1, 3) and np.all(np.isfinite(out))
