@@ -247,6 +247,7 @@ def test_unknown_model_suggests_close_names():
 
 def test_duplicate_registration_raises():
     from lightnets import registry
+    registry.list_models()  # loads the families
     with pytest.raises(errors.SpecError, match="already registered"):
         registry.register("mobilenet_v2_100", "x", lambda **k: None)
 
