@@ -1,4 +1,4 @@
-"""The ``lightnets`` console script: list, summary, parity.
+"""The ``lightnets`` console script: list, summary, parity, bench.
 
 Bad arguments exit with code 2 and the usage; a LightnetsError exits 1 with its message, never a
 traceback.
@@ -17,6 +17,8 @@ from .errors import LightnetsError
 
 PARITY_TARGETS = ("torch", "keras", "keras-torch", "paddle")
 DTYPES = ("float32", "float64")
+BENCH_BACKENDS = ("torch", "keras", "paddle")
+BENCH_MODELS = ("mobilenet_v2_100", "mobilenet_v3_large_100", "shufflenet_v2_100", "ghostnet_100")
 
 
 def _csv(allowed: tuple[str, ...] | None = None):
@@ -112,7 +114,8 @@ def _select_models(spec: list[str]) -> list[str]:
 def cmd_parity(args) -> int:
     from rich.progress import Progress
 
-    from .parity import cases as C, report, runner
+    from .parity import cases as C
+    from .parity import report, runner
 
     models = _select_models(args.models)
     case_list = (C.op_cases() if args.ops else []) + C.model_cases(models, input_size=args.size,
@@ -155,6 +158,64 @@ def _versions() -> dict[str, str]:
     return out
 
 
+def _positive_ints(text: str) -> list[int]:
+    try:
+        items = [int(t) for t in text.split(",") if t.strip()]
+    except ValueError:
+        items = []
+    if not items or any(i < 1 for i in items):
+        raise argparse.ArgumentTypeError(f"{text!r}: expected positive integers, comma separated")
+    return list(dict.fromkeys(items))
+
+
+def _positive_int(minimum: int = 1):
+    def parse(text: str) -> int:
+        try:
+            value = int(text)
+        except ValueError:
+            value = minimum - 1
+        if value < minimum:
+            raise argparse.ArgumentTypeError(f"{text!r}: expected an integer >= {minimum}")
+        return value
+    return parse
+
+
+def _model_ids(text: str) -> list[str]:
+    items = _csv()(text)
+    known = set(registry.list_models()) | set(registry.families()) | {"all"}
+    bad = [t for t in items if t not in known]
+    if bad:
+        raise argparse.ArgumentTypeError(f"unknown model {', '.join(bad)}; see 'lightnets list'")
+    return _select_models(items)
+
+
+def cmd_bench(args) -> int:
+    from rich.progress import Progress
+
+    from . import bench
+
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    console = _console()
+    console.print(f"bench: {', '.join(args.models)} x {', '.join(args.backends)}, batch "
+                  f"{','.join(map(str, args.batch))}, {args.size}px, {args.threads} threads, "
+                  f"{args.repeats} repeats")
+    t0 = time.perf_counter()
+    with Progress(console=console, transient=True) as bar:
+        task = bar.add_task("backends", total=len(args.backends))
+        report = bench.run_bench(args.models, args.backends, args.batch, args.size, args.threads,
+                                 args.repeats, on_done=lambda b: bar.advance(task))
+    report["meta"].update({"wall_time_s": round(time.perf_counter() - t0, 1), **_versions()})
+    bench.print_table(report, console)
+    bench.write_json(report, out / "bench.json")
+    bench.plot(report, out / "bench.png")
+    failed = bench.failures(report)
+    for f in failed:
+        console.print(f"[red]failed[/] {f}")
+    console.print(f"wrote {out}/bench.json, bench.png ({report['meta']['wall_time_s']:.0f} s)")
+    return 1 if failed else 0
+
+
 def make_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="lightnets", description=__doc__.splitlines()[0])
     sub = p.add_subparsers(dest="command", required=True)
@@ -180,6 +241,17 @@ def make_parser() -> argparse.ArgumentParser:
     s.add_argument("--jobs", type=int, default=2, help="backend subprocesses at once")
     s.add_argument("--out", default="parity-report", help="directory for report.md/json and divergence.png")
     s.set_defaults(func=cmd_parity)
+
+    s = sub.add_parser("bench", help="inference latency of lightnets models vs their zoo twins, per backend")
+    s.add_argument("--models", type=_model_ids, default=list(BENCH_MODELS),
+                   help="ids, family names or 'all' (comma separated)")
+    s.add_argument("--backends", type=_csv(BENCH_BACKENDS), default=list(BENCH_BACKENDS))
+    s.add_argument("--batch", type=_positive_ints, default=[1, 16], help="batch sizes (comma separated)")
+    s.add_argument("--size", type=_positive_int(32), default=224, help="input size")
+    s.add_argument("--threads", type=_positive_int(), default=2, help="intra-op threads per framework")
+    s.add_argument("--repeats", type=_positive_int(), default=30, help="timed runs per model (interleaved)")
+    s.add_argument("--out", default="bench-report", help="directory for bench.json and bench.png")
+    s.set_defaults(func=cmd_bench)
     return p
 
 
