@@ -1,0 +1,457 @@
+"""Keras 3 backend: a functional ``keras.Model`` (NHWC) with one named layer per IR node.
+
+Each op has one converter in ``CONVERTERS``. Ops without a native layer (channel slices, shuffle,
+-inf padding, average pooling that excludes non-"same" pads, strided dilated convs) use the small
+serialisable layers below, written with ``keras.ops`` only: the model runs on any keras backend and
+reloads from ``.keras`` without Lambda layers. Keras is imported lazily.
+
+Known keras 3.15 limit: on non-tensorflow backends ``backend.result_type`` maps float64 to float32,
+so BatchNormalization, ``ops.mean`` and Dense compute in float32 inside a float64 model there.
+"""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+
+from lightnets.errors import InputShapeError, LightnetsError, SpecError
+from lightnets.graph import INPUT, Graph, Node
+from lightnets.reference import check_input
+
+FRAMEWORK = "keras"
+
+_GRAPH = "_lightnets_graph"  # attribute of the model holding the Graph
+_ALL = "_lightnets_all"  # cached keras.Model over every node's output (return_all)
+_LAYERS = None  # the custom layer classes, defined on first use (keras is imported lazily)
+
+
+def layer_name(node_name: str, part: str | None = None) -> str:
+    """THE node -> keras layer name mapping: dots become ``__`` (torch-backed keras refuses dots).
+
+    ``part`` names an auxiliary layer of the node (``pad``, ``conv``) as if it were a child node.
+    """
+    return "__".join(node_name.split(".") + ([part] if part else []))
+
+
+# --- custom layers ---------------------------------------------------------------------------
+def _custom_layers():
+    """Define (once) and return the custom layers; registered for ``keras.saving.load_model``."""
+    global _LAYERS
+    if _LAYERS is not None:
+        return _LAYERS
+    import keras
+    from keras import ops
+
+    register = keras.saving.register_keras_serializable(package="lightnets")
+
+    @register
+    class Pad2D(keras.layers.Layer):
+        """Constant padding of H and W by ``pads`` = (top, bottom, left, right), e.g. -inf for max pool."""
+
+        def __init__(self, pads, value=0.0, **kwargs):
+            super().__init__(**kwargs)
+            self.pads, self.value = tuple(pads), float(value)
+
+        def call(self, x):
+            t, b, l, r = self.pads
+            return ops.pad(x, ((0, 0), (t, b), (l, r), (0, 0)), constant_values=self.value)
+
+        def get_config(self):
+            return {**super().get_config(), "pads": list(self.pads), "value": self.value}
+
+    @register
+    class Subsample2D(keras.layers.Layer):
+        """Keep every ``stride``-th row and column (a strided conv = stride-1 conv, then this)."""
+
+        def __init__(self, stride, **kwargs):
+            super().__init__(**kwargs)
+            self.stride = tuple(stride)
+
+        def call(self, x):
+            sh, sw = self.stride
+            return x[:, ::sh, ::sw, :]
+
+        def get_config(self):
+            return {**super().get_config(), "stride": list(self.stride)}
+
+    @register
+    class SliceChannels(keras.layers.Layer):
+        """Channels ``[start, stop)`` of an NHWC tensor."""
+
+        def __init__(self, start, stop, **kwargs):
+            super().__init__(**kwargs)
+            self.start, self.stop = int(start), int(stop)
+
+        def call(self, x):
+            return x[:, :, :, self.start: self.stop]
+
+        def get_config(self):
+            return {**super().get_config(), "start": self.start, "stop": self.stop}
+
+    @register
+    class ChannelShuffle(keras.layers.Layer):
+        """Paper/torch shuffle in NHWC: out[j*g + i] = in[i*(C/g) + j]; any batch size."""
+
+        def __init__(self, groups, **kwargs):
+            super().__init__(**kwargs)
+            self.groups = int(groups)
+
+        def call(self, x):
+            _, h, w, c = x.shape
+            g = self.groups
+            y = ops.reshape(x, (-1, h, w, g, c // g))
+            return ops.reshape(ops.swapaxes(y, 3, 4), (-1, h, w, c))
+
+        def get_config(self):
+            return {**super().get_config(), "groups": self.groups}
+
+    @register
+    class AvgPool2DExcludePad(keras.layers.Layer):
+        """Average pooling over explicit zero pads that divides by the number of real inputs only."""
+
+        def __init__(self, kernel, stride, pads, **kwargs):
+            super().__init__(**kwargs)
+            self.kernel, self.stride, self.pads = tuple(kernel), tuple(stride), tuple(pads)
+
+        def build(self, input_shape):
+            _, h, w, _ = input_shape
+            t, b, l, r = self.pads
+            ones = np.pad(np.ones((h, w)), ((t, b), (l, r)))
+            (kh, kw), (sh, sw) = self.kernel, self.stride
+            ho, wo = (h + t + b - kh) // sh + 1, (w + l + r - kw) // sw + 1
+            count = sum(ones[i: i + sh * (ho - 1) + 1: sh, j: j + sw * (wo - 1) + 1: sw]
+                        for i in range(kh) for j in range(kw))
+            self._scale = (kh * kw / count)[None, :, :, None]  # numpy; cast in call
+
+        def call(self, x):
+            t, b, l, r = self.pads
+            x = ops.pad(x, ((0, 0), (t, b), (l, r), (0, 0)))
+            y = ops.average_pool(x, self.kernel, self.stride, padding="valid")
+            return y * ops.convert_to_tensor(self._scale, dtype=y.dtype)
+
+        def get_config(self):
+            return {**super().get_config(), "kernel": list(self.kernel), "stride": list(self.stride),
+                    "pads": list(self.pads)}
+
+    classes = (Pad2D, Subsample2D, SliceChannels, ChannelShuffle, AvgPool2DExcludePad)
+    _LAYERS = {c.__name__: c for c in classes}
+    return _LAYERS
+
+
+def custom_objects() -> dict:
+    """The custom layers by name (importing them registers them for ``keras.saving.load_model``)."""
+    return dict(_custom_layers())
+
+
+# --- padding ---------------------------------------------------------------------------------
+def _tf_same(size: int, k: int, s: int, d: int = 1) -> tuple[int, int]:
+    """The (low, high) pads of TF ``padding="same"``: the extra pixel goes to the high side."""
+    total = max((math.ceil(size / s) - 1) * s + (k - 1) * d + 1 - size, 0)
+    return total // 2, total - total // 2
+
+
+def _pad_mode(in_shape, a: dict) -> str | None:
+    """"valid" for zero pads, "same" when the IR pads are TF's, else None (pad explicitly)."""
+    if not any(a["pads"]):
+        return "valid"
+    _, h, w = in_shape
+    (kh, kw), (sh, sw), (dh, dw) = a["kernel"], a["stride"], a.get("dilation", (1, 1))
+    same = _tf_same(h, kh, sh, dh) + _tf_same(w, kw, sw, dw)
+    return "same" if tuple(a["pads"]) == same else None
+
+
+def _explicit_pad(keras, x, node: Node, dtype, value=0.0):
+    """The node's pads as a layer of their own: zeros natively, other values with ``Pad2D``."""
+    pads, name = node.attrs["pads"], layer_name(node.name, "pad")
+    if value == 0.0:
+        t, b, l, r = pads
+        return keras.layers.ZeroPadding2D(((t, b), (l, r)), name=name, dtype=dtype)(x)
+    return _custom_layers()["Pad2D"](pads, value, name=name, dtype=dtype)(x)
+
+
+# --- converters: (keras, node, inputs, in_shapes, name, dtype) -> output tensor ----------------
+def _strided_dilated(node: Node) -> bool:
+    """Keras convs refuse stride > 1 with dilation > 1: such a node is conv (stride 1) + subsample."""
+    a = node.attrs
+    return node.op == "conv2d" and max(a["stride"]) > 1 and max(a["dilation"]) > 1
+
+
+def _is_depthwise(node: Node, in_channels: int) -> bool:
+    return node.op == "conv2d" and node.attrs["groups"] == in_channels > 1
+
+
+def _conv2d(keras, node, xs, shapes, name, dtype):
+    a, x, c = node.attrs, xs[0], shapes[0][0]
+    split = _strided_dilated(node)
+    mode = None if split else _pad_mode(shapes[0], a)
+    if mode is None:
+        x, mode = _explicit_pad(keras, x, node, dtype), "valid"
+    common = dict(kernel_size=a["kernel"], strides=(1, 1) if split else a["stride"], padding=mode,
+                  dilation_rate=a["dilation"], use_bias=a["bias"], name=_param_layer_name(node), dtype=dtype)
+    if _is_depthwise(node, c):
+        y = keras.layers.DepthwiseConv2D(depth_multiplier=a["out_channels"] // c, **common)(x)
+    else:
+        y = keras.layers.Conv2D(a["out_channels"], groups=a["groups"], **common)(x)
+    if split:
+        y = _custom_layers()["Subsample2D"](a["stride"], name=name, dtype=dtype)(y)
+    return y
+
+
+def _param_layer_name(node: Node) -> str:
+    """The layer holding a node's parameters: the node's own layer, or ``<node>__conv`` before a subsample."""
+    return layer_name(node.name, "conv" if _strided_dilated(node) else None)
+
+
+def _batch_norm(keras, node, xs, shapes, name, dtype):
+    a = node.attrs  # keras momentum weighs the old statistic: keras = 1 - torch
+    return keras.layers.BatchNormalization(epsilon=a["eps"], momentum=1.0 - a["momentum"], name=name,
+                                           dtype=dtype)(xs[0])
+
+
+# keras 3: hard_sigmoid = relu6(x + 3) / 6, hard_silu = x * hard_sigmoid(x), silu = x * sigmoid(x)
+_ACTIVATIONS = {"hardsigmoid": "hard_sigmoid", "hardswish": "hard_silu", "sigmoid": "sigmoid",
+                "swish": "silu"}
+
+
+def _activation(keras, node, xs, shapes, name, dtype):
+    kind = node.attrs["kind"]
+    if kind in ("relu", "relu6"):
+        return keras.layers.ReLU(max_value=6.0 if kind == "relu6" else None, name=name, dtype=dtype)(xs[0])
+    return keras.layers.Activation(_ACTIVATIONS[kind], name=name, dtype=dtype)(xs[0])
+
+
+def _max_pool2d(keras, node, xs, shapes, name, dtype):
+    a, x = node.attrs, xs[0]
+    mode = _pad_mode(shapes[0], a)
+    if mode is None:  # zero pads could win the max: pad with -inf
+        x, mode = _explicit_pad(keras, x, node, dtype, value=-math.inf), "valid"
+    return keras.layers.MaxPooling2D(a["kernel"], a["stride"], padding=mode, name=name, dtype=dtype)(x)
+
+
+def _avg_pool2d(keras, node, xs, shapes, name, dtype):
+    a, x = node.attrs, xs[0]
+    t, b, l, r = a["pads"]
+    mode = _pad_mode(shapes[0], a)
+    if mode != "valid" and a["count_include_pad"]:
+        x, mode = _explicit_pad(keras, x, node, dtype), "valid"
+    # TF "same" excludes pads, but keras' torch backend pads an asymmetric "same" by replication
+    if mode is None or (mode == "same" and (t, l) != (b, r)):
+        return _custom_layers()["AvgPool2DExcludePad"](a["kernel"], a["stride"], a["pads"], name=name,
+                                                       dtype=dtype)(x)
+    return keras.layers.AveragePooling2D(a["kernel"], a["stride"], padding=mode, name=name, dtype=dtype)(x)
+
+
+def _custom(cls, *attrs):
+    return lambda k, a, **kw: _custom_layers()[cls](*(a[n] for n in attrs), **kw)
+
+
+# ops that are one layer: (keras, attrs, name=, dtype=) -> layer
+_LAYER = {
+    "add": lambda k, a, **kw: k.layers.Add(**kw),
+    "mul": lambda k, a, **kw: k.layers.Multiply(**kw),  # broadcasts (N,1,1,C) x (N,H,W,C)
+    "concat": lambda k, a, **kw: k.layers.Concatenate(axis=-1, **kw),
+    "slice_channels": _custom("SliceChannels", "start", "stop"),
+    "channel_shuffle": _custom("ChannelShuffle", "groups"),
+    "global_avg_pool": lambda k, a, **kw: k.layers.GlobalAveragePooling2D(keepdims=True, **kw),
+    "flatten": lambda k, a, **kw: k.layers.Flatten(**kw),  # only on (N, 1, 1, C): no order issue
+    "linear": lambda k, a, **kw: k.layers.Dense(a["out_features"], use_bias=a["bias"], **kw),
+    "dropout": lambda k, a, **kw: k.layers.Dropout(a["rate"], **kw),
+}
+
+
+def _one_layer(keras, node, xs, shapes, name, dtype):
+    layer = _LAYER[node.op](keras, node.attrs, name=name, dtype=dtype)
+    return layer(xs if len(xs) > 1 else xs[0])
+
+
+CONVERTERS = {"conv2d": _conv2d, "batch_norm": _batch_norm, "activation": _activation,
+              "max_pool2d": _max_pool2d, "avg_pool2d": _avg_pool2d, **dict.fromkeys(_LAYER, _one_layer)}
+
+
+# --- contract --------------------------------------------------------------------------------
+def build(graph: Graph, dtype: str = "float32"):
+    """The functional keras model of ``graph`` (NHWC input), every layer in ``dtype``."""
+    import keras
+
+    _check_layer_names(graph)
+    c, h, w = graph.input_shape
+    inp = keras.Input((h, w, c), dtype=dtype, name=layer_name(INPUT))
+    values = {INPUT: inp}
+    for node in graph.nodes:
+        values[node.name] = CONVERTERS[node.op](keras, node, [values[i] for i in node.inputs],
+                                                graph.in_shapes(node), layer_name(node.name), dtype)
+    model = keras.Model(inp, values[graph.output], name=graph.name)
+    setattr(model, _GRAPH, graph)
+    return model
+
+
+def _check_layer_names(graph: Graph) -> None:
+    """Two node names (or a node and an auxiliary ``pad``/``conv`` layer) may not map to one name."""
+    names = [layer_name(INPUT)] + [layer_name(n.name, part) for n in graph.nodes
+                                   for part in (None, "pad", "conv")]
+    clashes = sorted({n for n in names if names.count(n) > 1})
+    if clashes:
+        raise SpecError(f"graph {graph.name!r}: node names collide as keras layer names {clashes} "
+                        "(dots become '__'); rename the nodes")
+
+
+def owns(model) -> bool:
+    return isinstance(getattr(model, _GRAPH, None), Graph)
+
+
+def graph_of(model) -> Graph:
+    if not owns(model):
+        raise LightnetsError(f"{type(model).__name__} carries no lightnets graph (nor does a model reloaded "
+                             "from .keras); build it with lightnets.build(..., backend='keras')")
+    return getattr(model, _GRAPH)
+
+
+def _params(model):
+    """(canonical name, keras variable, node, suffix, in_channels) for every canonical parameter."""
+    graph = graph_of(model)
+    for p in graph.params:
+        node_name, suffix = p.name.rsplit(".", 1)
+        node = graph.node(node_name)
+        layer = model.get_layer(_param_layer_name(node))
+        yield p.name, getattr(layer, _VARS[suffix]), node, suffix, graph.in_shapes(node)[0][0]
+
+
+_VARS = {"weight": "kernel", "bias": "bias", "gamma": "gamma", "beta": "beta", "mean": "moving_mean",
+         "var": "moving_variance"}
+
+
+def _to_native(node: Node, suffix: str, in_channels: int, w: np.ndarray) -> np.ndarray:
+    """THE canonical -> keras layout mapping (``_to_canonical`` is its inverse)."""
+    if suffix != "weight":
+        return w
+    if node.op == "linear":
+        return w.T  # (out, in) -> (in, out)
+    if _is_depthwise(node, in_channels):  # (C*m, 1, kh, kw) -> (kh, kw, C, m)
+        return w.reshape(in_channels, -1, *w.shape[2:]).transpose(2, 3, 0, 1)
+    return w.transpose(2, 3, 1, 0)  # OIHW -> (kh, kw, I/g, O)
+
+
+def _to_canonical(node: Node, suffix: str, in_channels: int, w: np.ndarray) -> np.ndarray:
+    """The inverse of ``_to_native``."""
+    if suffix != "weight":
+        return w
+    if node.op == "linear":
+        return w.T
+    if _is_depthwise(node, in_channels):
+        kh, kw = w.shape[:2]
+        return w.transpose(2, 3, 0, 1).reshape(-1, 1, kh, kw)
+    return w.transpose(3, 2, 0, 1)
+
+
+def set_weights(model, weights) -> None:
+    """Assign canonical weights (already checked against the graph) in the model's dtype."""
+    for name, var, node, suffix, c in _params(model):
+        var.assign(np.asarray(_to_native(node, suffix, c, np.asarray(weights[name])), var.dtype))
+
+
+def get_weights(model) -> dict[str, np.ndarray]:
+    """Canonical weights, in the model's dtype."""
+    return {name: np.ascontiguousarray(_to_canonical(node, suffix, c, var.numpy()))
+            for name, var, node, suffix, c in _params(model)}
+
+
+def _to_nchw(y, dtype) -> np.ndarray:
+    """NHWC -> NCHW, in the model's dtype (keras on torch may return float32 from a float64 model)."""
+    y = np.asarray(y, dtype)
+    return np.ascontiguousarray(y.transpose(0, 3, 1, 2)) if y.ndim == 4 else y
+
+
+def _nhwc(model, x) -> np.ndarray:
+    """Validate the NCHW numpy batch ``x`` and return it in NHWC and the model's dtype: the one transpose."""
+    graph = graph_of(model)
+    x = np.asarray(x)
+    check_input(graph, x)
+    if tuple(x.shape[1:]) != graph.input_shape:
+        raise InputShapeError(f"input shape {tuple(x.shape[1:])} differs from the graph's "
+                              f"{graph.input_shape}; build the model with that input_size")
+    return np.ascontiguousarray(x.transpose(0, 2, 3, 1), dtype=_dtype(model))
+
+
+def _dtype(model) -> np.dtype:
+    return np.dtype(model.inputs[0].dtype)
+
+
+def run(model, x, return_all: bool = False):
+    """Eval forward of the NCHW numpy batch ``x``; NCHW out (``(N, C)`` for vectors)."""
+    x_nhwc, dtype = _nhwc(model, x), _dtype(model)
+    if not return_all:
+        return _to_nchw(model.predict_on_batch(x_nhwc), dtype)
+    every = getattr(model, _ALL, None)
+    if every is None:  # built once; shares the model's layers and weights
+        import keras
+
+        outputs = {n.name: model.get_layer(layer_name(n.name)).output for n in graph_of(model).nodes}
+        every = keras.Model(model.inputs[0], outputs, name=f"{model.name}__all")
+        object.__setattr__(model, _ALL, every)
+    return {k: _to_nchw(v, dtype) for k, v in every.predict_on_batch(x_nhwc).items()}
+
+
+def train_forward(model, x):
+    """One training-mode forward (BN on batch statistics, dropout off); output and updated BN stats.
+
+    Keras updates the moving variance with the biased batch variance; the IR pins the unbiased one
+    (torch convention), so the batch term of each update is rescaled by n / (n - 1) afterwards.
+    """
+    import keras
+
+    graph, x_nhwc, dtype = graph_of(model), _nhwc(model, x), _dtype(model)
+    bns = [(n, model.get_layer(layer_name(n.name))) for n in graph.nodes if n.op == "batch_norm"]
+    old = {n.name: layer.moving_variance.numpy() for n, layer in bns}
+    dropouts = [la for la in model.layers if isinstance(la, keras.layers.Dropout)]
+    rates = [la.rate for la in dropouts]
+    try:
+        for la in dropouts:
+            la.rate = 0.0
+        out = keras.ops.convert_to_numpy(model(x_nhwc, training=True))
+    finally:
+        for la, rate in zip(dropouts, rates, strict=True):
+            la.rate = rate
+    for node, layer in bns:
+        _, h, w = graph.in_shapes(node)[0]
+        n, keep = x_nhwc.shape[0] * h * w, layer.momentum
+        kept = keep * old[node.name]
+        layer.moving_variance.assign(kept + (layer.moving_variance.numpy() - kept) * (n / (n - 1)))
+    stats = {k: v for k, v in get_weights(model).items() if k.endswith((".mean", ".var"))}
+    return _to_nchw(out, dtype), stats
+
+
+def gradients(model, x, probe) -> dict[str, np.ndarray]:
+    """Eval-mode gradients of ``sum(output * probe)`` w.r.t. every trainable parameter and ``input``.
+
+    Canonical names and layouts; ``input`` in NCHW. Supports keras on tensorflow and on torch.
+    """
+    import keras
+
+    x_nhwc, dtype = _nhwc(model, x), _dtype(model)
+    probe = np.asarray(probe, dtype)
+    probe = probe.transpose(0, 2, 3, 1) if probe.ndim == 4 else probe
+    trainable = {p.name for p in graph_of(model).params if p.trainable}
+    params = [p for p in _params(model) if p[0] in trainable]
+    variables = [p[1] for p in params]
+    backend = keras.backend.backend()
+    if backend == "tensorflow":
+        import tensorflow as tf
+
+        xt = tf.constant(x_nhwc)
+        with tf.GradientTape() as tape:
+            tape.watch(xt)
+            loss = tf.reduce_sum(model(xt, training=False) * probe)
+        grads = [g.numpy() for g in tape.gradient(loss, [xt, *variables])]
+    elif backend == "torch":
+        import torch
+
+        xt = torch.tensor(x_nhwc, requires_grad=True)
+        loss = (model(xt, training=False) * torch.as_tensor(probe)).sum()
+        grads = torch.autograd.grad(loss, [xt, *(v.value for v in variables)])
+        grads = [g.detach().cpu().numpy() for g in grads]
+    else:
+        raise LightnetsError(f"gradients are implemented for keras on tensorflow and torch, not {backend!r}")
+    out = {name: np.ascontiguousarray(_to_canonical(node, suffix, c, np.asarray(g, dtype)))
+           for (name, _, node, suffix, c), g in zip(params, grads[1:], strict=True)}
+    return {**out, "input": _to_nchw(grads[0], dtype)}
