@@ -73,6 +73,14 @@ class PadPool2d(nn.Module):
                 + ("" if self.kind == "max" else f", count_include_pad={self.count_include_pad}"))
 
 
+class HardSigmoid(nn.Module):
+    """relu6(x + 3) / 6, written out so that autograd is exact in float64 too (it gates SE blocks,
+    on (N, C, 1, 1) tensors, so the extra kernels cost nothing measurable)."""
+
+    def forward(self, x):
+        return F.relu6(x + 3.0) / 6.0
+
+
 class ChannelShuffle(nn.Module):
     """Paper shuffle: view (N, g, C/g, H, W), swap the group axes, flatten back."""
 
@@ -112,7 +120,7 @@ def _batch_norm(node: Node, shapes):
 _ACTIVATIONS: dict[str, Callable[[], nn.Module]] = {
     "relu": nn.ReLU,  # max(x, 0)
     "relu6": nn.ReLU6,  # min(max(x, 0), 6)
-    "hardsigmoid": nn.Hardsigmoid,  # relu6(x + 3) / 6 in torch's kernels
+    "hardsigmoid": HardSigmoid,  # nn.Hardsigmoid's backward uses a float32 1/6 even in float64
     "hardswish": nn.Hardswish,  # x * relu6(x + 3) / 6
     "sigmoid": nn.Sigmoid,
     "swish": nn.SiLU,  # x * sigmoid(x)

@@ -11,7 +11,8 @@ from types import ModuleType
 
 import numpy as np
 
-from . import registry, weights as W
+from . import registry
+from . import weights as W
 from .errors import BackendNotInstalledError, LightnetsError, UnknownBackendError
 from .graph import Graph
 

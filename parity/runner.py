@@ -20,7 +20,8 @@ from pathlib import Path
 
 import numpy as np
 
-from lightnets import reference, weights as W
+from lightnets import reference
+from lightnets import weights as W
 
 from . import tolerances as T
 from .cases import Case, make_input
@@ -147,17 +148,18 @@ class Matrix:
         with np.load(out / dtype / f"{case_id}.npz") as z:
             return {k: z[k] for k in z.files}, ""
 
-    def _tol(self, case_id: str, dtype: str) -> float:
+    def _tol(self, case_id: str, dtype: str, target: str) -> float:
         table = T.OP_REL if self.kinds.get(case_id) == "op" else T.MODEL_REL
-        return table[dtype]
+        return table[T.effective_dtype(target, dtype)]
 
     def compare(self, outs: dict[str, Path], dtypes: list[str], train: bool = False) -> list[Result]:
         results: list[Result] = []
         for case_id, dtype in itertools.product(self.cases, dtypes):
             kind = self.kinds.get(case_id, "model")
-            tol, ref = self._tol(case_id, dtype), self.golden[case_id]
+            ref = self.golden[case_id]
             got = {}
             for target, out in outs.items():
+                tol = self._tol(case_id, dtype, target)
                 arrays, err = self._load(out, dtype, case_id)
                 if arrays is None:
                     results.append(_judge(Result(kind, case_id, target, dtype, tol=tol, status="error", error=err)))
@@ -169,7 +171,7 @@ class Matrix:
                 ya, yb = got[a]["output"], got[b]["output"]
                 scale = float(np.max(np.abs(ref))) or 1.0
                 results.append(_judge(Result("pair", case_id, f"{a}~{b}", dtype, T.abs_error(ya, yb),
-                                             T.abs_error(ya, yb) / scale, 2 * tol)))
+                                             T.abs_error(ya, yb) / scale, 2 * self._tol(case_id, dtype, f"{a}~{b}"))))
             if train:
                 results += self._compare_train(case_id, dtype, got)
         return results
@@ -179,14 +181,14 @@ class Matrix:
         w = W.load(self.files[case_id]["weights"])
         out, stats = reference.train_forward(case.graph, w, np.load(self.files[case_id]["input"]))
         results = []
-        tol = self._tol(case_id, dtype)
         for target, arrays in got.items():
+            tol = self._tol(case_id, dtype, target)
             results.append(_judge(Result("train", case_id, target, dtype, T.abs_error(arrays["train:output"], out),
                                          T.rel_error(arrays["train:output"], out), tol)))
             errs = [T.rel_error(arrays[f"stat:{k}"], v) for k, v in stats.items()] or [0.0]
             results.append(_judge(Result("stats", case_id, target, dtype, rel_err=max(errs), tol=tol)))
-        grad_tol = T.GRAD_REL[dtype]
         for a, b in itertools.combinations(sorted(got), 2):
+            grad_tol = T.GRAD_REL[T.effective_dtype(f"{a}~{b}", dtype)]
             keys = sorted(k for k in got[a] if k.startswith("grad:"))
             missing = set(keys) ^ {k for k in got[b] if k.startswith("grad:")}
             if missing:
@@ -213,7 +215,7 @@ class Matrix:
             graph = self.cases[case_id].graph
             ref_all = reference.run(graph, W.load(self.files[case_id]["weights"]),
                                     np.load(self.files[case_id]["input"]), return_all=True)
-            tol = self._tol(case_id, dtype)
+            tol = self._tol(case_id, dtype, target)
             per_node, first = [], None
             for node in graph.nodes:
                 rel = T.rel_error(arrays[f"node:{node.name}"], ref_all[node.name])

@@ -2,13 +2,13 @@
 
 import numpy as np
 import pytest
-from lightnets.parity.cases import make_input, op_cases
-from lightnets.parity.tolerances import MODEL_REL, OP_REL, rel_error
 
 import lightnets
 from lightnets import reference
 from lightnets import weights as W
 from lightnets.errors import InputShapeError
+from lightnets.parity.cases import make_input, op_cases
+from lightnets.parity.tolerances import MODEL_REL, OP_REL, rel_error
 
 torch = pytest.importorskip("torch")
 tb = pytest.importorskip("lightnets.backends.torch")
