@@ -21,6 +21,14 @@ PARAMS = {
     "shufflenet_v2_050": 1_366_792, "shufflenet_v2_100": 2_278_604, "shufflenet_v2_150": 3_503_624,
     "shufflenet_v2_200": 7_393_996, "shufflenet_v2_200_paddle": 7_366_536,
     "ghostnet_050": 2_587_292, "ghostnet_100": 5_182_508, "ghostnet_130": 7_358_820,
+    # keras.applications flavours (TF padding, keras BN/head): same counts as keras.applications
+    "mobilenet_v1_100_keras": 4_231_976, "mobilenet_v1_075_keras": 2_585_560,
+    "mobilenet_v1_050_keras": 1_331_592, "mobilenet_v1_025_keras": 470_072,
+    "mobilenet_v2_100_keras": 3_504_872, "mobilenet_v2_075_keras": 2_636_424,
+    "mobilenet_v2_050_keras": 1_968_680, "mobilenet_v2_035_keras": 1_677_128,
+    "mobilenet_v2_140_keras": 6_108_776,
+    "mobilenet_v3_large_100_keras": 5_483_032, "mobilenet_v3_large_075_keras": 3_993_528,
+    "mobilenet_v3_small_100_keras": 2_542_856, "mobilenet_v3_small_075_keras": 2_041_872,
 }
 # DESIGN §3: official megvii ShuffleNetV1 (rounded to 0.01M there; within 1% here).
 SHUFFLENET_V1_PARAMS = {
@@ -253,7 +261,7 @@ def test_shufflenet_v1_channel_rule_reproduces_the_official_tables():
 # --- any input size, features without the top ----------------------------------------------
 def test_every_id_builds_at_any_input_size_and_without_top():
     ids = _ids()
-    assert len(ids) == 28 + 8 + 6 + 3
+    assert len(ids) == 28 + 8 + 6 + 3 + 4  # + 4 mobilenet_v3 *_keras
     for model_id in ids:
         full = lightnets.get_spec(model_id)
         assert full.output_shape == (1000,)

@@ -6,7 +6,7 @@ from typing import NamedTuple
 
 from ..graph import Graph, GraphBuilder
 from ..registry import register
-from .common import width_id
+from .common import pads_for, width_id
 
 
 class DWSep(NamedTuple):
@@ -27,17 +27,34 @@ WIDTHS = (0.25, 0.5, 0.75, 1.0)
 
 
 def build(name: str, width: float, num_classes: int, input_size: int, include_top: bool,
-          dropout: float = 0.0, eps: float = 1e-5) -> Graph:
-    """MobileNetV1: channels are ``int(c * width)`` as in keras.applications and paddle.vision."""
-    g = GraphBuilder(name, (3, input_size, input_size), family="mobilenet_v1", width=width)
-    x = g.conv_bn_act("stem", "input", int(STEM * width), 3, stride=2, eps=eps)
+          dropout: float = 0.0, eps: float = 1e-5, momentum: float = 0.1, act: str = "relu",
+          padding: str = "symmetric") -> Graph:
+    """MobileNetV1: channels are ``int(c * width)`` as in keras.applications and paddle.vision.
+
+    ``padding="keras"`` (the ``_keras`` ids, keras.applications.MobileNet): TF 'same' stem and
+    stride-1 convs, ZeroPadding2D(((0, 1), (0, 1))) + 'valid' before each strided depthwise conv.
+    """
+    g = GraphBuilder(name, (3, input_size, input_size), family="mobilenet_v1", width=width,
+                     **({} if padding == "symmetric" else {"padding": padding}))
+    bn = dict(eps=eps, momentum=momentum, act=act)
+
+    def pads(x, k, s, kind="same"):
+        return pads_for(padding, g.shape(x)[1:], k, s, kind)
+
+    x = g.conv_bn_act("stem", "input", int(STEM * width), 3, stride=2, pads=pads("input", 3, 2), **bn)
     for i, layer in enumerate(LAYERS):
         c = g.channels(x)
-        x = g.conv_bn_act(f"blocks.{i}.dw", x, c, 3, stride=layer.stride, groups=c, eps=eps)
-        x = g.conv_bn_act(f"blocks.{i}.pw", x, int(layer.out * width), 1, eps=eps)
+        x = g.conv_bn_act(f"blocks.{i}.dw", x, c, 3, stride=layer.stride, groups=c,
+                          pads=pads(x, 3, layer.stride, "pad01"), **bn)
+        x = g.conv_bn_act(f"blocks.{i}.pw", x, int(layer.out * width), 1, **bn)
     g.classifier(x, num_classes, dropout=dropout, include_top=include_top)
     return g.build()
 
 
 for _w in WIDTHS:
     register(f"mobilenet_v1_{width_id(_w)}", "mobilenet_v1", build, width=_w)
+# keras.applications.MobileNet: TF padding, BN eps 1e-3 / momentum 0.99 (IR 0.01), ReLU6,
+# head GAP -> Dropout(1e-3) -> 1x1 conv with bias (= linear)
+KERAS = dict(padding="keras", eps=1e-3, momentum=0.01, act="relu6", dropout=1e-3)
+for _w in WIDTHS:
+    register(f"mobilenet_v1_{width_id(_w)}_keras", "mobilenet_v1", build, width=_w, **KERAS)

@@ -6,7 +6,7 @@ from typing import NamedTuple
 
 from ..graph import Graph, GraphBuilder
 from ..registry import register
-from .common import make_divisible, width_id
+from .common import make_divisible, pads_for, width_id
 
 
 class Stage(NamedTuple):
@@ -33,29 +33,48 @@ WIDTHS = (0.35, 0.5, 0.75, 1.0, 1.4)
 
 
 def build(name: str, width: float, num_classes: int, input_size: int, include_top: bool,
-          dropout: float = 0.2, eps: float = 1e-5) -> Graph:
-    """MobileNetV2 as torchvision/timm/keras: ``make_divisible(c * width, 8)``, head widens only above 1.0."""
-    g = GraphBuilder(name, (3, input_size, input_size), family="mobilenet_v2", width=width)
-    x = g.conv_bn_act("stem", "input", make_divisible(STEM * width), 3, stride=2, act="relu6", eps=eps)
+          dropout: float = 0.2, eps: float = 1e-5, momentum: float = 0.1, padding: str = "symmetric") -> Graph:
+    """MobileNetV2 as torchvision/timm/keras: ``make_divisible(c * width, 8)``, head widens only above 1.0.
+
+    ``padding="keras"`` (the ``_keras`` ids, keras.applications.MobileNetV2): TF 'same' stem and
+    stride-1 convs, ZeroPadding2D(correct_pad) + 'valid' before each strided depthwise conv, block
+    widths ``make_divisible(int(c * width))`` as keras writes them.
+    """
+    g = GraphBuilder(name, (3, input_size, input_size), family="mobilenet_v2", width=width,
+                     **({} if padding == "symmetric" else {"padding": padding}))
+    bn = dict(eps=eps, momentum=momentum)
+
+    def pads(x, k, s, kind="same"):
+        return pads_for(padding, g.shape(x)[1:], k, s, kind)
+
+    x = g.conv_bn_act("stem", "input", make_divisible(STEM * width), 3, stride=2, act="relu6",
+                      pads=pads("input", 3, 2), **bn)
     i = 0
     for st in STAGES:
-        out = make_divisible(st.c * width)
+        out = make_divisible(int(st.c * width) if padding == "keras" else st.c * width)
         for r in range(st.n):
             block, inp = f"blocks.{i}", x
             c = g.channels(x)
             if st.t != 1:
-                x = g.conv_bn_act(f"{block}.expand", x, c * st.t, 1, act="relu6", eps=eps)
+                x = g.conv_bn_act(f"{block}.expand", x, c * st.t, 1, act="relu6", **bn)
             hidden = g.channels(x)
-            x = g.conv_bn_act(f"{block}.dw", x, hidden, 3, stride=st.s if r == 0 else 1, groups=hidden,
-                              act="relu6", eps=eps)
-            x = g.conv_bn_act(f"{block}.project", x, out, 1, act=None, eps=eps)
+            s = st.s if r == 0 else 1
+            x = g.conv_bn_act(f"{block}.dw", x, hidden, 3, stride=s, groups=hidden, act="relu6",
+                              pads=pads(x, 3, s, "correct_pad"), **bn)
+            x = g.conv_bn_act(f"{block}.project", x, out, 1, act=None, **bn)
             if g.shape(x) == g.shape(inp):
                 x = g.add(f"{block}.add", "add", [inp, x])
             i += 1
-    x = g.conv_bn_act("head.conv", x, make_divisible(HEAD * max(1.0, width)), 1, act="relu6", eps=eps)
+    x = g.conv_bn_act("head.conv", x, make_divisible(HEAD * max(1.0, width)), 1, act="relu6", **bn)
     g.classifier(x, num_classes, dropout=dropout, include_top=include_top)
     return g.build()
 
 
 for _w in WIDTHS:
     register(f"mobilenet_v2_{width_id(_w)}", "mobilenet_v2", build, width=_w)
+# keras.applications.MobileNetV2: TF padding, BN eps 1e-3 / momentum 0.999 (IR 0.001), no dropout
+# before the Dense classifier; keras also offers alpha 1.3
+KERAS_WIDTHS = (0.35, 0.5, 0.75, 1.0, 1.3, 1.4)
+for _w in KERAS_WIDTHS:
+    register(f"mobilenet_v2_{width_id(_w)}_keras", "mobilenet_v2", build, width=_w, padding="keras",
+             eps=1e-3, momentum=0.001, dropout=0.0)

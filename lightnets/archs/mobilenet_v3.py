@@ -20,7 +20,7 @@ from typing import NamedTuple
 from ..errors import SpecError
 from ..graph import Graph, GraphBuilder
 from ..registry import register
-from .common import make_divisible, width_id
+from .common import make_divisible, pads_for, width_id
 
 
 class Bneck(NamedTuple):
@@ -83,17 +83,26 @@ def _se(g: GraphBuilder, name: str, x: str, squeeze: int) -> str:
 
 
 def build(name: str, size: str, width: float, num_classes: int, input_size: int, include_top: bool,
-          rounding: str = "ratio", dropout: float = 0.2, eps: float = 1e-3, momentum: float = 0.01) -> Graph:
-    """MobileNetV3-``size`` (large or small) at ``width``; ``rounding`` is 'ratio' or 'table' (see above)."""
+          rounding: str = "ratio", dropout: float = 0.2, eps: float = 1e-3, momentum: float = 0.01,
+          padding: str = "symmetric") -> Graph:
+    """MobileNetV3-``size`` (large or small) at ``width``; ``rounding`` is 'ratio' or 'table' (see above).
+
+    ``padding="keras"`` (the ``_keras`` ids, keras.applications.MobileNetV3*): TF 'same' stem and
+    stride-1 convs, ZeroPadding2D(correct_pad) + 'valid' before each strided depthwise conv.
+    """
     if size not in TABLES or rounding not in ("ratio", "table"):
         raise SpecError(f"size must be one of {sorted(TABLES)} and rounding 'ratio' or 'table', "
                         f"got {size!r}, {rounding!r}")
     table = TABLES[size]
     bn = dict(eps=eps, momentum=momentum)
     g = GraphBuilder(name, (3, input_size, input_size), family="mobilenet_v3", size=size, width=width,
-                     rounding=rounding)
+                     rounding=rounding, **({} if padding == "symmetric" else {"padding": padding}))
+
+    def pads(x, k, s, kind="same"):
+        return pads_for(padding, g.shape(x)[1:], k, s, kind)
+
     stem = make_divisible(table[0].inp * width)
-    x = g.conv_bn_act("stem", "input", stem, 3, stride=2, act="hardswish", **bn)
+    x = g.conv_bn_act("stem", "input", stem, 3, stride=2, act="hardswish", pads=pads("input", 3, 2), **bn)
     for i, row in enumerate(table):
         block, inp = f"blocks.{i}", x
         c = g.channels(x)
@@ -104,7 +113,8 @@ def build(name: str, size: str, width: float, num_classes: int, input_size: int,
         act = ACT[row.act]
         if exp != c:
             x = g.conv_bn_act(f"{block}.expand", x, exp, 1, act=act, **bn)
-        x = g.conv_bn_act(f"{block}.dw", x, exp, row.kernel, stride=row.stride, groups=exp, act=act, **bn)
+        x = g.conv_bn_act(f"{block}.dw", x, exp, row.kernel, stride=row.stride, groups=exp, act=act,
+                          pads=pads(x, row.kernel, row.stride, "correct_pad"), **bn)
         if row.se:
             x = _se(g, f"{block}.se", x, make_divisible(exp // 4, 8))
         x = g.conv_bn_act(f"{block}.project", x, make_divisible(row.out * width), 1, act=None, **bn)
@@ -122,3 +132,8 @@ for _size in TABLES:
         register(f"mobilenet_v3_{_size}_{width_id(_w)}", "mobilenet_v3", build, size=_size, width=_w)
     register(f"mobilenet_v3_{_size}_075_paddle", "mobilenet_v3", build, size=_size, width=0.75,
              rounding="table")
+    # keras.applications.MobileNetV3*: TF padding, BN momentum 0.999 (IR 0.001); the head (GAP
+    # keepdims -> 1x1 conv with bias, no BN -> hardswish -> dropout -> 1x1 conv) is the same graph
+    for _w in WIDTHS:
+        register(f"mobilenet_v3_{_size}_{width_id(_w)}_keras", "mobilenet_v3", build, size=_size, width=_w,
+                 padding="keras", momentum=0.001)
