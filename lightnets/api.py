@@ -78,16 +78,21 @@ def export_weights(model) -> W.Weights:
     return backend_of(model).get_weights(model)
 
 
-def load_weights(model, weights) -> None:
-    """Assign canonical weights (dict or file) to ``model``; checked in full before any assignment."""
-    be = backend_of(model)
-    be.set_weights(model, W.check_weights(be.graph_of(model), _as_weights(weights)))
+def load_weights(model, weights, format: str | None = None) -> None:
+    """Assign weights to ``model``: a canonical dict or a file of any format (``lightnets.port``
+    formats: canonical .safetensors/.npz, torch .pt/.pth/.safetensors, keras .weights.h5/.keras,
+    paddle .pdparams); checked in full before any assignment."""
+    from .port import load_weights as load
+
+    load(model, weights, format)
 
 
-def save_weights(model, path) -> None:
-    """Save a model's canonical weights (``.safetensors`` or ``.npz``), atomically."""
-    be = backend_of(model)
-    W.save(be.get_weights(model), path, metadata={"lightnets.graph": be.graph_of(model).name})
+def save_weights(model, path, format: str | None = None):
+    """Save a model's weights by suffix (or ``format``), atomically: canonical ``.safetensors``/``.npz``
+    or any native format of any backend (see ``lightnets.port``)."""
+    from .port import save_weights as save
+
+    return save(model, path, format)
 
 
 def run(model, x: np.ndarray, return_all: bool = False):

@@ -1,4 +1,4 @@
-"""The ``lightnets`` console script: list, summary, parity, bench.
+"""The ``lightnets`` console script: list, summary, parity, bench, port.
 
 Bad arguments exit with code 2 and the usage; a LightnetsError exits 1 with its message, never a
 traceback.
@@ -189,6 +189,12 @@ def _model_ids(text: str) -> list[str]:
     return _select_models(items)
 
 
+def _model_id(text: str) -> str:
+    if text not in registry.list_models():
+        raise argparse.ArgumentTypeError(f"unknown model {text!r}; see 'lightnets list'")
+    return text
+
+
 def cmd_bench(args) -> int:
     from rich.progress import Progress
 
@@ -214,6 +220,26 @@ def cmd_bench(args) -> int:
         console.print(f"[red]failed[/] {f}")
     console.print(f"wrote {out}/bench.json, bench.png ({report['meta']['wall_time_s']:.0f} s)")
     return 1 if failed else 0
+
+
+def cmd_port(args) -> int:
+    import importlib
+
+    P = importlib.import_module("lightnets.port")
+    out = P.check_writable(args.out, args.force)  # before any work: nothing is written on refusal
+    out_fmt = P.format_of(out, args.format, reading=False)
+    if out_fmt not in P.CANONICAL and P.FORMAT_BACKEND[out_fmt] != args.to:
+        raise LightnetsError(f"--out {out.name} is a {out_fmt} file, not a {args.to} format; use a "
+                             f"{args.to} suffix or canonical .safetensors/.npz")
+    model, info = P.port(args.source, to=args.to, arch=args.arch, from_format=args.from_format,
+                         num_classes=args.num_classes, input_size=args.size, return_info=True)
+    P.save_weights(model, out, args.format)
+    print(f"ported {info['arch']}: {info['source_format']} {args.source} -> {args.to} {out_fmt} {out}")
+    print(f"  tensors moved: {info['tensors']}")
+    print(f"  params moved:  {info['params']:,} values (incl. BN running statistics)")
+    print(f"  probe {'x'.join(map(str, info['probe_shape']))} vs {info['probe_against']}: max abs logit diff "
+          f"{info['max_abs_diff']:.3e}, max rel diff {info['max_rel_diff']:.3e}")
+    return 0
 
 
 def make_parser() -> argparse.ArgumentParser:
@@ -252,6 +278,19 @@ def make_parser() -> argparse.ArgumentParser:
     s.add_argument("--repeats", type=_positive_int(), default=30, help="timed runs per model (interleaved)")
     s.add_argument("--out", default="bench-report", help="directory for bench.json and bench.png")
     s.set_defaults(func=cmd_bench)
+
+    s = sub.add_parser("port", help="port a weights file (any format, or a zoo checkpoint) to another backend")
+    s.add_argument("--arch", required=True, type=_model_id, help="lightnets model id of the weights")
+    s.add_argument("--from", dest="source", required=True, help="weights file to read")
+    s.add_argument("--from-format", help="format of --from (default: by suffix), or a zoo checkpoint "
+                   "such as torchvision:mobilenet_v2, timm:ghostnet_100, paddle:mobilenet_v2")
+    s.add_argument("--to", required=True, choices=BENCH_BACKENDS, help="target backend")
+    s.add_argument("--out", required=True, help="output file; its suffix picks the format")
+    s.add_argument("--format", help="output format name when the suffix is ambiguous (e.g. torch for .safetensors)")
+    s.add_argument("--num-classes", type=_positive_int(), help="class count (default: read from the file)")
+    s.add_argument("--size", type=_positive_int(16), default=224, help="input size of the probe")
+    s.add_argument("--force", action="store_true", help="overwrite --out if it exists")
+    s.set_defaults(func=cmd_port)
     return p
 
 
