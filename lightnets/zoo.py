@@ -12,11 +12,12 @@ explicit ``{canonical_name: (zoo_key, layout)}`` map, checked to use every zoo k
 every canonical key. Every import then checks the zoo model's output on a probe batch against the
 float64 reference executor before it reports success (DESIGN §2, X2Paddle #594).
 
-Keras models have no state dict: their "state dict" is ``{f"{layer.name}.{weight.name}": array}`` in
-``model.layers`` order (kernel, depthwise_kernel for a DepthwiseConv2D's kernel, bias, gamma/beta/moving_mean/moving_variance), which
-the same positional matcher maps with keras layouts (conv (kh,kw,I,O), depthwise (kh,kw,C,1), a 1x1
-conv classifier (1,1,I,O) or a Dense (I,O) for a linear). The keras ids' graphs carry TF padding
-computed from the input size, so import at the keras model's input size.
+Keras models have no state dict: their "state dict" is ``{f"{layer.name}.{weight.name}": array}``
+in ``model.layers`` order (kernel, depthwise_kernel for a DepthwiseConv2D's kernel, bias,
+gamma/beta/moving_mean/moving_variance), which the same positional matcher maps with keras layouts
+(conv (kh,kw,I,O), depthwise (kh,kw,C,1), a 1x1 conv classifier (1,1,I,O) or a Dense (I,O) for a
+linear). The keras ids' graphs carry TF padding computed from the input size, so import at the
+keras model's input size.
 
 numpy only at import time; torch/timm/torchvision/paddle/keras are imported inside the ``make`` functions.
 """

@@ -1,0 +1,227 @@
+"""keras.applications importers: MobileNet / MobileNetV2 / MobileNetV3 import into the ``_keras`` ids,
+run in the keras and torch backends like the keras model (float32, rel error <= 1e-4), in paddle in
+a subprocess, export back into a fresh keras model, and bad weights raise WeightsError naming keys.
+
+keras.applications models are built locally with weights=None and randomised BN statistics (never
+downloaded). This module imports no framework at import time and never imports paddle: tensorflow
+before paddle in one process segfaults (DESIGN §2), so the paddle check runs in a subprocess.
+"""
+
+import json
+import os
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+
+import lightnets
+from lightnets import zoo
+from lightnets.errors import WeightsError
+from lightnets.parity.tolerances import rel_error
+
+NUM_CLASSES = 10
+TOL = 1e-4
+ERRORS: dict[str, float] = {}  # "name@size -> backend": max rel error, printed with -s
+# NB: no test name here may contain "paddle": conftest runs those first, before tensorflow is loaded.
+# (name, input size): keras.applications accepts any size >= 32 with weights=None; 99 is odd, where
+# TF 'same', correct_pad and MobileNet's fixed ((0, 1), (0, 1)) pads all differ from the even case
+CASES = [("MobileNet", 96), ("MobileNet_0.25", 99), ("MobileNetV2", 96), ("MobileNetV2_0.35", 99),
+         ("MobileNetV3Large", 96), ("MobileNetV3Small", 96), ("MobileNetV3Small_0.75", 99)]
+# keras.applications' own trainable counts at 1000 classes (DESIGN §3)
+PARAMS = {"MobileNet": 4_231_976, "MobileNet_0.75": 2_585_560, "MobileNet_0.5": 1_331_592,
+          "MobileNet_0.25": 470_072, "MobileNetV2": 3_504_872, "MobileNetV2_0.75": 2_636_424,
+          "MobileNetV2_0.5": 1_968_680, "MobileNetV2_0.35": 1_677_128, "MobileNetV2_1.4": 6_108_776,
+          "MobileNetV3Large": 5_483_032, "MobileNetV3Large_0.75": 3_993_528,
+          "MobileNetV3Small": 2_542_856, "MobileNetV3Small_0.75": 2_041_872}
+
+
+@pytest.fixture(scope="module")
+def keras():
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+    keras = pytest.importorskip("keras")
+    return keras
+
+
+def _randomise(model, seed):
+    rng = np.random.default_rng(seed)
+    for layer in model.layers:
+        if type(layer).__name__ == "BatchNormalization":
+            c = layer.gamma.shape[0]
+            layer.set_weights([rng.uniform(0.5, 1.5, c), rng.normal(0, 0.1, c), rng.normal(0, 0.1, c),
+                               rng.uniform(0.5, 1.5, c)])
+    return model
+
+
+def _keras_model(keras, name, size, seed=0, **kw):
+    keras.utils.set_random_seed(seed)
+    e = zoo.ZOO[("keras", name)]
+    model = e.make(NUM_CLASSES, size) if not kw else _make_with(keras, name, size, **kw)
+    return _randomise(model, seed + 1)
+
+
+def _make_with(keras, name, size, **kw):
+    ctor, _, alpha = name.partition("_")
+    return getattr(keras.applications, ctor)(weights=None, classes=NUM_CLASSES, input_shape=(size, size, 3),
+                                             **({"alpha": float(alpha)} if alpha else {}), **kw)
+
+
+def _x(size, seed=3):
+    return np.random.default_rng(seed).standard_normal((2, 3, size, size)).astype(np.float32)
+
+
+@pytest.mark.parametrize("name,size", CASES, ids=[f"{n}@{s}" for n, s in CASES])
+def test_import_runs_like_the_keras_model_in_keras_and_torch_and_exports_back(keras, name, size):
+    e = zoo.ZOO[("keras", name)]
+    model = _keras_model(keras, name, size)
+    x = _x(size)
+    want = zoo._forward(model, x, "keras")
+    assert want.shape == (2, NUM_CLASSES)
+    source = model if CASES.index((name, size)) % 2 == 0 else zoo.keras_state_dict(model)
+    graph, w, info = zoo.import_zoo("keras", name, source, input_size=size, probe_size=size)
+    assert info["arch"] == e.arch and e.arch.endswith("_keras") and info["num_classes"] == NUM_CLASSES
+    assert info["probe_rel_error"] <= TOL
+    assert info["preprocessing"]["rescale"] == (1 / 127.5, -1.0) and info["zoo_classifier_activation"] == "softmax"
+    assert all(n.attrs["eps"] == 1e-3 and n.attrs["momentum"] == e.bn_momentum
+               for n in graph.nodes if n.op == "batch_norm")
+    for backend in ("keras", "torch"):
+        ours = lightnets.build(graph, backend=backend, weights=w)
+        err = rel_error(lightnets.run(ours, x), want)
+        ERRORS[f"{name}@{size} -> {backend}"] = err
+        print(f"ZOOERR keras {name}@{size} -> {backend}: {err:.2e}")
+        assert err <= TOL, (backend, err)
+    # export back into a fresh keras model of other random weights
+    fresh = _keras_model(keras, name, size, seed=7)
+    zoo.load_native(fresh, zoo.export_zoo("keras", name, w), "keras")
+    err = rel_error(zoo._forward(fresh, x, "keras"), want)
+    print(f"ZOOERR keras {name}@{size} -> export: {err:.2e}")
+    assert err <= 1e-6
+
+
+def test_symmetric_padding_would_fail_the_probe(keras):
+    # the default id (torch-style pads) with the keras weights must not pass silently
+    name, size = "MobileNetV2", 96
+    model = _keras_model(keras, name, size)
+    key = ("keras", name)
+    good = zoo.ZOO[key]
+    zoo.ZOO[key] = good._replace(arch="mobilenet_v2_100")
+    try:
+        with pytest.raises(WeightsError, match="probe"):
+            zoo.import_zoo(*key, model, input_size=size)
+    finally:
+        zoo.ZOO[key] = good
+
+
+@pytest.mark.parametrize("name", sorted(PARAMS))
+def test_params_equal_keras_applications_trainable_counts(name):
+    shapes, _ = zoo._template("keras", name, 1000)  # a fresh keras.applications model at 224
+    trainable = sum(int(np.prod(s)) for k, s in shapes.items()
+                    if not k.endswith((".moving_mean", ".moving_variance")))
+    assert trainable == PARAMS[name]
+    assert zoo.zoo_graph("keras", name).num_params() == PARAMS[name]
+
+
+def test_name_map_layouts_and_every_key_once():
+    nmap = zoo.name_map("keras", "MobileNetV3Small")
+    shapes, _ = zoo._template("keras", "MobileNetV3Small", 1000)
+    assert sorted(k for k, _ in nmap.values()) == sorted(shapes)
+    assert set(nmap) == {p.name for p in zoo.zoo_graph("keras", "MobileNetV3Small").params}
+    assert nmap["stem.conv.weight"] == ("conv.kernel", "khwio")
+    assert nmap["blocks.0.dw.conv.weight"] == ("expanded_conv_depthwise.depthwise_kernel", "khwc1")
+    assert nmap["head.hidden.weight"] == ("conv_2.kernel", "k11io")
+    assert nmap["head.fc.weight"] == ("logits.kernel", "k11io")
+    assert nmap["stem.bn.var"] == ("conv_bn.moving_variance", "id")
+    assert zoo.name_map("keras", "MobileNetV2")["head.fc.weight"] == ("predictions.kernel", "T")
+    assert zoo.name_map("keras", "MobileNet")["head.fc.weight"] == ("conv_preds.kernel", "k11io")
+
+
+def test_keras_ids_carry_tf_padding_from_the_input_size():
+    g = lightnets.get_spec("mobilenet_v3_small_100_keras", input_size=96)
+    assert g.node("stem.conv").attrs["pads"] == (0, 1, 0, 1)  # TF same, stride 2, even input
+    assert g.node("blocks.3.dw.conv").attrs["pads"] == (1, 2, 1, 2)  # correct_pad, k=5 on 12x12
+    g = lightnets.get_spec("mobilenet_v3_small_100_keras", input_size=99)
+    assert g.node("stem.conv").attrs["pads"] == (1, 1, 1, 1)
+    g = lightnets.get_spec("mobilenet_v1_100_keras", input_size=99)
+    assert g.node("blocks.3.dw.conv").attrs["pads"] == (0, 1, 0, 1)  # MobileNet pads (0, 1) always
+    assert g.node("blocks.0.dw.act").attrs["kind"] == "relu6"
+    assert lightnets.get_spec("mobilenet_v1_100").node("stem.conv").attrs["pads"] == (1, 1, 1, 1)
+
+
+def test_default_keras_model_with_preprocessing_and_softmax_imports(keras):
+    # keras' defaults: Rescaling inside MobileNetV3, softmax head; the probe accounts for both
+    model = _randomise(_make_with(keras, "MobileNetV3Small", 96), 1)
+    graph, w, info = zoo.import_zoo("keras", "MobileNetV3Small", model, input_size=96)
+    assert info["classifier_activation"] == "softmax"
+    assert info["model_rescaling"] == pytest.approx((1 / 127.5, -1.0))
+    assert info["probe_rel_error"] <= TOL
+    assert info["preprocessing"]["in_model"].startswith("Rescaling")
+
+
+def _kd(keras, name="MobileNetV2_0.35", size=96):
+    return zoo.keras_state_dict(_keras_model(keras, name, size))
+
+
+def test_missing_extra_and_misshaped_keys_are_named(keras):
+    sd = _kd(keras)
+    del sd["block_3_expand_BN.moving_variance"]
+    with pytest.raises(WeightsError, match=r"missing keys \['block_3_expand_BN.moving_variance'\]"):
+        zoo.import_zoo("keras", "MobileNetV2_0.35", sd)
+    sd = _kd(keras)
+    sd["extra.kernel"] = np.zeros(3, np.float32)
+    with pytest.raises(WeightsError, match=r"unexpected keys \['extra.kernel'\]"):
+        zoo.import_zoo("keras", "MobileNetV2_0.35", sd)
+    sd = _kd(keras)
+    sd["Conv1.kernel"] = sd["Conv1.kernel"][:, :, :2]
+    with pytest.raises(WeightsError, match=r"Conv1.kernel"):
+        zoo.import_zoo("keras", "MobileNetV2_0.35", sd)
+
+
+def test_weights_of_another_alpha_are_refused(keras):
+    sd = _kd(keras, "MobileNetV2_0.35")
+    with pytest.raises(WeightsError, match=r"Conv1|has shape|missing keys"):
+        zoo.import_zoo("keras", "MobileNetV2_0.5", sd)
+
+
+PADDLE_CHECK = r"""
+import json, sys
+import paddle  # first: tensorflow is never imported in this process
+import numpy as np
+import lightnets
+from lightnets.graph import Graph
+from lightnets.parity.tolerances import rel_error
+out = {}
+for case in json.load(open(sys.argv[1])):
+    graph = Graph.from_json(open(case["graph"]).read())
+    w = dict(np.load(case["weights"]))
+    d = np.load(case["io"])
+    model = lightnets.build(graph, backend="paddle", weights=w)
+    out[case["name"]] = rel_error(lightnets.run(model, d["x"]), d["want"])
+print(json.dumps(out))
+"""
+
+
+def test_imported_weights_run_in_the_third_backend_in_a_fresh_subprocess(keras, tmp_path):
+    pytest.importorskip("torch")  # paddle presence is checked in the subprocess
+    cases = []
+    for name, size in (("MobileNet_0.25", 96), ("MobileNetV3Small", 99)):
+        model = _keras_model(keras, name, size)
+        x = _x(size)
+        graph, w, _ = zoo.import_zoo("keras", name, model, input_size=size)
+        stem = tmp_path / name
+        (stem.with_suffix(".json")).write_text(graph.to_json())
+        np.savez(stem.with_suffix(".w.npz"), **w)
+        np.savez(stem.with_suffix(".io.npz"), x=x, want=zoo._forward(model, x, "keras"))
+        cases.append({"name": f"{name}@{size}", "graph": str(stem.with_suffix(".json")),
+                      "weights": str(stem.with_suffix(".w.npz")), "io": str(stem.with_suffix(".io.npz"))})
+    (tmp_path / "cases.json").write_text(json.dumps(cases))
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    r = subprocess.run([sys.executable, "-c", PADDLE_CHECK, str(tmp_path / "cases.json")], capture_output=True,
+                       text=True, timeout=300, env=env)
+    if r.returncode != 0 and "No module named 'paddle'" in r.stderr:
+        pytest.skip("paddle is not installed")
+    assert r.returncode == 0, r.stderr[-2000:]
+    errs = json.loads(r.stdout.strip().splitlines()[-1])
+    for k, err in errs.items():
+        ERRORS[f"{k} -> paddle"] = err
+        print(f"ZOOERR keras {k} -> paddle: {err:.2e}")
+        assert err <= TOL, (k, err)
