@@ -127,6 +127,14 @@ _ACTIVATIONS: dict[str, Callable[[], nn.Module]] = {
 }
 
 
+# in-place forms, used where the activation is the last reader of its input (never the graph input)
+_INPLACE: dict[str, Callable] = {
+    "relu": F.relu_,
+    "relu6": lambda x: F.hardtanh_(x, 0.0, 6.0),
+    "hardswish": lambda x: F.hardswish(x, inplace=True),
+}
+
+
 def _pool(kind: str):
     def convert(node: Node, shapes):
         a = node.attrs
@@ -174,7 +182,7 @@ class GraphModule(nn.Module):
     def __init__(self, graph: Graph):
         super().__init__()
         self.graph = graph
-        steps, last_use = [], {}
+        steps, fast, last_use = [], [], {}
         for i, node in enumerate(graph.nodes):
             for name in node.inputs:
                 last_use[name] = i
@@ -185,7 +193,13 @@ class GraphModule(nn.Module):
             # values no later node reads are dropped right after their last reader, so memory is reused
             drop = tuple(n for n in dict.fromkeys(node.inputs) if last_use[n] == i and n != graph.output)
             steps.append((node.name, fn, node.inputs, drop))
-        self._steps = tuple(steps)
+            # an activation that is the last reader of a node's output may overwrite it (as zoo models do)
+            if (node.op == "activation" and node.inputs[0] in drop and node.inputs[0] != INPUT
+                    and node.attrs["kind"] in _INPLACE):
+                fast.append((node.name, _INPLACE[node.attrs["kind"]], node.inputs, drop))
+            else:
+                fast.append(steps[-1])
+        self._steps, self._fast_steps = tuple(steps), tuple(fast)
 
     def _attach(self, dotted: str, module: nn.Module) -> None:
         *parents, leaf = dotted.split(".")
@@ -208,7 +222,7 @@ class GraphModule(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         values = {INPUT: x}
-        for name, fn, inputs, drop in self._steps:
+        for name, fn, inputs, drop in self._fast_steps:
             values[name] = fn(*[values[i] for i in inputs])
             for d in drop:
                 del values[d]

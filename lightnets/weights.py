@@ -8,23 +8,29 @@ from __future__ import annotations
 
 import os
 import tempfile
+import zipfile
 from collections.abc import Mapping
 from pathlib import Path
 
 import numpy as np
 
 from .errors import FileFormatError, LightnetsError, WeightsError
-from .graph import Graph
+from .graph import INPUT, Graph
 
 Weights = dict[str, np.ndarray]
 
 
-def init_weights(graph: Graph, seed: int = 0, dtype=np.float64) -> Weights:
+def init_weights(graph: Graph, seed: int = 0, dtype=np.float64, calibrate: bool = True) -> Weights:
     """Deterministic random weights. BN statistics are random too, so BN is never the identity.
 
-    Conv/linear weights are He-normal on the fan-in; biases small; gamma in [0.5, 1.5], beta and mean
-    ~ N(0, 0.1), var in [0.5, 1.5]. The same seed gives the same weights on every machine.
+    Conv/linear weights are He-normal on the fan-in; biases and beta ~ N(0, 0.1); gamma in [0.5, 1.5].
+    With ``calibrate`` each BN's running mean/var are set near the statistics its input really has
+    on a N(0, 1) batch (mean jittered by 0.1 std, var scaled by U(0.5, 1.5)), so activations stay
+    O(1) at any depth as in a trained net; otherwise mean ~ N(0, 0.1), var in [0.5, 1.5].
+    The same seed gives the same weights on every machine.
     """
+    if not isinstance(seed, int) or isinstance(seed, bool) or seed < 0:
+        raise WeightsError(f"seed must be a non-negative int, got {seed!r}")
     rng = np.random.default_rng(seed)
     out: Weights = {}
     for p in graph.params:
@@ -35,8 +41,34 @@ def init_weights(graph: Graph, seed: int = 0, dtype=np.float64) -> Weights:
             v = rng.uniform(0.5, 1.5, p.shape)
         else:  # bias, beta, mean
             v = rng.standard_normal(p.shape) * 0.1
-        out[p.name] = v.astype(dtype)
-    return out
+        out[p.name] = v
+    if calibrate:
+        _calibrate_batch_norms(graph, out, rng)
+    return {k: v.astype(dtype) for k, v in out.items()}
+
+
+def _calibrate_batch_norms(graph: Graph, w: Weights, rng: np.random.Generator) -> None:
+    """Set BN running statistics near their inputs' statistics on a random batch (in place)."""
+    from .reference import run_node
+
+    last_use = {i: k for k, n in enumerate(graph.nodes) for i in n.inputs}
+    # enough samples per channel at the smallest BN map (1x1 at small input sizes)
+    smallest = min((graph.shapes[n.inputs[0]][1] * graph.shapes[n.inputs[0]][2] for n in graph.nodes
+                    if n.op == "batch_norm"), default=64)
+    batch = int(np.clip(np.ceil(64 / smallest), 2, 32))
+    values = {INPUT: rng.standard_normal((batch, *graph.input_shape))}
+    for k, node in enumerate(graph.nodes):
+        inputs = [values[i] for i in node.inputs]
+        if node.op == "batch_norm":
+            mean, std = inputs[0].mean(axis=(0, 2, 3)), inputs[0].std(axis=(0, 2, 3))
+            w[f"{node.name}.mean"] = mean + 0.1 * std * rng.standard_normal(mean.shape)
+            # a floor of 10% of the layer's mean variance keeps dead or near-constant channels finite
+            var = std**2 + 0.1 * np.mean(std**2) + 1e-6
+            w[f"{node.name}.var"] = var * rng.uniform(0.5, 1.5, mean.shape)
+        values[node.name] = run_node(node, inputs, w, graph.shapes[node.name])
+        for i in set(node.inputs):
+            if last_use[i] == k:
+                del values[i]
 
 
 def check_weights(graph: Graph, weights: Mapping[str, np.ndarray]) -> Weights:
@@ -59,7 +91,11 @@ def check_weights(graph: Graph, weights: Mapping[str, np.ndarray]) -> Weights:
     for name, shape in want.items():
         if name not in weights:
             continue
-        v = np.asarray(weights[name])
+        try:
+            v = np.asarray(weights[name])
+        except (ValueError, TypeError) as e:
+            problems.append(f"{name} is not an array ({type(weights[name]).__name__}: {e})")
+            continue
         if v.dtype.kind != "f":
             problems.append(f"{name} has dtype {v.dtype}, expected a float dtype")
         elif tuple(v.shape) != tuple(shape):
@@ -84,7 +120,13 @@ def atomic_write(path: str | os.PathLike, write) -> Path:
     path = Path(path)
     if not path.parent.is_dir():
         raise LightnetsError(f"cannot write {path}: directory {path.parent} does not exist; create it first")
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    if path.is_dir():
+        raise LightnetsError(f"cannot write {path}: it is a directory; pass a file path")
+    try:
+        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    except OSError as e:
+        raise LightnetsError(f"cannot write {path}: directory {path.parent} is not writable ({e.strerror}); "
+                             "choose a writable directory or fix its permissions") from None
     os.close(fd)
     try:
         write(tmp)
@@ -95,12 +137,22 @@ def atomic_write(path: str | os.PathLike, write) -> Path:
     return path
 
 
-def save(weights: Mapping[str, np.ndarray], path: str | os.PathLike, metadata: dict[str, str] | None = None) -> Path:
-    """Write canonical weights to ``.safetensors`` (or ``.npz``) atomically."""
+def save(weights: Mapping[str, np.ndarray], path: str | os.PathLike, metadata: dict[str, str] | None = None,
+         overwrite: bool = False) -> Path:
+    """Write canonical weights to ``.safetensors`` (or ``.npz``) atomically.
+
+    An existing file is replaced only with ``overwrite=True``.
+    """
     from safetensors.numpy import save_file
 
-    arrays = {k: np.ascontiguousarray(v) for k, v in weights.items()}
     suffix = Path(path).suffix
+    if suffix not in (".safetensors", ".npz"):
+        raise FileFormatError(f"cannot save canonical weights as {suffix!r}; use .safetensors or .npz")
+    if not overwrite and Path(path).exists():
+        raise LightnetsError(f"{path} already exists; pass overwrite=True to replace it, or choose another path")
+    if not isinstance(weights, Mapping):
+        raise WeightsError(f"weights must be a mapping of name -> array, got {type(weights).__name__}")
+    arrays = {k: np.ascontiguousarray(v) for k, v in weights.items()}
     if suffix == ".safetensors":
         return atomic_write(path, lambda tmp: save_file(arrays, tmp, metadata=metadata))
     if suffix == ".npz":
@@ -117,15 +169,24 @@ def load(path: str | os.PathLike) -> Weights:
     from safetensors.numpy import load_file
 
     path = Path(path)
+    if path.suffix in (".pkl", ".pickle"):
+        raise FileFormatError(f"{path} is a pickle; lightnets never unpickles (a pickle can run arbitrary code). "
+                              "Re-export the weights as .safetensors or .npz")
     if not path.is_file():
-        raise FileFormatError(f"weights file {path} does not exist")
+        raise FileFormatError(f"weights file {path} does not exist; check the path (or save the weights first)")
+    if path.suffix == ".npz" and not zipfile.is_zipfile(path):
+        raise FileFormatError(f"{path} is not an .npz (zip) archive; it may be truncated, corrupt or a renamed "
+                              ".npy/pickle - re-export it with lightnets.weights.save")
     try:
         if path.suffix == ".safetensors":
             return dict(load_file(path))
         if path.suffix == ".npz":
             with np.load(path, allow_pickle=False) as z:
                 return {k: z[k] for k in z.files}
-    except (SafetensorError, ValueError, OSError, EOFError) as e:
+    except (SafetensorError, ValueError, OSError, EOFError, zipfile.BadZipFile) as e:
+        if isinstance(e, ValueError) and "Object arrays" in str(e):
+            raise FileFormatError(f"{path} holds pickled object arrays, which lightnets never loads (unpickling "
+                                  "can run code); re-export it with plain float arrays") from None
         raise FileFormatError(f"{path} is not a readable {path.suffix} file ({e}); it may be truncated or "
                               "corrupt - re-export it") from None
     raise FileFormatError(f"unknown canonical weights suffix {path.suffix!r} for {path}; use .safetensors or .npz")

@@ -49,7 +49,7 @@ def test_every_model_agrees_with_the_reference_in_every_target(tmp_path):
 
 
 def test_gradients_agree_across_backends_in_float64(matrix):
-    grads = [r for r in matrix if r.kind == "grad" and r.dtype == "float64"]
+    grads = [r for r in matrix if r.kind == "grad" and r.dtype == "float64" and r.case in quick_models()]
     assert len(grads) == len(quick_models()) * len(TARGETS) * (len(TARGETS) - 1) // 2
     exact = [r for r in grads if T.effective_dtype(r.target, "float64") == "float64"]
     assert len(exact) >= len(quick_models()) * 3  # torch, keras (tf), paddle: every pair
