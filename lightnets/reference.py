@@ -6,7 +6,8 @@ from collections.abc import Callable
 
 import numpy as np
 
-from .errors import InputShapeError
+from . import ops
+from .errors import InputShapeError, SpecError
 from .graph import INPUT, Graph, Node
 
 F = np.float64
@@ -128,15 +129,57 @@ def run_node(node: Node, inputs: list[np.ndarray], weights: dict[str, np.ndarray
 
 
 def check_input(graph: Graph, x: np.ndarray, layout: str = "NCHW") -> None:
-    """Raise InputShapeError unless ``x`` is a batch of images with the graph's channel count."""
+    """Raise InputShapeError unless ``x`` is a non-empty real float batch of images that fits the graph.
+
+    Checks rank, channels, dtype (real floats only: ints, bools, complex and object arrays are
+    refused) and, when the spatial size differs from the graph's, that every layer still produces
+    at least a 1x1 map at that size.
+    """
     c = graph.input_shape[0]
-    if getattr(x, "ndim", None) != 4:
-        raise InputShapeError(f"input must be a 4-D {layout} batch, got shape {tuple(getattr(x, 'shape', ()))}; "
+    try:
+        x = np.asarray(x)
+    except (ValueError, TypeError) as e:
+        raise InputShapeError(f"input is not an array ({e}); pass a 4-D {layout} numpy batch") from None
+    if x.ndim != 4:
+        raise InputShapeError(f"input must be a 4-D {layout} batch, got shape {tuple(x.shape)}; "
                               "add a batch axis with x[None] for one image")
     got = x.shape[1] if layout == "NCHW" else x.shape[3]
     if got != c:
         raise InputShapeError(f"input has {got} channels on the {layout} channel axis, the model expects {c}; "
                               f"shape {tuple(x.shape)} - is it in {layout} layout?")
+    if x.dtype.kind != "f":
+        raise InputShapeError(f"input has dtype {x.dtype}, the model takes real floating point images; "
+                              "convert it first, e.g. x.astype('float32') (scale uint8 images to [0, 1] too)")
+    if x.shape[0] == 0:
+        raise InputShapeError(f"input batch {tuple(x.shape)} is empty; pass at least one image")
+    hw = tuple(x.shape[2:4]) if layout == "NCHW" else tuple(x.shape[1:3])
+    if hw != graph.input_shape[1:]:
+        _check_size(graph, *hw)
+
+
+def _check_size(graph: Graph, h: int, w: int) -> None:
+    """Raise InputShapeError if an ``h`` x ``w`` input leaves some layer with an empty output."""
+    fits = graph.__dict__.setdefault("_lightnets_fits", {})
+    if (h, w) not in fits:
+        fits[(h, w)] = _size_problem(graph, h, w)
+    problem = fits[(h, w)]
+    if problem:
+        built = "x".join(map(str, graph.input_shape[1:]))
+        smallest = next((s for s in range(1, max(graph.input_shape[1:]) + 1) if not _size_problem(graph, s, s)),
+                        None)
+        at_least = f"at least {smallest}x{smallest}" if smallest else f"{built}"
+        raise InputShapeError(f"input size {h}x{w} is too small for graph {graph.name!r} (built for {built}): "
+                              f"{problem}; pass inputs of {at_least} pixels, e.g. the {built} it was built for")
+
+
+def _size_problem(graph: Graph, h: int, w: int) -> str:
+    shapes = {INPUT: (graph.input_shape[0], h, w)}
+    for node in graph.nodes:
+        try:
+            shapes[node.name] = ops.infer_shape(node.op, dict(node.attrs), [shapes[i] for i in node.inputs])
+        except SpecError as e:
+            return f"node {node.name!r} ({node.op}) would get an empty or mismatched output ({e})"
+    return ""
 
 
 def train_forward(graph: Graph, weights: dict[str, np.ndarray], x: np.ndarray):
@@ -166,7 +209,8 @@ def train_forward(graph: Graph, weights: dict[str, np.ndarray], x: np.ndarray):
 def run(graph: Graph, weights: dict[str, np.ndarray], x: np.ndarray,
         return_all: bool = False) -> np.ndarray | dict[str, np.ndarray]:
     """Run ``graph`` on the NCHW batch ``x`` in float64; ``return_all`` gives every node's output."""
-    check_input(graph, np.asarray(x))
+    check_input(graph, x)
+    x = np.asarray(x)
     if tuple(x.shape[1:]) != graph.input_shape:
         raise InputShapeError(f"input shape {tuple(x.shape[1:])} differs from the graph's {graph.input_shape}; "
                               "build the spec with that input_size")
