@@ -83,7 +83,7 @@ class Matrix:
             d.mkdir(parents=True, exist_ok=True)
             (d / "graph.json").write_text(c.graph.to_json())
             w = W.init_weights(c.graph, seed=seed + i)
-            W.save(w, d / "weights.safetensors")
+            W.save(w, d / "weights.safetensors", overwrite=True)
             x = make_input(c.graph, c.batch, seed=seed + i)
             np.save(d / "input.npy", x)
             probe = np.random.default_rng(seed + i + 1).standard_normal((c.batch, *c.graph.output_shape))
