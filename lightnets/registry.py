@@ -44,14 +44,28 @@ def families() -> list[str]:
 
 def entry(model_id: str) -> Entry:
     _ensure_loaded()
+    if not isinstance(model_id, str):
+        raise SpecError(f"a model id must be a string such as 'mobilenet_v2_100', got {type(model_id).__name__} "
+                        f"{model_id!r}; run `lightnets list` to see the registered ids")
     if model_id not in _REGISTRY:
         raise UnknownModelError(model_id, sorted(_REGISTRY))
     return _REGISTRY[model_id]
 
 
-def get_spec(model_id: str, num_classes: int = 1000, input_size: int = 224, include_top: bool = True) -> Graph:
-    """The graph of ``model_id`` for the given classifier size and square input size."""
+def get_spec(model_id: str, num_classes: int = 1000, input_size: int = 224, include_top: bool = True,
+             **unsupported) -> Graph:
+    """The graph of ``model_id`` for the given classifier size and square input size.
+
+    Width, groups and other variant choices are part of the id (``mobilenet_v2_050``,
+    ``shufflenet_v1_g8_100``); passing them as keywords raises SpecError listing the family's ids.
+    """
     e = entry(model_id)
+    if unsupported:
+        raise SpecError(f"get_spec({model_id!r}) got unsupported argument(s) {sorted(unsupported)}; width, groups "
+                        f"and other variants are chosen by the model id - the {e.family} ids are: "
+                        f"{', '.join(list_models(e.family))}")
+    if not isinstance(include_top, bool):
+        raise SpecError(f"include_top must be True or False, got {include_top!r}")
     if not isinstance(num_classes, int) or isinstance(num_classes, bool) or num_classes < 1:
         raise SpecError(f"num_classes must be a positive int, got {num_classes!r}")
     if not isinstance(input_size, int) or isinstance(input_size, bool) or input_size < 32:
