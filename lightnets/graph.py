@@ -33,6 +33,13 @@ class Node:
     attrs: Mapping[str, Any] = field(default_factory=dict)
 
     def __post_init__(self):
+        if not isinstance(self.op, str):
+            raise SpecError(f"node {self.name!r}: op must be a string naming an op of the vocabulary, "
+                            f"got {self.op!r}")
+        if not isinstance(self.attrs, Mapping):
+            raise SpecError(f"node {self.name!r}: attrs must be a mapping of name -> value, got {self.attrs!r}")
+        if isinstance(self.inputs, str) or not all(isinstance(i, str) for i in self.inputs):
+            raise SpecError(f"node {self.name!r}: inputs must be a list of node names, got {self.inputs!r}")
         if not isinstance(self.name, str) or not _NAME.match(self.name):
             raise SpecError(f"node name {self.name!r} must be a dotted path of identifiers, "
                             "e.g. 'blocks.3.dw.conv'")
@@ -56,7 +63,15 @@ class Graph:
     def __post_init__(self):
         object.__setattr__(self, "input_shape", tuple(self.input_shape))
         object.__setattr__(self, "nodes", tuple(self.nodes))
+        if not isinstance(self.name, str):
+            raise SpecError(f"graph name must be a string, got {self.name!r}")
+        if not isinstance(self.meta, Mapping):
+            raise SpecError(f"graph meta must be a mapping, got {type(self.meta).__name__}")
         object.__setattr__(self, "meta", MappingProxyType(dict(self.meta)))
+        bad = [n for n in self.nodes if not isinstance(n, Node)]
+        if bad:
+            raise SpecError(f"graph nodes must be lightnets.graph.Node objects, got {type(bad[0]).__name__} "
+                            f"{bad[0]!r:.60}; build them with Node(...) or GraphBuilder")
         if len(self.input_shape) != 3 or not all(isinstance(d, int) and d > 0 for d in self.input_shape):
             raise SpecError(f"graph input_shape {self.input_shape} must be 3 positive ints (C, H, W)")
         if not self.nodes:
@@ -136,15 +151,20 @@ class Graph:
             raise SpecError(f"graph JSON is not valid JSON ({e}); pass the text of Graph.to_json()") from None
         if not isinstance(d, dict) or d.get("format") != "lightnets.graph":
             raise SpecError("graph JSON lacks '\"format\": \"lightnets.graph\"'; pass the text of Graph.to_json()")
-        if d.get("version") != FORMAT_VERSION:
+        if type(d.get("version")) is not int or d.get("version") != FORMAT_VERSION:
             raise SpecError(f"graph JSON version {d.get('version')!r} is not supported (this lightnets reads "
                             f"version {FORMAT_VERSION}); re-export it with this version")
         try:
-            nodes = [Node(n["name"], n["op"], tuple(n["inputs"]), n.get("attrs", {})) for n in d["nodes"]]
+            nodes = [Node(n["name"], n["op"], _inputs(n["inputs"]), n.get("attrs", {})) for n in d["nodes"]]
             return cls(d["name"], tuple(d["input_shape"]), tuple(nodes), d.get("meta", {}))
         except (KeyError, TypeError) as e:
             raise SpecError(f"graph JSON is malformed (missing or mistyped field {e}); every node needs "
                             "name, op, inputs and attrs") from None
+
+
+def _inputs(value):
+    """A JSON node's inputs as a tuple; a bare string stays a string so that Node rejects it by name."""
+    return value if isinstance(value, str) else tuple(value)
 
 
 def _prod(shape) -> int:
