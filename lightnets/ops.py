@@ -179,7 +179,8 @@ def _slice_infer(a, shapes):
 def _shuffle_infer(a, shapes):
     c = _need_map("channel_shuffle", shapes[0])[0]
     if c % a["groups"]:
-        raise SpecError(f"channel_shuffle: {c} channels are not divisible by groups {a['groups']}")
+        raise SpecError(f"channel_shuffle: {c} channels are not divisible by groups {a['groups']}; "
+                        "choose groups that divide the channel count")
     return shapes[0]
 
 
