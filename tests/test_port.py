@@ -1,0 +1,261 @@
+"""lightnets.port: every format saves/loads bit-exact, writes are atomic, bad files fail clearly,
+ports between backends round-trip bit-exact and are probe-checked, and the ``lightnets port`` CLI.
+
+Tests that use paddle in-process have "paddle" in their name (conftest runs them before anything
+imports tensorflow); everything that needs keras runs in a subprocess that imports paddle first.
+"""
+
+import importlib
+import os
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+import lightnets
+from lightnets.errors import FileFormatError, LightnetsError, WeightsError
+
+P = importlib.import_module("lightnets.port")
+ROOT = Path(__file__).resolve().parents[1]
+SMALL = dict(num_classes=10, input_size=32)
+ID = "mobilenet_v1_025"
+NON_KERAS_FORMATS = ("a.safetensors", "a.npz", "a.pt", "a.pth", "t.safetensors", "a.pdparams")
+# one id per family for the keras pairs (all ids for torch <-> paddle)
+# (mobilenet_v1_025 goes through keras in the format checks of the same subprocess)
+KERAS_SUBSET = ("mobilenet_v3_small_075", "shufflenet_v1_g3_050", "ghostnet_050")
+
+
+def _env():
+    return {**os.environ, "OMP_NUM_THREADS": "1", "TF_CPP_MIN_LOG_LEVEL": "3", "PYTHONPATH": str(ROOT)}
+
+
+def _py(code: str, timeout=240) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-c", textwrap.dedent(code)], capture_output=True, text=True,
+                          env=_env(), cwd=ROOT, timeout=timeout)
+
+
+def _equal(a, b) -> bool:
+    return set(a) == set(b) and all(np.array_equal(a[k], b[k]) and a[k].dtype == b[k].dtype for k in a)
+
+
+def _fmt(name):
+    return "torch" if name == "t.safetensors" else None
+
+
+# --- round trips ------------------------------------------------------------------------------------
+def test_round_trip_torch_paddle_every_id_bit_exact():
+    for model_id in lightnets.list_models():
+        t = lightnets.build(model_id, "torch", **SMALL)
+        w0 = lightnets.export_weights(t)
+        p = lightnets.port(t, to="paddle")
+        assert _equal(lightnets.export_weights(p), w0), model_id
+        t2 = lightnets.port(p, to="torch")  # paddle -> torch -> paddle closes the other ordered pair
+        assert _equal(lightnets.export_weights(t2), w0), model_id
+        assert _equal(lightnets.export_weights(lightnets.port(t2, to="paddle")), w0), model_id
+
+
+def test_round_trips_with_keras_and_keras_formats_in_subprocess_paddle_first():
+    r = _py(f"""
+        import os, importlib, numpy as np, tempfile
+        import paddle  # before tensorflow
+        import lightnets
+        P = importlib.import_module("lightnets.port")
+        def eq(a, b): return set(a) == set(b) and all(np.array_equal(a[k], b[k]) for k in a)
+        worst = 0.0
+        for mid in {KERAS_SUBSET!r}:
+            src = {{b: lightnets.build(mid, b, num_classes=10, input_size=32, seed=3) for b in ("torch", "paddle")}}
+            w0 = lightnets.export_weights(src["torch"])
+            src["keras"] = lightnets.port(src["torch"], to="keras")
+            for a in ("torch", "keras", "paddle"):
+                for b in ("torch", "keras", "paddle"):
+                    if a == b: continue
+                    m_b, info = lightnets.port(src[a], to=b, return_info=True)
+                    worst = max(worst, info["max_rel_diff"])
+                    back = lightnets.port(m_b, to=a)
+                    assert eq(lightnets.export_weights(back), w0), (mid, a, b)
+        print("worst_rel", worst)
+        d = tempfile.mkdtemp()
+        m = lightnets.build("{ID}", "keras", num_classes=10, input_size=32)
+        w0 = lightnets.export_weights(m)
+        for name in ("a.weights.h5", "a.keras", "a.safetensors", "a.pt", "a.pdparams"):
+            path = os.path.join(d, name)
+            lightnets.save_weights(m, path)
+            for b in ("keras", "torch", "paddle"):
+                fresh = lightnets.build("{ID}", b, num_classes=10, input_size=32, seed=9)
+                lightnets.load_weights(fresh, path)
+                assert eq(lightnets.export_weights(fresh), w0), (name, b)
+            if name.startswith("a.weights") or name.endswith(".keras"):
+                t = lightnets.port(path, to="paddle", arch="{ID}", input_size=32)
+                assert eq(lightnets.export_weights(t), w0), name
+        # atomic keras writes: the writer fails mid-write -> nothing left
+        for fmt, name in (("keras-weights", "b.weights.h5"), ("keras-model", "b.keras")):
+            real = P.WRITERS[fmt]
+            def boom(model, tmp, real=real):
+                real(model, tmp)
+                raise RuntimeError("disk full")
+            P.WRITERS[fmt] = boom
+            try:
+                lightnets.save_weights(m, os.path.join(d, name))
+                raise SystemExit("no error")
+            except RuntimeError:
+                pass
+            P.WRITERS[fmt] = real
+        want = ["a.keras", "a.pdparams", "a.pt", "a.safetensors", "a.weights.h5"]
+        assert sorted(os.listdir(d)) == want, os.listdir(d)
+        # a truncated .weights.h5 / .keras: clear lightnets errors
+        for name in ("a.weights.h5", "a.keras"):
+            path = os.path.join(d, name)
+            data = open(path, "rb").read()
+            open(path, "wb").write(data[: len(data) // 2])
+            try:
+                lightnets.port(path, to="torch", arch="{ID}", input_size=32)
+                raise SystemExit("no error for truncated " + name)
+            except lightnets.LightnetsError as e:
+                assert "truncated" in str(e) or "corrupt" in str(e), e
+        print("OK")
+    """)
+    assert r.returncode == 0 and "OK" in r.stdout, r.stdout[-2000:] + r.stderr[-4000:]
+    worst = float(r.stdout.split("worst_rel")[1].split()[0])
+    assert worst <= P.PROBE_TOLERANCE
+
+
+# --- formats ------------------------------------------------------------------------------------
+@pytest.mark.parametrize("name", NON_KERAS_FORMATS)
+def test_every_format_saves_and_loads_bit_exact_torch_paddle(tmp_path, name):
+    for backend in ("torch", "paddle"):
+        m = lightnets.build(ID, backend, **SMALL, seed=1)
+        w0 = lightnets.export_weights(m)
+        path = tmp_path / name
+        lightnets.save_weights(m, path, _fmt(name))
+        assert P.format_of(path) == P.format_of(path, _fmt(name))
+        for other in ("torch", "paddle"):
+            fresh = lightnets.build(ID, other, **SMALL, seed=2)
+            lightnets.load_weights(fresh, path)
+            assert _equal(lightnets.export_weights(fresh), w0), (name, backend, other)
+        ported, info = lightnets.port(path, to="paddle", arch=ID, input_size=32, return_info=True)
+        assert _equal(lightnets.export_weights(ported), w0)
+        assert info["max_rel_diff"] <= P.PROBE_TOLERANCE
+        assert sorted(os.listdir(tmp_path)) == [name]  # no temp files
+
+
+def test_safetensors_metadata_marks_the_flavour_paddle(tmp_path):
+    from safetensors import safe_open
+
+    m = lightnets.build(ID, "paddle", **SMALL)
+    lightnets.save_weights(m, tmp_path / "c.safetensors")
+    lightnets.save_weights(m, tmp_path / "t.safetensors", "torch")
+    with safe_open(str(tmp_path / "c.safetensors"), "numpy") as f:
+        assert f.metadata()["format"] == "lightnets.canonical"
+    with safe_open(str(tmp_path / "t.safetensors"), "numpy") as f:
+        assert f.metadata()["format"] == "torch"
+    # without metadata the key names decide
+    from safetensors.numpy import load_file, save_file
+
+    save_file(load_file(tmp_path / "t.safetensors"), tmp_path / "bare.safetensors")
+    assert P.format_of(tmp_path / "bare.safetensors") == "torch-safetensors"
+
+
+@pytest.mark.parametrize("fmt,name", [("torch", "a.pt"), ("safetensors", "a.safetensors"), ("npz", "a.npz"),
+                                      ("paddle", "a.pdparams")])
+def test_writes_are_atomic_paddle(tmp_path, monkeypatch, fmt, name):
+    def partial(*args):
+        Path(args[-1] if fmt not in P.CANONICAL else args[1]).write_bytes(b"half a file")
+        raise OSError("disk full")
+
+    if fmt in P.CANONICAL:
+        monkeypatch.setattr(P, "_write_safetensors" if fmt == "safetensors" else "_write_npz",
+                            lambda arrays, tmp, *meta: partial(arrays, tmp))
+    else:
+        monkeypatch.setitem(P.WRITERS, fmt, lambda model, tmp: partial(model, tmp))
+    m = lightnets.build(ID, "paddle" if fmt == "paddle" else "torch", **SMALL)
+    with pytest.raises(OSError, match="disk full"):
+        lightnets.save_weights(m, tmp_path / name)
+    assert os.listdir(tmp_path) == []
+
+
+# --- bad files --------------------------------------------------------------------------------------
+def _saved(tmp_path, name, model_id=ID):
+    m = lightnets.build(model_id, "torch", **SMALL)
+    path = tmp_path / name
+    lightnets.save_weights(m, path, _fmt(name))
+    return path
+
+
+@pytest.mark.parametrize("name", NON_KERAS_FORMATS)
+def test_truncated_file_is_a_clear_error_paddle(tmp_path, name):
+    path = _saved(tmp_path, name)
+    data = path.read_bytes()
+    path.write_bytes(data[: len(data) // 2])
+    with pytest.raises(LightnetsError, match="truncated|corrupt|does not fit|missing"):
+        lightnets.port(path, to="paddle", arch=ID, input_size=32, from_format=_fmt(name))
+    with pytest.raises(LightnetsError):
+        lightnets.load_weights(lightnets.build(ID, "torch", **SMALL), path, _fmt(name))
+
+
+@pytest.mark.parametrize("name", ["a.safetensors", "t.safetensors", "a.npz"])
+def test_tampered_bytes_are_detected_paddle(tmp_path, name):
+    path = _saved(tmp_path, name)
+    data = bytearray(path.read_bytes())
+    i = len(data) - 4096  # inside the tensor data, not the header
+    data[i] ^= 0x5A
+    path.write_bytes(bytes(data))
+    with pytest.raises(FileFormatError, match="sha256|corrupt|modified"):
+        lightnets.port(path, to="paddle", arch=ID, input_size=32)
+
+
+@pytest.mark.parametrize("name", NON_KERAS_FORMATS)
+def test_file_of_another_arch_names_the_keys_paddle(tmp_path, name):
+    path = _saved(tmp_path, name, "shufflenet_v2_050")
+    with pytest.raises(WeightsError, match="missing keys .*unexpected keys|missing keys|unexpected keys"):
+        lightnets.port(path, to="paddle", arch=ID, input_size=32, from_format=_fmt(name))
+
+
+def test_missing_key_is_named_paddle(tmp_path):
+    m = lightnets.build(ID, "torch", **SMALL)
+    w = lightnets.export_weights(m)
+    del w["stem.bn.var"]
+    from safetensors.numpy import save_file
+
+    save_file(w, tmp_path / "w.safetensors")
+    with pytest.raises(WeightsError, match=r"missing keys \['stem.bn.var'\]"):
+        lightnets.port(tmp_path / "w.safetensors", to="paddle", arch=ID, input_size=32)
+    import torch
+
+    sd = m.state_dict()
+    del sd["stem.bn.running_var"]
+    torch.save(sd, tmp_path / "w.pt")
+    with pytest.raises(WeightsError, match=r"missing keys \['stem.bn.running_var'\]"):
+        lightnets.port(tmp_path / "w.pt", to="paddle", arch=ID, input_size=32)
+
+
+# --- CLI ----------------------------------------------------------------------------------------
+def _cli(*args, timeout=240):
+    return subprocess.run([sys.executable, "-m", "lightnets.cli", *map(str, args)], capture_output=True,
+                          text=True, env=_env(), cwd=ROOT, timeout=timeout)
+
+
+def test_cli_port_torch_pt_to_paddle_pdparams(tmp_path):
+    src = _saved(tmp_path, "w.pt")
+    out = tmp_path / "w.pdparams"
+    r = _cli("port", "--arch", ID, "--from", src, "--to", "paddle", "--out", out, "--size", 32)
+    assert r.returncode == 0, r.stderr[-2000:]
+    for word in ("tensors moved: 137", "params moved:", "torch", "paddle", "max abs logit diff", "max rel diff"):
+        assert word in r.stdout, r.stdout
+    before = out.read_bytes()
+    r = _cli("port", "--arch", ID, "--from", src, "--to", "paddle", "--out", out, "--size", 32)
+    assert r.returncode == 1 and "--force" in r.stderr and out.read_bytes() == before
+    # bad inputs: nothing written, exit 1; bad args exit 2
+    bad = tmp_path / "bad.pt"
+    bad.write_bytes(src.read_bytes()[:1000])
+    for args in (("--from", bad, "--out", tmp_path / "x.pdparams"),
+                 ("--from", src, "--out", tmp_path / "nodir" / "x.pdparams"),
+                 ("--from", _saved(tmp_path, "o.pt", "shufflenet_v2_050"), "--out", tmp_path / "y.pdparams"),
+                 ("--from", src, "--out", tmp_path / "z.weights.h5")):
+        r = _cli("port", "--arch", ID, *args, "--to", "paddle", "--size", 32)
+        assert r.returncode == 1 and "Traceback" not in r.stderr and "error" in r.stderr, (args, r.stderr[-1500:])
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["bad.pt", "o.pt", "w.pdparams", "w.pt"]
+    assert _cli("port", "--arch", "nope", "--from", src, "--to", "paddle", "--out", out).returncode == 2
+    assert _cli("port", "--arch", ID, "--from", src, "--to", "mxnet", "--out", out).returncode == 2
