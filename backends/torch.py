@@ -135,6 +135,10 @@ _INPLACE: dict[str, Callable] = {
 }
 
 
+# ops whose torch lowering may return a view of (or the very tensor of) their input
+_ALIASING = ("slice_channels", "flatten", "dropout")
+
+
 def _pool(kind: str):
     def convert(node: Node, shapes):
         a = node.attrs
@@ -183,6 +187,7 @@ class GraphModule(nn.Module):
         super().__init__()
         self.graph = graph
         steps, fast, last_use = [], [], {}
+        op_of = {n.name: n.op for n in graph.nodes}
         for i, node in enumerate(graph.nodes):
             for name in node.inputs:
                 last_use[name] = i
@@ -193,9 +198,10 @@ class GraphModule(nn.Module):
             # values no later node reads are dropped right after their last reader, so memory is reused
             drop = tuple(n for n in dict.fromkeys(node.inputs) if last_use[n] == i and n != graph.output)
             steps.append((node.name, fn, node.inputs, drop))
-            # an activation that is the last reader of a node's output may overwrite it (as zoo models do)
+            # an activation that is the last reader of a node's output may overwrite it (as zoo models do),
+            # unless that output may alias a live tensor (a view: slice, flatten, eval-mode dropout)
             if (node.op == "activation" and node.inputs[0] in drop and node.inputs[0] != INPUT
-                    and node.attrs["kind"] in _INPLACE):
+                    and node.attrs["kind"] in _INPLACE and op_of[node.inputs[0]] not in _ALIASING):
                 fast.append((node.name, _INPLACE[node.attrs["kind"]], node.inputs, drop))
             else:
                 fast.append(steps[-1])
@@ -222,7 +228,8 @@ class GraphModule(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         values = {INPUT: x}
-        for name, fn, inputs, drop in self._fast_steps:
+        # in-place activations only without autograd: backward may need the overwritten values
+        for name, fn, inputs, drop in (self._steps if torch.is_grad_enabled() else self._fast_steps):
             values[name] = fn(*[values[i] for i in inputs])
             for d in drop:
                 del values[d]

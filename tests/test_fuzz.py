@@ -334,3 +334,33 @@ def test_invalid_graph_check_needs_no_framework():
     root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=root, check=True)
     assert out.stdout.split()[1:] == ["[]"] and int(out.stdout.split()[0]) >= 3
+
+
+# --- regressions found by the fuzzer ----------------------------------------------------------------
+def _alias_graph() -> Graph:
+    """slice (a view of the input) -> relu -> concat with the input -> relu -> hardswish."""
+    g = GraphBuilder("alias", (4, 5, 5))
+    r = g.add("r", "activation", g.add("s", "slice_channels", INPUT, start=0, stop=2), kind="relu")
+    r2 = g.add("r2", "activation", g.add("c", "concat", [INPUT, r]), kind="relu")
+    g.add("r3", "activation", r2, kind="hardswish")
+    return g.build()
+
+
+def test_torch_in_place_activations_neither_touch_the_input_nor_break_gradients():
+    """Fuzzing with train=True found: torch's in-place activations overwrote a slice of the caller's
+    numpy input (and so the input tensor), and broke autograd (relu_ on a view of a leaf / on a
+    relu output needed by backward)."""
+    pytest.importorskip("torch")
+    import numpy as np
+
+    import lightnets
+    from lightnets import reference
+
+    graph = _alias_graph()
+    x = np.random.default_rng(0).standard_normal((2, 4, 5, 5))
+    x0 = x.copy()
+    model = lightnets.build(graph, backend="torch", dtype="float64")
+    np.testing.assert_allclose(lightnets.run(model, x), reference.run(graph, {}, x0), rtol=0, atol=1e-12)
+    assert np.array_equal(x, x0), "the caller's input was modified"
+    grads = lightnets.load_backend("torch").gradients(model, x, np.ones((2, 6, 5, 5)))
+    assert grads["input"].shape == x.shape and np.array_equal(x, x0)
