@@ -135,8 +135,9 @@ _INPLACE: dict[str, Callable] = {
 }
 
 
-# ops whose torch lowering may return a view of (or the very tensor of) their input
-_ALIASING = ("slice_channels", "flatten", "dropout")
+# ops whose torch lowering may return a view of (or the very tensor of) their input; channel_shuffle's
+# reshape is a view when groups == 1 or groups == channels
+_ALIASING = ("slice_channels", "flatten", "dropout", "channel_shuffle")
 
 
 def _pool(kind: str):

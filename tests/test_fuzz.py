@@ -338,11 +338,14 @@ def test_invalid_graph_check_needs_no_framework():
 
 # --- regressions found by the fuzzer ----------------------------------------------------------------
 def _alias_graph() -> Graph:
-    """slice (a view of the input) -> relu -> concat with the input -> relu -> hardswish."""
+    """slice (a view of the input) -> relu -> concat with the input -> relu -> hardswish, and a
+    channel shuffle with groups == channels (a view too) -> hardswish."""
     g = GraphBuilder("alias", (4, 5, 5))
     r = g.add("r", "activation", g.add("s", "slice_channels", INPUT, start=0, stop=2), kind="relu")
     r2 = g.add("r2", "activation", g.add("c", "concat", [INPUT, r]), kind="relu")
-    g.add("r3", "activation", r2, kind="hardswish")
+    r3 = g.add("r3", "activation", r2, kind="hardswish")
+    sh = g.add("sh", "activation", g.add("shuffle", "channel_shuffle", INPUT, groups=4), kind="hardswish")
+    g.add("out", "concat", [r3, sh])
     return g.build()
 
 
@@ -362,5 +365,8 @@ def test_torch_in_place_activations_neither_touch_the_input_nor_break_gradients(
     model = lightnets.build(graph, backend="torch", dtype="float64")
     np.testing.assert_allclose(lightnets.run(model, x), reference.run(graph, {}, x0), rtol=0, atol=1e-12)
     assert np.array_equal(x, x0), "the caller's input was modified"
-    grads = lightnets.load_backend("torch").gradients(model, x, np.ones((2, 6, 5, 5)))
+    grads = lightnets.load_backend("torch").gradients(model, x, np.ones((2, 10, 5, 5)))
     assert grads["input"].shape == x.shape and np.array_equal(x, x0)
+    out, _ = lightnets.load_backend("torch").train_forward(model, x)
+    np.testing.assert_allclose(out, reference.train_forward(graph, {}, x0)[0], rtol=0, atol=1e-12)
+    assert np.array_equal(x, x0), "the caller's input was modified in train mode"
