@@ -10,7 +10,8 @@ from lightnets.weights import atomic_write
 
 from .runner import Result, to_json
 
-STATUS_STYLE = {"pass": "green", "xfail": "yellow", "fail": "bold red", "error": "bold red", "xpass": "bold red", "info": "dim"}
+STATUS_STYLE = {"pass": "green", "xfail": "yellow", "fail": "bold red", "error": "bold red", "xpass": "bold red",
+                "info": "dim"}
 
 
 def summary_rows(results: list[Result]) -> list[dict]:

@@ -1,5 +1,6 @@
 """The parity suite: op cases and a quick model subset in every target, the locator, the report."""
 
+import functools
 import json
 
 import numpy as np
@@ -14,16 +15,17 @@ from lightnets.parity.runner import Matrix
 TARGETS = list(runner.TARGETS)
 
 
-def quick_models() -> list[str]:
+@functools.cache
+def quick_models() -> tuple[str, ...]:
     """The smallest id of every family: the model subset of `make test`."""
-    return [min(registry.list_models(f), key=lambda m: registry.get_spec(m).num_params())
-            for f in registry.families()]
+    return tuple(min(registry.list_models(f), key=lambda m: registry.get_spec(m).num_params())
+                 for f in registry.families())
 
 
 @pytest.fixture(scope="module")
 def matrix(tmp_path_factory):
     ops = C.op_cases()
-    models = C.model_cases(quick_models(), input_size=64, num_classes=10)
+    models = C.model_cases(list(quick_models()), input_size=64, num_classes=10)
     kinds = {c.id: "op" for c in ops}
     results = runner.run_matrix(ops + models, TARGETS, ["float32", "float64"], tmp_path_factory.mktemp("parity"),
                                 kinds=kinds, train=True, probe=models[0].id)
