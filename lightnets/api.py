@@ -87,12 +87,12 @@ def load_weights(model, weights, format: str | None = None) -> None:
     load(model, weights, format)
 
 
-def save_weights(model, path, format: str | None = None):
+def save_weights(model, path, format: str | None = None, overwrite: bool = False):
     """Save a model's weights by suffix (or ``format``), atomically: canonical ``.safetensors``/``.npz``
-    or any native format of any backend (see ``lightnets.port``)."""
+    or any native format of any backend (see ``lightnets.port``); ``overwrite`` to replace a file."""
     from .port import save_weights as save
 
-    return save(model, path, format)
+    return save(model, path, format, overwrite)
 
 
 def run(model, x: np.ndarray, return_all: bool = False):

@@ -233,7 +233,7 @@ def cmd_port(args) -> int:
                              f"{args.to} suffix or canonical .safetensors/.npz")
     model, info = P.port(args.source, to=args.to, arch=args.arch, from_format=args.from_format,
                          num_classes=args.num_classes, input_size=args.size, return_info=True)
-    P.save_weights(model, out, args.format)
+    P.save_weights(model, out, args.format, overwrite=args.force)
     print(f"ported {info['arch']}: {info['source_format']} {args.source} -> {args.to} {out_fmt} {out}")
     print(f"  tensors moved: {info['tensors']}")
     print(f"  params moved:  {info['params']:,} values (incl. BN running statistics)")
@@ -247,13 +247,13 @@ def make_parser() -> argparse.ArgumentParser:
     sub = p.add_subparsers(dest="command", required=True)
 
     s = sub.add_parser("list", help="every model id with params and MACs")
-    s.add_argument("--family", help="only this family")
+    s.add_argument("--family", choices=registry.families(), help="only this family")
     s.set_defaults(func=cmd_list)
 
     s = sub.add_parser("summary", help="per-layer table of one model: output shape, params, MACs")
     s.add_argument("model")
-    s.add_argument("--size", type=int, default=224)
-    s.add_argument("--num-classes", type=int, default=1000)
+    s.add_argument("--size", type=_positive_int(32), default=224)
+    s.add_argument("--num-classes", type=_positive_int(), default=1000)
     s.set_defaults(func=cmd_summary)
 
     s = sub.add_parser("parity", help="the cross-framework parity matrix against the numpy reference")
@@ -262,9 +262,9 @@ def make_parser() -> argparse.ArgumentParser:
     s.add_argument("--dtype", type=_csv(DTYPES), default=list(DTYPES))
     s.add_argument("--train", action="store_true", help="also train-mode BN and gradients")
     s.add_argument("--no-ops", dest="ops", action="store_false", help="skip the op conformance cases")
-    s.add_argument("--size", type=int, default=224, help="input size of the model cases")
-    s.add_argument("--num-classes", type=int, default=1000)
-    s.add_argument("--jobs", type=int, default=2, help="backend subprocesses at once")
+    s.add_argument("--size", type=_positive_int(32), default=224, help="input size of the model cases")
+    s.add_argument("--num-classes", type=_positive_int(), default=1000)
+    s.add_argument("--jobs", type=_positive_int(), default=2, help="backend subprocesses at once")
     s.add_argument("--out", default="parity-report", help="directory for report.md/json and divergence.png")
     s.set_defaults(func=cmd_parity)
 

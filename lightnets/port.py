@@ -363,11 +363,11 @@ WRITERS = {"torch": _write_torch, "torch-safetensors": _write_torch_safetensors,
 SUFFIX = {"keras-weights": ".weights.h5", "keras-model": ".keras"}
 
 
-def check_writable(path, force: bool = False) -> Path:
-    """Refuse a missing/read-only directory or (without ``force``) an existing file, before any work."""
+def check_writable(path, overwrite: bool = False) -> Path:
+    """Refuse a missing/read-only directory or (without ``overwrite``) an existing file, before any work."""
     path = Path(path)
-    if path.exists() and not force:
-        raise FileFormatError(f"{path} exists; pass --force (force=True) to overwrite it")
+    if path.exists() and not overwrite:
+        raise FileFormatError(f"{path} exists; pass overwrite=True (CLI: --force) to replace it")
     if path.is_dir():
         raise FileFormatError(f"{path} is a directory; give a file name")
     if not path.parent.is_dir():
@@ -377,13 +377,15 @@ def check_writable(path, force: bool = False) -> Path:
     return path
 
 
-def save_weights(model, path, format: str | None = None) -> Path:
+def save_weights(model, path, format: str | None = None, overwrite: bool = False) -> Path:
     """Save a lightnets model's weights in any format (by suffix or ``format``), atomically.
 
-    A native format of another backend builds that backend's model of the same graph first.
+    An existing file is replaced only with ``overwrite=True``. A native format of another backend
+    builds that backend's model of the same graph first.
     """
     from .api import backend_of, build
 
+    check_writable(path, overwrite)
     be = backend_of(model)
     graph = be.graph_of(model)
     fmt = format_of(path, format, reading=False)

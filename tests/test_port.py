@@ -123,12 +123,25 @@ def test_round_trips_with_keras_and_keras_formats_in_subprocess_paddle_first():
 
 
 # --- formats ------------------------------------------------------------------------------------
+def test_save_refuses_an_existing_file_unless_overwrite(tmp_path):
+    m = lightnets.build(ID, "torch", **SMALL, seed=1)
+    path = tmp_path / "w.safetensors"
+    path.write_bytes(b"keep me")
+    with pytest.raises(FileFormatError, match="exists; pass overwrite=True"):
+        lightnets.save_weights(m, path)
+    assert path.read_bytes() == b"keep me"
+    lightnets.save_weights(m, path, overwrite=True)
+    assert P.format_of(path) == "safetensors"
+
+
+
 @pytest.mark.parametrize("name", NON_KERAS_FORMATS)
 def test_every_format_saves_and_loads_bit_exact_torch_paddle(tmp_path, name):
     for backend in ("torch", "paddle"):
         m = lightnets.build(ID, backend, **SMALL, seed=1)
         w0 = lightnets.export_weights(m)
-        path = tmp_path / name
+        path = tmp_path / backend / name
+        path.parent.mkdir()
         lightnets.save_weights(m, path, _fmt(name))
         assert P.format_of(path) == P.format_of(path, _fmt(name))
         for other in ("torch", "paddle"):
@@ -138,7 +151,7 @@ def test_every_format_saves_and_loads_bit_exact_torch_paddle(tmp_path, name):
         ported, info = lightnets.port(path, to="paddle", arch=ID, input_size=32, return_info=True)
         assert _equal(lightnets.export_weights(ported), w0)
         assert info["max_rel_diff"] <= P.PROBE_TOLERANCE
-        assert sorted(os.listdir(tmp_path)) == [name]  # no temp files
+        assert sorted(os.listdir(path.parent)) == [name]  # no temp files
 
 
 def test_safetensors_metadata_marks_the_flavour_paddle(tmp_path):
