@@ -56,10 +56,17 @@ _ACTIVATIONS = {
 }
 
 
+def _paddle_pads(pads):
+    """IR pads -> paddle padding: [top, bottom, left, right] as the IR when asymmetric, else [h, w]
+    (the symmetric form reaches paddle's plain conv kernels)."""
+    t, b, l, r = pads
+    return [t, l] if (t, l) == (b, r) else list(pads)
+
+
 def _conv2d(a, in_shapes):
     return nn.Conv2D(in_shapes[0][0], a["out_channels"], a["kernel"], stride=a["stride"],
-                     padding=list(a["pads"]),  # paddle takes [top, bottom, left, right] as the IR
-                     dilation=a["dilation"], groups=a["groups"], bias_attr=None if a["bias"] else False)
+                     padding=_paddle_pads(a["pads"]), dilation=a["dilation"], groups=a["groups"],
+                     bias_attr=None if a["bias"] else False)
 
 
 class _BatchNorm2D(nn.BatchNorm2D):
@@ -183,8 +190,12 @@ class GraphLayer(nn.Layer):
 
     def forward(self, x, return_all: bool = False):
         values = {INPUT: x}
+        released = self.graph.released
         for node, layer in self._nodes:
             values[node.name] = layer(*[values[i] for i in node.inputs])
+            if not return_all:  # free what no later node reads, so memory is reused
+                for i in released[node.name]:
+                    del values[i]
         if return_all:
             del values[INPUT]
             return values

@@ -187,17 +187,14 @@ class GraphModule(nn.Module):
     def __init__(self, graph: Graph):
         super().__init__()
         self.graph = graph
-        steps, fast, last_use = [], [], {}
+        steps, fast = [], []
         op_of = {n.name: n.op for n in graph.nodes}
-        for i, node in enumerate(graph.nodes):
-            for name in node.inputs:
-                last_use[name] = i
-        for i, node in enumerate(graph.nodes):
+        for node in graph.nodes:
             fn = CONVERTERS[node.op](node, graph.in_shapes(node))
             if isinstance(fn, nn.Module):
                 self._attach(node.name, fn)
             # values no later node reads are dropped right after their last reader, so memory is reused
-            drop = tuple(n for n in dict.fromkeys(node.inputs) if last_use[n] == i and n != graph.output)
+            drop = graph.released[node.name]
             steps.append((node.name, fn, node.inputs, drop))
             # an activation that is the last reader of a node's output may overwrite it (as zoo models do),
             # unless that output may alias a live tensor (a view: slice, flatten, eval-mode dropout)

@@ -123,6 +123,13 @@ class Graph:
         return [self.shapes[i] for i in node.inputs]
 
     @cached_property
+    def released(self) -> dict[str, tuple[str, ...]]:
+        """Per node, the values (its inputs) that no later node reads: executors free them after it."""
+        last_use = {i: n.name for n in self.nodes for i in n.inputs}
+        return {n.name: tuple(i for i in dict.fromkeys(n.inputs) if last_use[i] == n.name and i != self.output)
+                for n in self.nodes}
+
+    @cached_property
     def params(self) -> tuple[ops.ParamSpec, ...]:
         """Every canonical parameter, in node order."""
         return tuple(p for n in self.nodes for p in ops.param_specs(n.name, n.op, dict(n.attrs), self.in_shapes(n)))

@@ -51,13 +51,12 @@ def _calibrate_batch_norms(graph: Graph, w: Weights, rng: np.random.Generator) -
     """Set BN running statistics near their inputs' statistics on a random batch (in place)."""
     from .reference import run_node
 
-    last_use = {i: k for k, n in enumerate(graph.nodes) for i in n.inputs}
     # enough samples per channel at the smallest BN map (1x1 at small input sizes)
     smallest = min((graph.shapes[n.inputs[0]][1] * graph.shapes[n.inputs[0]][2] for n in graph.nodes
                     if n.op == "batch_norm"), default=64)
     batch = int(np.clip(np.ceil(64 / smallest), 2, 32))
     values = {INPUT: rng.standard_normal((batch, *graph.input_shape))}
-    for k, node in enumerate(graph.nodes):
+    for node in graph.nodes:
         inputs = [values[i] for i in node.inputs]
         if node.op == "batch_norm":
             mean, std = inputs[0].mean(axis=(0, 2, 3)), inputs[0].std(axis=(0, 2, 3))
@@ -66,9 +65,8 @@ def _calibrate_batch_norms(graph: Graph, w: Weights, rng: np.random.Generator) -
             var = std**2 + 0.1 * np.mean(std**2) + 1e-6
             w[f"{node.name}.var"] = var * rng.uniform(0.5, 1.5, mean.shape)
         values[node.name] = run_node(node, inputs, w, graph.shapes[node.name])
-        for i in set(node.inputs):
-            if last_use[i] == k:
-                del values[i]
+        for i in graph.released[node.name]:
+            del values[i]
 
 
 def check_weights(graph: Graph, weights: Mapping[str, np.ndarray]) -> Weights:
