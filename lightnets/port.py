@@ -30,7 +30,6 @@ to read or write the file).
 
 from __future__ import annotations
 
-import hashlib
 import os
 import sys
 from collections.abc import Mapping
@@ -96,50 +95,20 @@ def _safetensors_kind(path) -> str:
         else "safetensors"
 
 
-def _digest(arrays: Mapping[str, np.ndarray]) -> str:
-    h = hashlib.sha256()
-    for k in sorted(arrays):
-        v = np.asarray(arrays[k])
-        h.update(f"{k}|{v.dtype.str}|{v.shape}|".encode())
-        h.update(v.tobytes())
-    return h.hexdigest()
-
-
 def _unreadable(path, fmt: str, e: BaseException) -> FileFormatError:
     return FileFormatError(f"{path} is not a readable {fmt} file ({type(e).__name__}: {str(e)[:200]}); it may "
                            "be truncated, corrupt or of another format - re-export it")
 
 
 # --- reading ------------------------------------------------------------------------------------
-def _read_safetensors(path) -> tuple[dict[str, np.ndarray], dict]:
-    from safetensors import safe_open
-
-    try:
-        with safe_open(str(path), framework="numpy") as f:
-            meta = f.metadata() or {}
-            arrays = {k: f.get_tensor(k) for k in f.keys()}
-    except Exception as e:  # noqa: BLE001 -- any parse failure is a bad file
-        raise _unreadable(path, ".safetensors", e) from None
-    if "sha256" in meta and meta["sha256"] != _digest(arrays):
-        raise FileFormatError(f"{path}: tensor bytes do not match the sha256 recorded when lightnets wrote it; "
-                              "the file was modified or corrupted - re-export it")
-    return arrays, meta
-
-
 def read_canonical(path, format: str | None = None) -> W.Weights:
     """Canonical weights from a ``.safetensors``/``.npz`` file (checksum verified when present)."""
     path = Path(path)
     if not path.is_file():
         raise FileFormatError(f"weights file {path} does not exist")
     fmt = format_of(path, format)
-    if fmt == "safetensors":
-        return _read_safetensors(path)[0]
-    if fmt == "npz":
-        try:
-            with np.load(path, allow_pickle=False) as z:
-                return {k: z[k] for k in z.files}
-        except Exception as e:  # noqa: BLE001 -- BadZipFile (CRC), ValueError (pickled object arrays), ...
-            raise _unreadable(path, ".npz", e) from None
+    if fmt in CANONICAL:
+        return W.load(path)
     raise FileFormatError(f"{path} is a native {fmt} file, not canonical weights; load it with "
                           "lightnets.load_weights(model, path) or lightnets.port(path, arch=...)")
 
@@ -211,7 +180,7 @@ def read_native(path, graph_for, fmt: str, dtype: str = "float32"):
                                       "save model.state_dict()")
             sd = {k: _numpy(v) for k, v in sd.items()}
         else:
-            sd = _read_safetensors(path)[0]
+            sd = W.read_safetensors(path)[0]
         probe = graph_for(None)
         graph = graph_for(_num_classes_hint(_fc_name(probe), sd, fmt))
         model = be.build(graph, dtype)
@@ -321,17 +290,6 @@ def _suffixed(write, suffix: str):
     return run
 
 
-def _write_safetensors(arrays, tmp, metadata):
-    from safetensors.numpy import save_file
-
-    save_file(arrays, tmp, metadata=metadata)
-
-
-def _write_npz(arrays, tmp):
-    with open(tmp, "wb") as f:
-        np.savez(f, **arrays)
-
-
 def _write_torch(model, tmp):
     import torch
 
@@ -340,8 +298,8 @@ def _write_torch(model, tmp):
 
 def _write_torch_safetensors(model, tmp):
     arrays = {k: np.array(v.detach().cpu().numpy(), order="C") for k, v in model.state_dict().items()}
-    _write_safetensors(arrays, tmp, {"format": "torch", "lightnets.graph": model.graph.name,
-                                     "sha256": _digest(arrays)})
+    W._write_safetensors(arrays, tmp, {"format": "torch", "lightnets.graph": model.graph.name,
+                                       "sha256": W.digest(arrays)})
 
 
 def _write_keras_weights(model, tmp):
@@ -391,11 +349,7 @@ def save_weights(model, path, format: str | None = None, overwrite: bool = False
     fmt = format_of(path, format, reading=False)
     canonical = be.get_weights(model)
     if fmt in CANONICAL:
-        arrays = {k: np.array(v, order="C") for k, v in canonical.items()}
-        if fmt == "safetensors":
-            meta = {"format": "lightnets.canonical", "lightnets.graph": graph.name, "sha256": _digest(arrays)}
-            return W.atomic_write(path, lambda tmp: _write_safetensors(arrays, tmp, meta))
-        return W.atomic_write(path, lambda tmp: _write_npz(arrays, tmp))
+        return W.save(canonical, path, {"lightnets.graph": graph.name}, overwrite=True)
     target = FORMAT_BACKEND[fmt]
     native = model if be.__name__.endswith("." + target) else build(graph, target, weights=canonical,
                                                                    dtype=_dtype_name(canonical))
@@ -595,7 +549,7 @@ def _read_zoo(path: Path, zoo: tuple[str, str], arch: str, input_size: int):
         except Exception as ex:  # noqa: BLE001
             raise _unreadable(path, "torch .pt", ex) from None
     else:
-        sd = _read_safetensors(path)[0]
+        sd = W.read_safetensors(path)[0]
     if not isinstance(sd, Mapping):
         raise FileFormatError(f"{path} holds a {type(sd).__name__}, not a state dict")
     sd = {k: _numpy(v) for k, v in sd.items()}

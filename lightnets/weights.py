@@ -6,6 +6,7 @@ Files are ``.safetensors`` (or ``.npz`` read with ``allow_pickle=False``); write
 
 from __future__ import annotations
 
+import hashlib
 import os
 import tempfile
 import zipfile
@@ -135,14 +136,33 @@ def atomic_write(path: str | os.PathLike, write) -> Path:
     return path
 
 
+def digest(arrays: Mapping[str, np.ndarray]) -> str:
+    """sha256 over names, dtypes, shapes and bytes: written into safetensors metadata, checked on read."""
+    h = hashlib.sha256()
+    for k in sorted(arrays):
+        v = np.asarray(arrays[k])
+        h.update(f"{k}|{v.dtype.str}|{v.shape}|".encode())
+        h.update(v.tobytes())
+    return h.hexdigest()
+
+
+def _write_safetensors(arrays, tmp, metadata):
+    from safetensors.numpy import save_file
+
+    save_file(arrays, tmp, metadata=metadata)
+
+
+def _write_npz(arrays, tmp):
+    with open(tmp, "wb") as f:
+        np.savez(f, **arrays)
+
+
 def save(weights: Mapping[str, np.ndarray], path: str | os.PathLike, metadata: dict[str, str] | None = None,
          overwrite: bool = False) -> Path:
-    """Write canonical weights to ``.safetensors`` (or ``.npz``) atomically.
+    """Write canonical weights to ``.safetensors`` (with a sha256 of the tensors) or ``.npz``, atomically.
 
     An existing file is replaced only with ``overwrite=True``.
     """
-    from safetensors.numpy import save_file
-
     suffix = Path(path).suffix
     if suffix not in (".safetensors", ".npz"):
         raise FileFormatError(f"cannot save canonical weights as {suffix!r}; use .safetensors or .npz")
@@ -152,19 +172,30 @@ def save(weights: Mapping[str, np.ndarray], path: str | os.PathLike, metadata: d
         raise WeightsError(f"weights must be a mapping of name -> array, got {type(weights).__name__}")
     arrays = {k: np.ascontiguousarray(v) for k, v in weights.items()}
     if suffix == ".safetensors":
-        return atomic_write(path, lambda tmp: save_file(arrays, tmp, metadata=metadata))
-    if suffix == ".npz":
-        def write(tmp):
-            with open(tmp, "wb") as f:
-                np.savez(f, **arrays)
-        return atomic_write(path, write)
-    raise FileFormatError(f"cannot save canonical weights as {suffix!r}; use .safetensors or .npz")
+        meta = {"format": "lightnets.canonical", **(metadata or {}), "sha256": digest(arrays)}
+        return atomic_write(path, lambda tmp: _write_safetensors(arrays, tmp, meta))
+    return atomic_write(path, lambda tmp: _write_npz(arrays, tmp))
+
+
+def read_safetensors(path) -> tuple[Weights, dict[str, str]]:
+    """Arrays and metadata of a ``.safetensors`` file; a recorded sha256 must match the tensors."""
+    from safetensors import safe_open
+
+    try:
+        with safe_open(str(path), framework="numpy") as f:
+            meta = f.metadata() or {}
+            arrays = {k: f.get_tensor(k) for k in f.keys()}
+    except Exception as e:  # noqa: BLE001 -- any parse failure is a bad file
+        raise FileFormatError(f"{path} is not a readable .safetensors file ({type(e).__name__}: {str(e)[:200]}); "
+                              "it may be truncated or corrupt, or of another format - re-export it") from None
+    if "sha256" in meta and meta["sha256"] != digest(arrays):
+        raise FileFormatError(f"{path}: tensor bytes do not match the sha256 recorded when lightnets wrote it; "
+                              "the file was modified or corrupted - re-export it")
+    return arrays, meta
 
 
 def load(path: str | os.PathLike) -> Weights:
-    """Read canonical weights from ``.safetensors`` or ``.npz`` (never unpickles)."""
-    from safetensors import SafetensorError
-    from safetensors.numpy import load_file
+    """Read canonical weights from ``.safetensors`` (sha256 checked) or ``.npz`` (never unpickles)."""
 
     path = Path(path)
     if path.suffix in (".pkl", ".pickle"):
@@ -175,13 +206,13 @@ def load(path: str | os.PathLike) -> Weights:
     if path.suffix == ".npz" and not zipfile.is_zipfile(path):
         raise FileFormatError(f"{path} is not an .npz (zip) archive; it may be truncated, corrupt or a renamed "
                               ".npy/pickle - re-export it with lightnets.weights.save")
+    if path.suffix == ".safetensors":
+        return read_safetensors(path)[0]
     try:
-        if path.suffix == ".safetensors":
-            return dict(load_file(path))
         if path.suffix == ".npz":
             with np.load(path, allow_pickle=False) as z:
                 return {k: z[k] for k in z.files}
-    except (SafetensorError, ValueError, OSError, EOFError, zipfile.BadZipFile) as e:
+    except (ValueError, OSError, EOFError, zipfile.BadZipFile) as e:
         if isinstance(e, ValueError) and "Object arrays" in str(e):
             raise FileFormatError(f"{path} holds pickled object arrays, which lightnets never loads (unpickling "
                                   "can run code); re-export it with plain float arrays") from None

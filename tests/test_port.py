@@ -179,7 +179,7 @@ def test_writes_are_atomic_paddle(tmp_path, monkeypatch, fmt, name):
         raise OSError("disk full")
 
     if fmt in P.CANONICAL:
-        monkeypatch.setattr(P, "_write_safetensors" if fmt == "safetensors" else "_write_npz",
+        monkeypatch.setattr(lightnets.weights, "_write_safetensors" if fmt == "safetensors" else "_write_npz",
                             lambda arrays, tmp, *meta: partial(arrays, tmp))
     else:
         monkeypatch.setitem(P.WRITERS, fmt, lambda model, tmp: partial(model, tmp))
