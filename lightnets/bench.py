@@ -42,27 +42,36 @@ WARMUP = 3
 WARMUP_S = 0.5
 PORT_MODEL = "mobilenet_v2_100"
 
-# lightnets id -> (twin label, constructor name) per backend; constructors live in _twin().
-TWINS: dict[str, dict[str, str]] = {
+# lightnets id -> the zoo model it is timed against, per backend: a key of lightnets.zoo.ZOO, whose
+# entry builds it (random weights, logits head).
+TWINS: dict[str, dict[str, tuple[str, str]]] = {
     "torch": {
-        "mobilenet_v2_100": "torchvision.mobilenet_v2",
-        "mobilenet_v3_large_100": "torchvision.mobilenet_v3_large",
-        "shufflenet_v2_100": "torchvision.shufflenet_v2_x1_0",
-        "ghostnet_100": "timm.ghostnet_100",
-        "mobilenet_v1_100": "timm.mobilenetv1_100",
+        "mobilenet_v2_100": ("torchvision", "mobilenet_v2"),
+        "mobilenet_v3_large_100": ("torchvision", "mobilenet_v3_large"),
+        "shufflenet_v2_100": ("torchvision", "shufflenet_v2_x1_0"),
+        "ghostnet_100": ("timm", "ghostnet_100"),
+        "mobilenet_v1_100": ("timm", "mobilenetv1_100"),
     },
     "keras": {
-        "mobilenet_v1_100": "keras.applications.MobileNet",
-        "mobilenet_v2_100": "keras.applications.MobileNetV2",
-        "mobilenet_v3_large_100": "keras.applications.MobileNetV3Large",
+        "mobilenet_v1_100": ("keras", "MobileNet"),
+        "mobilenet_v2_100": ("keras", "MobileNetV2"),
+        "mobilenet_v3_large_100": ("keras", "MobileNetV3Large"),
     },
     "paddle": {
-        "mobilenet_v1_100": "paddle.vision.mobilenet_v1",
-        "mobilenet_v2_100": "paddle.vision.mobilenet_v2",
-        "mobilenet_v3_large_100": "paddle.vision.mobilenet_v3_large",
-        "shufflenet_v2_100": "paddle.vision.shufflenet_v2_x1_0",
+        "mobilenet_v1_100": ("paddle", "mobilenet_v1"),
+        "mobilenet_v2_100": ("paddle", "mobilenet_v2"),
+        "mobilenet_v3_large_100": ("paddle", "mobilenet_v3_large"),
+        "shufflenet_v2_100": ("paddle", "shufflenet_v2_x1_0"),
     },
 }
+
+
+def make_twin(key: tuple[str, str], size: int):
+    """The zoo model of ``key`` with random weights and 1000 classes (keras at ``size``)."""
+    from . import zoo
+
+    e = zoo.entry(*key)
+    return e.make(1000, size) if e.framework == "keras" else e.make(1000)
 
 
 def thread_env(threads: int) -> dict[str, str]:
@@ -115,16 +124,6 @@ class _Torch:
             pass
         self.torch = torch
 
-    def twin(self, name: str, size: int):
-        lib, fn = name.split(".", 1)
-        if lib == "timm":
-            import timm
-
-            return timm.create_model(fn, pretrained=False).eval()
-        import torchvision
-
-        return getattr(torchvision.models, fn)(weights=None).eval()
-
     def prepare(self, model):
         model.eval()
         torch = self.torch
@@ -152,11 +151,6 @@ class _Keras:
 
         self.tf, self.keras = tf, keras
 
-    def twin(self, name: str, size: int):
-        fn = getattr(self.keras.applications, name.rsplit(".", 1)[1])
-        kwargs = {"include_preprocessing": False} if "V3" in name else {}
-        return fn(weights=None, input_shape=(size, size, 3), classes=1000, **kwargs)
-
     def prepare(self, model):
         return self.tf.function(lambda x: model(x, training=False), reduce_retracing=True)
 
@@ -174,11 +168,6 @@ class _Paddle:
 
         paddle.set_device("cpu")
         self.paddle = paddle
-
-    def twin(self, name: str, size: int):
-        import paddle.vision.models as M
-
-        return getattr(M, name.rsplit(".", 1)[1])(pretrained=False)
 
     def prepare(self, model):
         model.eval()
@@ -210,7 +199,8 @@ def _stats(times_s: list[float], batch: int) -> dict:
 def _bench_pair(fw, backend: str, model_id: str, batch: int, size: int, repeats: int) -> dict:
     import lightnets
 
-    twin_name = TWINS[backend].get(model_id)
+    twin_key = TWINS[backend].get(model_id)
+    twin_name = ".".join(twin_key) if twin_key else None
     x = fw.input(np.random.default_rng(0).standard_normal((batch, 3, size, size)).astype("float32"))
     entries = {}
     for role in ("lightnets", "twin"):
@@ -222,7 +212,7 @@ def _bench_pair(fw, backend: str, model_id: str, batch: int, size: int, repeats:
         if role == "lightnets":
             model = lightnets.build(model_id, backend=backend, dtype="float32", input_size=size)
         else:
-            model = fw.twin(twin_name, size)
+            model = make_twin(twin_key, size)
         build_s = time.perf_counter() - t0
         call = fw.prepare(model)
         t_end = time.perf_counter() + WARMUP_S

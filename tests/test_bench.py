@@ -61,7 +61,10 @@ def test_every_twin_is_a_lightnets_id():
     import lightnets
 
     ids = set(lightnets.list_models())
+    from lightnets import zoo
+
     for backend, twins in bench.TWINS.items():
         assert backend in bench.BACKENDS
         assert set(twins) <= ids
+        assert all(zoo.entry(*key).framework == backend for key in twins.values())
     assert set(bench.DEFAULT_MODELS) <= ids
