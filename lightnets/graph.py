@@ -130,6 +130,27 @@ class Graph:
                 for n in self.nodes}
 
     @cached_property
+    def schedule(self) -> tuple[tuple[Node, tuple[str, ...]], ...]:
+        """``(node, values to free after it)`` in execution order: THE walk every executor follows."""
+        return tuple((n, self.released[n.name]) for n in self.nodes)
+
+    def walk(self, x, step, keep_all: bool = False):
+        """Run ``step(node, inputs) -> value`` over the schedule from the input value ``x``.
+
+        Returns the output value, or with ``keep_all`` every node's value by name (nothing freed).
+        """
+        values = {INPUT: x}
+        for node, free in self.schedule:
+            values[node.name] = step(node, [values[i] for i in node.inputs])
+            if not keep_all:
+                for i in free:
+                    del values[i]
+        if keep_all:
+            del values[INPUT]
+            return values
+        return values[self.output]
+
+    @cached_property
     def params(self) -> tuple[ops.ParamSpec, ...]:
         """Every canonical parameter, in node order."""
         return tuple(p for n in self.nodes for p in ops.param_specs(n.name, n.op, dict(n.attrs), self.in_shapes(n)))

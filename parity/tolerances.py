@@ -6,7 +6,7 @@ Each bound states the value measured on this project's 2-core x86_64 machine it 
 
 from __future__ import annotations
 
-import numpy as np
+from lightnets.numerics import abs_error, rel_error  # noqa: F401 -- re-exported for the suite
 
 # Single ops against the float64 numpy reference.
 OP_REL = {
@@ -52,17 +52,3 @@ def effective_dtype(target: str, dtype: str) -> str:
 # Known divergences: (case, target, dtype) -> reason. A listed case that passes fails the run,
 # so this list can only shrink.
 EXPECTED_FAILURES: dict[tuple[str, str, str], str] = {}
-
-
-def rel_error(y: np.ndarray, ref: np.ndarray) -> float:
-    """max |y - ref| / max |ref| (0/0 counts as 0)."""
-    y, ref = np.asarray(y, np.float64), np.asarray(ref, np.float64)
-    if y.shape != ref.shape:
-        raise ValueError(f"shape {y.shape} differs from the reference shape {ref.shape}")
-    scale = float(np.max(np.abs(ref))) if ref.size else 0.0
-    err = float(np.max(np.abs(y - ref))) if ref.size else 0.0
-    return err / scale if scale > 0 else err
-
-
-def abs_error(y: np.ndarray, ref: np.ndarray) -> float:
-    return float(np.max(np.abs(np.asarray(y, np.float64) - np.asarray(ref, np.float64))))
