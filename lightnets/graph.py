@@ -19,7 +19,8 @@ from . import ops
 from .errors import SpecError
 
 INPUT = "input"
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2  # 2: conv/pool attr "padding"; version 1 files read as padding="explicit"
+READABLE_VERSIONS = (1, 2)
 _NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*(\.[A-Za-z0-9_]+)*$")
 
 
@@ -81,8 +82,30 @@ class Graph:
 
     @cached_property
     def shapes(self) -> dict[str, ops.Shape]:
-        """Per-sample output shape of the input and of every node, in node order."""
-        shapes: dict[str, ops.Shape] = {INPUT: self.input_shape}
+        """Per-sample output shape of the input and of every node, in node order, at the build size."""
+        return self._infer(self.input_shape)
+
+    @property
+    def fixed_size(self) -> bool:
+        """Whether the graph is valid at its build size only (``meta["fixed_size"]``)."""
+        return bool(self.meta.get("fixed_size", False))
+
+    def shapes_at(self, h: int, w: int) -> dict[str, ops.Shape]:
+        """Shapes of every value for an ``h`` x ``w`` input (pads of ``padding="same"`` nodes follow the
+        size). Raises SpecError naming the first node that has no valid output at that size."""
+        if (h, w) == self.input_shape[1:]:
+            return self.shapes
+        cache = self.__dict__.setdefault("_shapes_at", {})
+        if (h, w) not in cache:
+            if self.fixed_size:
+                raise SpecError(f"graph {self.name!r} is fixed to {self.input_shape[1]}x{self.input_shape[2]} "
+                                f"inputs (meta fixed_size), not {h}x{w}; resize the input or rebuild the graph "
+                                "at that size")
+            cache[(h, w)] = self._infer((self.input_shape[0], h, w))
+        return cache[(h, w)]
+
+    def _infer(self, input_shape) -> dict[str, ops.Shape]:
+        shapes: dict[str, ops.Shape] = {INPUT: tuple(input_shape)}
         for node in self.nodes:
             if node.name in shapes:
                 raise SpecError(f"duplicate node name {node.name!r}; node names must be unique")
@@ -179,12 +202,15 @@ class Graph:
             raise SpecError(f"graph JSON is not valid JSON ({e}); pass the text of Graph.to_json()") from None
         if not isinstance(d, dict) or d.get("format") != "lightnets.graph":
             raise SpecError("graph JSON lacks '\"format\": \"lightnets.graph\"'; pass the text of Graph.to_json()")
-        if type(d.get("version")) is not int or d.get("version") != FORMAT_VERSION:
+        if type(d.get("version")) is not int or d.get("version") not in READABLE_VERSIONS:
             raise SpecError(f"graph JSON version {d.get('version')!r} is not supported (this lightnets reads "
-                            f"version {FORMAT_VERSION}); re-export it with this version")
+                            f"versions {READABLE_VERSIONS}); re-export it with this version")
         try:
             nodes = [Node(n["name"], n["op"], _inputs(n["inputs"]), n.get("attrs", {})) for n in d["nodes"]]
-            return cls(d["name"], tuple(d["input_shape"]), tuple(nodes), d.get("meta", {}))
+            meta = dict(d.get("meta", {}))
+            if d["version"] == 1 and meta.get("padding") == "keras":  # TF pads were baked for the build size
+                meta["fixed_size"] = True
+            return cls(d["name"], tuple(d["input_shape"]), tuple(nodes), meta)
         except (KeyError, TypeError) as e:
             raise SpecError(f"graph JSON is malformed (missing or mistyped field {e}); every node needs "
                             "name, op, inputs and attrs") from None
@@ -228,12 +254,15 @@ class GraphBuilder:
     # --- common compositions -----------------------------------------------------------------
     def conv_bn_act(self, name: str, x: str, out: int, kernel: int, stride: int = 1, groups: int = 1,
                     act: str | None = "relu", eps: float = 1e-5, pads=None, momentum: float = 0.1) -> str:
-        """conv (no bias) -> BN -> activation, as ``name.conv``, ``name.bn``, ``name.act``."""
+        """conv (no bias) -> BN -> activation, as ``name.conv``, ``name.bn``, ``name.act``.
+
+        ``pads``: 4 explicit pads (default k//2 on every side) or ``"same"`` (TF "same" at any input size).
+        """
         if pads is None:
-            p = kernel // 2
-            pads = (p, p, p, p)
+            pads = (kernel // 2,) * 4
+        padding = {"padding": "same"} if pads == "same" else {"pads": pads}
         x = self.add(f"{name}.conv", "conv2d", x, out_channels=out, kernel=kernel, stride=stride,
-                     pads=pads, groups=groups, bias=False)
+                     groups=groups, bias=False, **padding)
         x = self.add(f"{name}.bn", "batch_norm", x, eps=eps, momentum=momentum)
         if act:
             x = self.add(f"{name}.act", "activation", x, kind=act)

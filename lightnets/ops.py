@@ -13,6 +13,11 @@ Activation formulas (pinned; every backend must compute exactly these):
 - sigmoid(x)     = 1 / (1 + exp(-x))
 - swish(x)       = x * sigmoid(x)
 
+Padding of conv2d / max_pool2d / avg_pool2d: ``padding="explicit"`` uses the 4-sided ``pads``
+(top, bottom, left, right) as given; ``padding="same"`` is TF/Keras "same", whose pads depend on the
+input size and are resolved by shape inference for the actual input (:func:`effective_pads`).
+Max pooling pads with -inf; average pooling either counts pads (``count_include_pad``) or not.
+
 BatchNorm (eval): ``y = (x - mean) / sqrt(var + eps) * gamma + beta``; in training the running
 statistics follow the torch convention ``new = (1 - momentum) * old + momentum * batch`` with the
 unbiased batch variance.
@@ -99,16 +104,45 @@ def window_out(size: int, k: int, s: int, pad_lo: int, pad_hi: int, d: int = 1) 
     return (size + pad_lo + pad_hi - d * (k - 1) - 1) // s + 1
 
 
+def same_pads(n: int, k: int, s: int, d: int = 1) -> tuple[int, int]:
+    """(low, high) pads of TF/Keras ``padding="same"`` on a length-``n`` axis: the total is
+    ``max((ceil(n/s) - 1)*s + d*(k-1) + 1 - n, 0)``, the odd pixel goes to the high side (bottom/right).
+    So stride 2 on an even input pads (0, 1) for k=3 and (1, 2) for k=5; keras.applications'
+    ``correct_pad`` + 'valid' is the same rule for stride 2."""
+    total = max((-(-n // s) - 1) * s + d * (k - 1) + 1 - n, 0)
+    return total // 2, total - total // 2
+
+
+def effective_pads(a: dict, hw: tuple[int, int]) -> tuple[int, int, int, int]:
+    """(top, bottom, left, right) of a conv/pool node on an ``h`` x ``w`` input: the ``pads``
+    attribute for ``padding="explicit"``, TF "same" computed for THIS input size for ``padding="same"``."""
+    if a.get("padding", "explicit") == "explicit":
+        return tuple(a["pads"])
+    (kh, kw), (sh, sw), (dh, dw) = a["kernel"], a["stride"], a.get("dilation", (1, 1))
+    return same_pads(hw[0], kh, sh, dh) + same_pads(hw[1], kw, sw, dw)
+
+
+def static_pads(a: dict) -> tuple[int, int, int, int] | None:
+    """The pads of a conv/pool node when they do not depend on the input size (explicit pads, or "same"
+    with stride 1, whose total pad is ``d*(k-1)`` at any size); None when they do (strided "same")."""
+    if a.get("padding", "explicit") == "explicit":
+        return tuple(a["pads"])
+    if all(s == 1 for s in a["stride"]):
+        return effective_pads(a, (1, 1))
+    return None
+
+
 def _window_shape(op: str, a: dict, x: Shape, channels: int) -> Shape:
     c, h, w = _need_map(op, x)
     kh, kw = a["kernel"]
     sh, sw = a["stride"]
-    t, b, l, r = a["pads"]
+    pads = effective_pads(a, (h, w))
+    t, b, l, r = pads
     dh, dw = a.get("dilation", (1, 1))
     ho, wo = window_out(h, kh, sh, t, b, dh), window_out(w, kw, sw, l, r, dw)
     if ho < 1 or wo < 1:
         raise SpecError(f"{op}: input {h}x{w} is too small for kernel {kh}x{kw}, stride {sh}x{sw}, "
-                        f"pads {a['pads']} (output would be {ho}x{wo}); use a larger input size")
+                        f"pads {pads} (output would be {ho}x{wo}); use a larger input size")
     return (channels, ho, wo)
 
 
@@ -134,9 +168,9 @@ def _pool_infer(op):
     def infer(a, shapes):
         c = _need_map(op, shapes[0])[0]
         kh, kw = a["kernel"]
-        t, b, l, r = a["pads"]
+        t, b, l, r = effective_pads(a, shapes[0][1:]) if len(shapes[0]) == 3 else a["pads"]
         if max(t, b) >= kh or max(l, r) >= kw:
-            raise SpecError(f"{op}: pads {a['pads']} must be smaller than the kernel {a['kernel']} "
+            raise SpecError(f"{op}: pads {(t, b, l, r)} must be smaller than the kernel {a['kernel']} "
                             "(a window of padding only has no defined value)")
         return _window_shape(op, a, shapes[0], c)
     return infer
@@ -220,10 +254,13 @@ def _linear_params(a, shapes):
     return out
 
 
+PADDINGS = ("explicit", "same")
 WINDOW = {
     "kernel": Attr("ints", R, _positive, 2),
     "stride": Attr("ints", (1, 1), _positive, 2),
     "pads": Attr("ints", (0, 0, 0, 0), _non_negative, 4),
+    # "explicit": the 4 pads above; "same": TF/Keras "same", resolved for the actual input size
+    "padding": Attr("str", "explicit", _in(PADDINGS)),
 }
 
 OPS: dict[str, OpSchema] = {
@@ -301,6 +338,9 @@ def normalize_attrs(op: str, attrs: dict) -> dict:
         if spec.check and (problem := spec.check(value)):
             raise SpecError(f"{op}.{key}={value!r} {problem}")
         out[key] = value
+    if out.get("padding") == "same" and any(out["pads"]):
+        raise SpecError(f"{op}: pads {out['pads']} given with padding='same'; 'same' computes the pads from "
+                        "the input size - drop pads, or use padding='explicit'")
     return out
 
 

@@ -8,7 +8,7 @@ import numpy as np
 
 from . import ops
 from .errors import InputShapeError, SpecError
-from .graph import INPUT, Graph, Node
+from .graph import Graph, Node
 
 F = np.float64
 
@@ -34,7 +34,7 @@ def conv2d(x, w, b, a, out_shape):
     n, c = x.shape[:2]
     o, ho, wo = out_shape
     g = a["groups"]
-    xp = _pad(x, a["pads"])
+    xp = _pad(x, ops.effective_pads(a, x.shape[2:]))
     wg = w.reshape(g, o // g, c // g, *w.shape[2:])
     y = np.zeros((n, g, o // g, ho * wo), F)
     for i, j, win in _windows(xp, a, ho, wo):
@@ -75,18 +75,19 @@ def channel_shuffle(x, groups):
 
 
 def max_pool2d(x, a, out_shape):
-    xp = _pad(x, a["pads"], -np.inf)
+    xp = _pad(x, ops.effective_pads(a, x.shape[2:]), -np.inf)
     _, ho, wo = out_shape
     return np.max([win for _, _, win in _windows(xp, a, ho, wo)], axis=0)
 
 
 def avg_pool2d(x, a, out_shape):
     _, ho, wo = out_shape
-    total = sum(win for _, _, win in _windows(_pad(x, a["pads"]), a, ho, wo))
+    pads = ops.effective_pads(a, x.shape[2:])
+    total = sum(win for _, _, win in _windows(_pad(x, pads), a, ho, wo))
     if a["count_include_pad"]:
         return total / (a["kernel"][0] * a["kernel"][1])
     ones = np.ones((1, 1, *x.shape[2:]), F)
-    count = sum(win for _, _, win in _windows(_pad(ones, a["pads"]), a, ho, wo))
+    count = sum(win for _, _, win in _windows(_pad(ones, pads), a, ho, wo))
     return total / count
 
 
@@ -158,28 +159,26 @@ def check_input(graph: Graph, x: np.ndarray, layout: str = "NCHW") -> None:
 
 
 def _check_size(graph: Graph, h: int, w: int) -> None:
-    """Raise InputShapeError if an ``h`` x ``w`` input leaves some layer with an empty output."""
-    fits = graph.__dict__.setdefault("_lightnets_fits", {})
-    if (h, w) not in fits:
-        fits[(h, w)] = _size_problem(graph, h, w)
-    problem = fits[(h, w)]
-    if problem:
+    """Raise InputShapeError if the graph has no valid output for an ``h`` x ``w`` input."""
+    try:
+        graph.shapes_at(h, w)
+    except SpecError as e:
         built = "x".join(map(str, graph.input_shape[1:]))
-        smallest = next((s for s in range(1, max(graph.input_shape[1:]) + 1) if not _size_problem(graph, s, s)),
-                        None)
+        if graph.fixed_size:
+            raise InputShapeError(f"input size {h}x{w} differs from the {built} that graph {graph.name!r} is "
+                                  f"fixed to: {e}") from None
+        smallest = next((s for s in range(1, max(graph.input_shape[1:]) + 1) if _fits(graph, s)), None)
         at_least = f"at least {smallest}x{smallest}" if smallest else f"{built}"
         raise InputShapeError(f"input size {h}x{w} is too small for graph {graph.name!r} (built for {built}): "
-                              f"{problem}; pass inputs of {at_least} pixels, e.g. the {built} it was built for")
+                              f"{e}; pass inputs of {at_least} pixels, e.g. the {built} it was built for") from None
 
 
-def _size_problem(graph: Graph, h: int, w: int) -> str:
-    shapes = {INPUT: (graph.input_shape[0], h, w)}
-    for node in graph.nodes:
-        try:
-            shapes[node.name] = ops.infer_shape(node.op, dict(node.attrs), [shapes[i] for i in node.inputs])
-        except SpecError as e:
-            return f"node {node.name!r} ({node.op}) would get an empty or mismatched output ({e})"
-    return ""
+def _fits(graph: Graph, size: int) -> bool:
+    try:
+        graph.shapes_at(size, size)
+        return True
+    except SpecError:
+        return False
 
 
 def train_forward(graph: Graph, weights: dict[str, np.ndarray], x: np.ndarray):
@@ -189,36 +188,31 @@ def train_forward(graph: Graph, weights: dict[str, np.ndarray], x: np.ndarray):
     after one step, torch convention: ``new = (1 - m) * old + m * batch`` with the unbiased batch
     variance (normalisation itself uses the biased variance).
     """
+    check_input(graph, x)
+    x = np.asarray(x, F)
+    shapes = graph.shapes_at(*x.shape[2:])
     w = {k: np.asarray(v, F) for k, v in weights.items()}
-    values, stats = {INPUT: np.asarray(x, F)}, {}
-    for node in graph.nodes:
-        inputs = [values[i] for i in node.inputs]
-        if node.op == "batch_norm":
-            h, m = inputs[0], node.attrs["momentum"]
-            mean, var = h.mean(axis=(0, 2, 3)), h.var(axis=(0, 2, 3))
-            n = h.size // h.shape[1]
-            p = lambda s, name=node.name: w[f"{name}.{s}"]  # noqa: E731
-            values[node.name] = batch_norm(h, p("gamma"), p("beta"), mean, var, node.attrs["eps"])
-            stats[f"{node.name}.mean"] = (1 - m) * p("mean") + m * mean
-            stats[f"{node.name}.var"] = (1 - m) * p("var") + m * var * n / (n - 1)
-        else:
-            values[node.name] = run_node(node, inputs, w, graph.shapes[node.name])
-    return values[graph.output], stats
+    stats = {}
+
+    def step(node, inputs):
+        if node.op != "batch_norm":
+            return run_node(node, inputs, w, shapes[node.name])
+        h, m = inputs[0], node.attrs["momentum"]
+        mean, var = h.mean(axis=(0, 2, 3)), h.var(axis=(0, 2, 3))
+        n = h.size // h.shape[1]
+        p = lambda s: w[f"{node.name}.{s}"]  # noqa: E731
+        stats[f"{node.name}.mean"] = (1 - m) * p("mean") + m * mean
+        stats[f"{node.name}.var"] = (1 - m) * p("var") + m * var * n / (n - 1)
+        return batch_norm(h, p("gamma"), p("beta"), mean, var, node.attrs["eps"])
+    return graph.walk(x, step), stats
 
 
 def run(graph: Graph, weights: dict[str, np.ndarray], x: np.ndarray,
         return_all: bool = False) -> np.ndarray | dict[str, np.ndarray]:
-    """Run ``graph`` on the NCHW batch ``x`` in float64; ``return_all`` gives every node's output."""
+    """Run ``graph`` on the NCHW batch ``x`` in float64 at any input size the graph allows (``padding="same"``
+    pads follow the size); ``return_all`` gives every node's output."""
     check_input(graph, x)
-    x = np.asarray(x)
-    if tuple(x.shape[1:]) != graph.input_shape:
-        raise InputShapeError(f"input shape {tuple(x.shape[1:])} differs from the graph's {graph.input_shape}; "
-                              "build the spec with that input_size")
+    x = np.asarray(x, F)
+    shapes = graph.shapes_at(*x.shape[2:])
     w = {k: np.asarray(v, F) for k, v in weights.items()}
-    values = {INPUT: np.asarray(x, F)}
-    for node in graph.nodes:
-        values[node.name] = run_node(node, [values[i] for i in node.inputs], w, graph.shapes[node.name])
-    if return_all:
-        del values[INPUT]
-        return values
-    return values[graph.output]
+    return graph.walk(x, lambda node, inputs: run_node(node, inputs, w, shapes[node.name]), keep_all=return_all)

@@ -161,7 +161,7 @@ CATALOGUE = [
     ("op_not_a_string", lambda: Node("a", ["conv2d"], ("input",), {}), E.SpecError, "got ['conv2d']",
      "op must be a string naming an op"),
     # --- graph JSON -----------------------------------------------------------------------------
-    ("json_wrong_version", lambda: Graph.from_json(_json(version=2)), E.SpecError, "version 2 is not supported",
+    ("json_wrong_version", lambda: Graph.from_json(_json(version=3)), E.SpecError, "version 3 is not supported",
      "re-export it"),
     ("json_version_bool", lambda: Graph.from_json(_json(version=True)), E.SpecError, "version True",
      "re-export it"),

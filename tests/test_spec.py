@@ -36,13 +36,15 @@ def test_no_backend_names_an_architecture():
 def test_attrs_are_normalized_and_defaulted():
     a = ops.normalize_attrs("conv2d", {"out_channels": 8, "kernel": 3, "pads": 1})
     assert a == {"out_channels": 8, "kernel": (3, 3), "stride": (1, 1), "pads": (1, 1, 1, 1),
-                 "dilation": (1, 1), "groups": 1, "bias": False}
+                 "padding": "explicit", "dilation": (1, 1), "groups": 1, "bias": False}
 
 
 @pytest.mark.parametrize("op,attrs,message", [
     ("conv3d", {}, "unknown op 'conv3d'"),
     ("conv2d", {"kernel": 3}, "missing required attribute 'out_channels'"),
-    ("conv2d", {"out_channels": 4, "kernel": 3, "padding": 1}, "unknown attribute(s) ['padding']"),
+    ("conv2d", {"out_channels": 4, "kernel": 3, "pad": 1}, "unknown attribute(s) ['pad']"),
+    ("conv2d", {"out_channels": 4, "kernel": 3, "padding": "valid"}, "must be one of explicit, same"),
+    ("conv2d", {"out_channels": 4, "kernel": 3, "padding": "same", "pads": 1}, "given with padding='same'"),
     ("conv2d", {"out_channels": 0, "kernel": 3}, "must be > 0"),
     ("conv2d", {"out_channels": 4, "kernel": (3, 3, 3)}, "must be an int or 2 ints"),
     ("conv2d", {"out_channels": 4, "kernel": 3, "bias": 1}, "must be of type bool"),
@@ -172,12 +174,52 @@ def test_reference_returns_every_node():
 
 
 @pytest.mark.parametrize("shape,message", [((3, 32, 32), "4-D NCHW"), ((1, 32, 32, 3), "the model expects 3"),
-                                           ((1, 3, 40, 40), "build the spec with that input_size")])
+                                           ((1, 3, 16, 16), "is too small for graph"),
+                                           ((1, 3, 40, 40), "is fixed to 32x32")])
 def test_reference_input_errors(shape, message):
-    g = lightnets.get_spec("mobilenet_v1_025", input_size=32)
+    g = lightnets.get_spec("mobilenet_v1_025_keras", input_size=32)
+    g = Graph(g.name, g.input_shape, g.nodes, {**g.meta, "fixed_size": shape[2] > 32})
     with pytest.raises(errors.InputShapeError) as e:
         reference.run(g, weights.init_weights(g), np.zeros(shape))
     assert message in str(e.value)
+
+
+@pytest.mark.parametrize("model_id", ["mobilenet_v2_050_keras", "mobilenet_v3_small_075_keras",
+                                      "mobilenet_v1_025_keras", "shufflenet_v2_050", "ghostnet_050"])
+def test_same_padding_follows_the_input_size(model_id):
+    """A graph built at one size runs at another exactly as the graph built at that size (TF "same" pads are
+    a rule resolved by shape inference, not numbers baked for the build size)."""
+    g64 = lightnets.get_spec(model_id, input_size=64)
+    w = weights.init_weights(g64)
+    for size in (65, 70, 96):
+        x = np.random.default_rng(size).standard_normal((1, 3, size, size))
+        want = reference.run(lightnets.get_spec(model_id, input_size=size), w, x)
+        np.testing.assert_array_equal(reference.run(g64, w, x), want)
+    assert g64.shapes_at(65, 65)["stem.conv"] == (g64.shapes["stem.conv"][0], 33, 33)
+
+
+def test_same_pads_are_tf_same():
+    assert ops.same_pads(10, 3, 2) == (0, 1) and ops.same_pads(9, 3, 2) == (1, 1)
+    assert ops.same_pads(12, 5, 2) == (1, 2) and ops.same_pads(8, 3, 1) == (1, 1)
+    assert ops.same_pads(12, 3, 1, 2) == (2, 2) and ops.same_pads(5, 1, 2) == (0, 0)
+    a = ops.normalize_attrs("conv2d", {"out_channels": 4, "kernel": 5, "stride": 2, "padding": "same"})
+    assert ops.static_pads(a) is None and ops.effective_pads(a, (224, 225)) == (1, 2, 2, 2)
+
+
+def test_version_1_graph_json_with_baked_tf_pads_is_fixed_size():
+    g = lightnets.get_spec("mobilenet_v1_025_keras", input_size=32)
+    d = json.loads(g.to_json())
+    d["version"] = 1
+    for n in d["nodes"]:
+        n["attrs"].pop("padding", None)
+        if n["op"] == "conv2d":
+            node = g.node(n["name"])
+            n["attrs"]["pads"] = list(ops.effective_pads(dict(node.attrs), g.in_shapes(node)[0][1:]))
+    old = Graph.from_json(json.dumps(d))
+    assert old.fixed_size and not g.fixed_size
+    w = weights.init_weights(g)
+    x = np.random.default_rng(0).standard_normal((1, 3, 32, 32))
+    np.testing.assert_array_equal(reference.run(old, w, x), reference.run(g, w, x))
 
 
 # --- weights --------------------------------------------------------------------------------

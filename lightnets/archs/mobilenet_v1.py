@@ -38,14 +38,12 @@ def build(name: str, width: float, num_classes: int, input_size: int, include_to
                      **({} if padding == "symmetric" else {"padding": padding}))
     bn = dict(eps=eps, momentum=momentum, act=act)
 
-    def pads(x, k, s, kind="same"):
-        return pads_for(padding, g.shape(x)[1:], k, s, kind)
 
-    x = g.conv_bn_act("stem", "input", int(STEM * width), 3, stride=2, pads=pads("input", 3, 2), **bn)
+    x = g.conv_bn_act("stem", "input", int(STEM * width), 3, stride=2, pads=pads_for(padding, 3, 2), **bn)
     for i, layer in enumerate(LAYERS):
         c = g.channels(x)
         x = g.conv_bn_act(f"blocks.{i}.dw", x, c, 3, stride=layer.stride, groups=c,
-                          pads=pads(x, 3, layer.stride, "pad01"), **bn)
+                          pads=pads_for(padding, 3, layer.stride, "pad01"), **bn)
         x = g.conv_bn_act(f"blocks.{i}.pw", x, int(layer.out * width), 1, **bn)
     g.classifier(x, num_classes, dropout=dropout, include_top=include_top)
     return g.build()

@@ -44,11 +44,9 @@ def build(name: str, width: float, num_classes: int, input_size: int, include_to
                      **({} if padding == "symmetric" else {"padding": padding}))
     bn = dict(eps=eps, momentum=momentum)
 
-    def pads(x, k, s, kind="same"):
-        return pads_for(padding, g.shape(x)[1:], k, s, kind)
 
     x = g.conv_bn_act("stem", "input", make_divisible(STEM * width), 3, stride=2, act="relu6",
-                      pads=pads("input", 3, 2), **bn)
+                      pads=pads_for(padding, 3, 2), **bn)
     i = 0
     for st in STAGES:
         out = make_divisible(int(st.c * width) if padding == "keras" else st.c * width)
@@ -60,7 +58,7 @@ def build(name: str, width: float, num_classes: int, input_size: int, include_to
             hidden = g.channels(x)
             s = st.s if r == 0 else 1
             x = g.conv_bn_act(f"{block}.dw", x, hidden, 3, stride=s, groups=hidden, act="relu6",
-                              pads=pads(x, 3, s, "correct_pad"), **bn)
+                              pads=pads_for(padding, 3, s, "correct_pad"), **bn)
             x = g.conv_bn_act(f"{block}.project", x, out, 1, act=None, **bn)
             if g.shape(x) == g.shape(inp):
                 x = g.add(f"{block}.add", "add", [inp, x])

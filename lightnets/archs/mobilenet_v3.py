@@ -98,11 +98,9 @@ def build(name: str, size: str, width: float, num_classes: int, input_size: int,
     g = GraphBuilder(name, (3, input_size, input_size), family="mobilenet_v3", size=size, width=width,
                      rounding=rounding, **({} if padding == "symmetric" else {"padding": padding}))
 
-    def pads(x, k, s, kind="same"):
-        return pads_for(padding, g.shape(x)[1:], k, s, kind)
 
     stem = make_divisible(table[0].inp * width)
-    x = g.conv_bn_act("stem", "input", stem, 3, stride=2, act="hardswish", pads=pads("input", 3, 2), **bn)
+    x = g.conv_bn_act("stem", "input", stem, 3, stride=2, act="hardswish", pads=pads_for(padding, 3, 2), **bn)
     for i, row in enumerate(table):
         block, inp = f"blocks.{i}", x
         c = g.channels(x)
@@ -114,7 +112,7 @@ def build(name: str, size: str, width: float, num_classes: int, input_size: int,
         if exp != c:
             x = g.conv_bn_act(f"{block}.expand", x, exp, 1, act=act, **bn)
         x = g.conv_bn_act(f"{block}.dw", x, exp, row.kernel, stride=row.stride, groups=exp, act=act,
-                          pads=pads(x, row.kernel, row.stride, "correct_pad"), **bn)
+                          pads=pads_for(padding, row.kernel, row.stride, "correct_pad"), **bn)
         if row.se:
             x = _se(g, f"{block}.se", x, make_divisible(exp // 4, 8))
         x = g.conv_bn_act(f"{block}.project", x, make_divisible(row.out * width), 1, act=None, **bn)
