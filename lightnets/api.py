@@ -57,16 +57,27 @@ def _as_weights(weights) -> Mapping[str, np.ndarray]:
 
 
 def build(arch: str | Graph, backend: str = "torch", weights=None, num_classes: int = 1000,
-          input_size: int = 224, include_top: bool = True, dtype: str = "float32", seed: int = 0):
+          input_size: int = 224, include_top: bool = True, dtype: str = "float32", seed: int = 0,
+          mode: str = "train"):
     """Build the native model of ``arch`` in ``backend``.
 
     ``weights``: canonical dict or a ``.safetensors``/``.npz`` path; ``None`` gives the deterministic
     random init of ``seed``. Weights are checked against the spec before the framework is touched.
+    ``mode="train"`` builds the graph as it is; ``mode="inference"`` builds it with every batch norm
+    that follows a conv/linear folded into that layer (``lightnets.transforms.fold_batch_norm``, done
+    in float64 before casting to ``dtype``): the same eval function, fewer ops, no train-mode BN.
     """
     if dtype not in DTYPES:
         raise LightnetsError(f"dtype {dtype!r} is not supported; use one of {DTYPES}")
+    if mode not in ("train", "inference"):
+        raise LightnetsError(f"mode {mode!r} is not supported; use 'train' (the graph as written, trainable "
+                             "batch norms) or 'inference' (batch norms folded into the convs)")
     graph = spec(arch, num_classes, input_size, include_top)
     w = W.init_weights(graph, seed) if weights is None else W.check_weights(graph, _as_weights(weights))
+    if mode == "inference":
+        from .transforms import fold_batch_norm
+
+        graph, w = fold_batch_norm(graph, {k: np.asarray(v, np.float64) for k, v in w.items()})
     be = load_backend(backend)
     model = be.build(graph, dtype)
     be.set_weights(model, w)
