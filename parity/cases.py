@@ -53,6 +53,13 @@ def op_cases() -> list[Case]:
         _one("conv_3x3_s2_asym_tf_same", (3, 10, 10), "conv2d", out_channels=4, kernel=3, stride=2,
              pads=(0, 1, 0, 1)),
         _one("conv_5x5_asym_pads", (2, 8, 7), "conv2d", out_channels=3, kernel=5, pads=(1, 2, 0, 3)),
+        # padding="same": TF pads from the input size (odd height, even width: both rules at once)
+        _one("conv_5x5_s2_same", (3, 9, 10), "conv2d", out_channels=4, kernel=5, stride=2, padding="same"),
+        _one("conv_depthwise_3x3_s2_same", (4, 11, 8), "conv2d", out_channels=4, kernel=3, stride=2, groups=4,
+             padding="same"),
+        _one("max_pool_3x3_s2_same", (2, 9, 10), "max_pool2d", kernel=3, stride=2, padding="same"),
+        _one("avg_pool_3x3_s2_same_exclude_pad", (2, 9, 10), "avg_pool2d", kernel=3, stride=2, padding="same",
+             count_include_pad=False),
         _one("conv_1x1_grouped", (12, 5, 5), "conv2d", out_channels=6, kernel=1, groups=3),
         _one("conv_3x3_grouped_s2", (8, 9, 8), "conv2d", out_channels=16, kernel=3, stride=2, pads=1, groups=4,
              bias=True),
