@@ -1,10 +1,11 @@
-"""Model ids -> spec builders. Families register themselves when ``lightnets.archs`` is imported."""
+"""Model ids -> spec builders: the variants every family of ``lightnets.archs`` declares, plus any registered."""
 
 from __future__ import annotations
 
 from collections.abc import Callable
 from typing import NamedTuple
 
+from .archs import FAMILIES
 from .errors import SpecError, UnknownModelError
 from .graph import Graph
 
@@ -27,23 +28,21 @@ def register(model_id: str, family: str, builder: Callable[..., Graph], **kwargs
     _REGISTRY[model_id] = Entry(family, builder, kwargs)
 
 
-def _ensure_loaded() -> None:
-    from . import archs  # noqa: F401 -- importing registers every family
+for _family in FAMILIES:
+    for _id, _kwargs in _family.VARIANTS.items():
+        register(_id, _family.FAMILY, _family.build, **_kwargs)
 
 
 def list_models(family: str | None = None) -> list[str]:
     """Every registered id (optionally of one family), sorted."""
-    _ensure_loaded()
     return sorted(k for k, e in _REGISTRY.items() if family is None or e.family == family)
 
 
 def families() -> list[str]:
-    _ensure_loaded()
     return sorted({e.family for e in _REGISTRY.values()})
 
 
 def entry(model_id: str) -> Entry:
-    _ensure_loaded()
     if not isinstance(model_id, str):
         raise SpecError(f"a model id must be a string such as 'mobilenet_v2_100', got {type(model_id).__name__} "
                         f"{model_id!r}; run `lightnets list` to see the registered ids")

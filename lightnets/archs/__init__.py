@@ -1,3 +1,9 @@
-"""Architectures as paper tables plus one builder per family; importing this registers them all."""
+"""Architectures as paper tables plus one builder per family.
 
-from . import ghostnet, mobilenet_v1, mobilenet_v2, mobilenet_v3, shufflenet_v1, shufflenet_v2  # noqa: F401
+Each family module defines ``FAMILY``, ``build(name, num_classes, input_size, include_top, **variant)``
+and ``VARIANTS`` (model id -> the variant's keyword arguments); the registry reads them.
+"""
+
+from . import ghostnet, mobilenet_v1, mobilenet_v2, mobilenet_v3, shufflenet_v1, shufflenet_v2
+
+FAMILIES = (mobilenet_v1, mobilenet_v2, mobilenet_v3, shufflenet_v1, shufflenet_v2, ghostnet)

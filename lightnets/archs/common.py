@@ -17,11 +17,6 @@ def make_divisible(v: float, divisor: int = 8, min_value: int | None = None) -> 
     return new_v
 
 
-def width_id(width: float) -> str:
-    """0.75 -> '075', 1.0 -> '100', 1.3 -> '130'."""
-    return f"{round(width * 100):03d}"
-
-
 def pads_for(padding: str, kernel: int, stride: int, kind: str = "same"):
     """Padding of one conv under a padding flavour: 4 explicit pads, or ``"same"`` (TF "same", resolved by
     shape inference for the actual input size, see ``ops.effective_pads``).

@@ -17,8 +17,7 @@ import math
 from typing import NamedTuple
 
 from ..graph import Graph, GraphBuilder
-from ..registry import register
-from .common import make_divisible, width_id
+from .common import make_divisible
 
 
 class Bneck(NamedTuple):
@@ -54,7 +53,6 @@ LAST_CONV = 960
 HEAD = 1280
 DIVISOR = 4
 RATIO = 2
-WIDTHS = (0.5, 1.0, 1.3)
 
 
 def _ghost(g: GraphBuilder, name: str, x: str, out: int, act: str | None, eps: float) -> str:
@@ -106,5 +104,10 @@ def build(name: str, width: float, num_classes: int, input_size: int, include_to
     return g.build()
 
 
-for _w in WIDTHS:
-    register(f"ghostnet_{width_id(_w)}", "ghostnet", build, width=_w)
+FAMILY = "ghostnet"
+# model id -> the keyword arguments of build() that pick the variant
+VARIANTS = {
+    "ghostnet_050": dict(width=0.5),
+    "ghostnet_100": dict(width=1.0),
+    "ghostnet_130": dict(width=1.3),
+}

@@ -5,8 +5,7 @@ from __future__ import annotations
 from typing import NamedTuple
 
 from ..graph import Graph, GraphBuilder
-from ..registry import register
-from .common import pads_for, width_id
+from .common import pads_for
 
 
 class DWSep(NamedTuple):
@@ -23,7 +22,6 @@ LAYERS = (
     *[DWSep(512, 1)] * 5,
     DWSep(1024, 2), DWSep(1024, 1),
 )
-WIDTHS = (0.25, 0.5, 0.75, 1.0)
 
 
 def build(name: str, width: float, num_classes: int, input_size: int, include_top: bool,
@@ -49,10 +47,18 @@ def build(name: str, width: float, num_classes: int, input_size: int, include_to
     return g.build()
 
 
-for _w in WIDTHS:
-    register(f"mobilenet_v1_{width_id(_w)}", "mobilenet_v1", build, width=_w)
 # keras.applications.MobileNet: TF padding, BN eps 1e-3 / momentum 0.99 (IR 0.01), ReLU6,
 # head GAP -> Dropout(1e-3) -> 1x1 conv with bias (= linear)
 KERAS = dict(padding="keras", eps=1e-3, momentum=0.01, act="relu6", dropout=1e-3)
-for _w in WIDTHS:
-    register(f"mobilenet_v1_{width_id(_w)}_keras", "mobilenet_v1", build, width=_w, **KERAS)
+FAMILY = "mobilenet_v1"
+# model id -> the keyword arguments of build() that pick the variant
+VARIANTS = {
+    "mobilenet_v1_025": dict(width=0.25),
+    "mobilenet_v1_050": dict(width=0.5),
+    "mobilenet_v1_075": dict(width=0.75),
+    "mobilenet_v1_100": dict(width=1.0),
+    "mobilenet_v1_025_keras": dict(width=0.25, **KERAS),
+    "mobilenet_v1_050_keras": dict(width=0.5, **KERAS),
+    "mobilenet_v1_075_keras": dict(width=0.75, **KERAS),
+    "mobilenet_v1_100_keras": dict(width=1.0, **KERAS),
+}

@@ -5,8 +5,7 @@ from __future__ import annotations
 from typing import NamedTuple
 
 from ..graph import Graph, GraphBuilder
-from ..registry import register
-from .common import make_divisible, pads_for, width_id
+from .common import make_divisible, pads_for
 
 
 class Stage(NamedTuple):
@@ -29,7 +28,6 @@ STAGES = (
     Stage(6, 160, 3, 2),
     Stage(6, 320, 1, 1),
 )
-WIDTHS = (0.35, 0.5, 0.75, 1.0, 1.4)
 
 
 def build(name: str, width: float, num_classes: int, input_size: int, include_top: bool,
@@ -68,11 +66,21 @@ def build(name: str, width: float, num_classes: int, input_size: int, include_to
     return g.build()
 
 
-for _w in WIDTHS:
-    register(f"mobilenet_v2_{width_id(_w)}", "mobilenet_v2", build, width=_w)
 # keras.applications.MobileNetV2: TF padding, BN eps 1e-3 / momentum 0.999 (IR 0.001), no dropout
 # before the Dense classifier; keras also offers alpha 1.3
-KERAS_WIDTHS = (0.35, 0.5, 0.75, 1.0, 1.3, 1.4)
-for _w in KERAS_WIDTHS:
-    register(f"mobilenet_v2_{width_id(_w)}_keras", "mobilenet_v2", build, width=_w, padding="keras",
-             eps=1e-3, momentum=0.001, dropout=0.0)
+KERAS = dict(padding="keras", eps=1e-3, momentum=0.001, dropout=0.0)
+FAMILY = "mobilenet_v2"
+# model id -> the keyword arguments of build() that pick the variant
+VARIANTS = {
+    "mobilenet_v2_035": dict(width=0.35),
+    "mobilenet_v2_050": dict(width=0.5),
+    "mobilenet_v2_075": dict(width=0.75),
+    "mobilenet_v2_100": dict(width=1.0),
+    "mobilenet_v2_140": dict(width=1.4),
+    "mobilenet_v2_035_keras": dict(width=0.35, **KERAS),
+    "mobilenet_v2_050_keras": dict(width=0.5, **KERAS),
+    "mobilenet_v2_075_keras": dict(width=0.75, **KERAS),
+    "mobilenet_v2_100_keras": dict(width=1.0, **KERAS),
+    "mobilenet_v2_130_keras": dict(width=1.3, **KERAS),
+    "mobilenet_v2_140_keras": dict(width=1.4, **KERAS),
+}

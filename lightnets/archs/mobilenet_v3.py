@@ -19,8 +19,7 @@ from typing import NamedTuple
 
 from ..errors import SpecError
 from ..graph import Graph, GraphBuilder
-from ..registry import register
-from .common import make_divisible, pads_for, width_id
+from .common import make_divisible, pads_for
 
 
 class Bneck(NamedTuple):
@@ -69,7 +68,6 @@ TABLES = {"large": LARGE, "small": SMALL}
 HEAD = {"large": 1280, "small": 1024}  # hidden linear of the classifier
 LAST_CONV_EXPANSION = 6
 ACT = {"RE": "relu", "HS": "hardswish"}
-WIDTHS = (0.75, 1.0)
 
 
 def _se(g: GraphBuilder, name: str, x: str, squeeze: int) -> str:
@@ -125,13 +123,20 @@ def build(name: str, size: str, width: float, num_classes: int, input_size: int,
     return g.build()
 
 
-for _size in TABLES:
-    for _w in WIDTHS:
-        register(f"mobilenet_v3_{_size}_{width_id(_w)}", "mobilenet_v3", build, size=_size, width=_w)
-    register(f"mobilenet_v3_{_size}_075_paddle", "mobilenet_v3", build, size=_size, width=0.75,
-             rounding="table")
-    # keras.applications.MobileNetV3*: TF padding, BN momentum 0.999 (IR 0.001); the head (GAP
-    # keepdims -> 1x1 conv with bias, no BN -> hardswish -> dropout -> 1x1 conv) is the same graph
-    for _w in WIDTHS:
-        register(f"mobilenet_v3_{_size}_{width_id(_w)}_keras", "mobilenet_v3", build, size=_size, width=_w,
-                 padding="keras", momentum=0.001)
+# keras.applications.MobileNetV3*: TF padding, BN momentum 0.999 (IR 0.001); the head (GAP keepdims ->
+# 1x1 conv with bias, no BN -> hardswish -> dropout -> 1x1 conv) is the same graph
+KERAS = dict(padding="keras", momentum=0.001)
+FAMILY = "mobilenet_v3"
+# model id -> the keyword arguments of build() that pick the variant
+VARIANTS = {
+    "mobilenet_v3_large_075": dict(size="large", width=0.75),
+    "mobilenet_v3_large_100": dict(size="large", width=1.0),
+    "mobilenet_v3_large_075_paddle": dict(size="large", width=0.75, rounding="table"),
+    "mobilenet_v3_large_075_keras": dict(size="large", width=0.75, **KERAS),
+    "mobilenet_v3_large_100_keras": dict(size="large", width=1.0, **KERAS),
+    "mobilenet_v3_small_075": dict(size="small", width=0.75),
+    "mobilenet_v3_small_100": dict(size="small", width=1.0),
+    "mobilenet_v3_small_075_paddle": dict(size="small", width=0.75, rounding="table"),
+    "mobilenet_v3_small_075_keras": dict(size="small", width=0.75, **KERAS),
+    "mobilenet_v3_small_100_keras": dict(size="small", width=1.0, **KERAS),
+}

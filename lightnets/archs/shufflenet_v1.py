@@ -22,8 +22,7 @@ from typing import NamedTuple
 
 from ..errors import SpecError
 from ..graph import Graph, GraphBuilder
-from ..registry import register
-from .common import make_divisible, width_id
+from .common import make_divisible
 
 
 class Stage(NamedTuple):
@@ -92,10 +91,35 @@ def build(name: str, groups: int, width: float, num_classes: int, input_size: in
     return g.build()
 
 
-for _g in STAGE_CHANNELS:
-    for _w in WIDTHS:
-        register(f"shufflenet_v1_g{_g}_{width_id(_w)}", "shufflenet_v1", build, groups=_g, width=_w)
-for _g in (3, 8):  # the groups with official megvii checkpoints
-    for _w in WIDTHS:
-        register(f"shufflenet_v1_g{_g}_{width_id(_w)}_megvii", "shufflenet_v1", build, groups=_g, width=_w,
-                 shuffle="megvii")
+FAMILY = "shufflenet_v1"
+# model id -> the keyword arguments of build() that pick the variant
+VARIANTS = {
+    "shufflenet_v1_g1_050": dict(groups=1, width=0.5),
+    "shufflenet_v1_g1_100": dict(groups=1, width=1.0),
+    "shufflenet_v1_g1_150": dict(groups=1, width=1.5),
+    "shufflenet_v1_g1_200": dict(groups=1, width=2.0),
+    "shufflenet_v1_g2_050": dict(groups=2, width=0.5),
+    "shufflenet_v1_g2_100": dict(groups=2, width=1.0),
+    "shufflenet_v1_g2_150": dict(groups=2, width=1.5),
+    "shufflenet_v1_g2_200": dict(groups=2, width=2.0),
+    "shufflenet_v1_g3_050": dict(groups=3, width=0.5),
+    "shufflenet_v1_g3_100": dict(groups=3, width=1.0),
+    "shufflenet_v1_g3_150": dict(groups=3, width=1.5),
+    "shufflenet_v1_g3_200": dict(groups=3, width=2.0),
+    "shufflenet_v1_g4_050": dict(groups=4, width=0.5),
+    "shufflenet_v1_g4_100": dict(groups=4, width=1.0),
+    "shufflenet_v1_g4_150": dict(groups=4, width=1.5),
+    "shufflenet_v1_g4_200": dict(groups=4, width=2.0),
+    "shufflenet_v1_g8_050": dict(groups=8, width=0.5),
+    "shufflenet_v1_g8_100": dict(groups=8, width=1.0),
+    "shufflenet_v1_g8_150": dict(groups=8, width=1.5),
+    "shufflenet_v1_g8_200": dict(groups=8, width=2.0),
+    "shufflenet_v1_g3_050_megvii": dict(groups=3, width=0.5, shuffle="megvii"),
+    "shufflenet_v1_g3_100_megvii": dict(groups=3, width=1.0, shuffle="megvii"),
+    "shufflenet_v1_g3_150_megvii": dict(groups=3, width=1.5, shuffle="megvii"),
+    "shufflenet_v1_g3_200_megvii": dict(groups=3, width=2.0, shuffle="megvii"),
+    "shufflenet_v1_g8_050_megvii": dict(groups=8, width=0.5, shuffle="megvii"),
+    "shufflenet_v1_g8_100_megvii": dict(groups=8, width=1.0, shuffle="megvii"),
+    "shufflenet_v1_g8_150_megvii": dict(groups=8, width=1.5, shuffle="megvii"),
+    "shufflenet_v1_g8_200_megvii": dict(groups=8, width=2.0, shuffle="megvii"),
+}

@@ -15,8 +15,6 @@ from __future__ import annotations
 from typing import NamedTuple
 
 from ..graph import Graph, GraphBuilder
-from ..registry import register
-from .common import width_id
 
 
 class Widths(NamedTuple):
@@ -71,8 +69,15 @@ def build(name: str, widths: Widths, num_classes: int, input_size: int, include_
     return g.build()
 
 
-for _w, _widths in WIDTHS.items():
-    register(f"shufflenet_v2_{width_id(_w)}", "shufflenet_v2", build, widths=_widths)
-for _w, _widths in PADDLE_WIDTHS.items():
-    register(f"shufflenet_v2_{width_id(_w)}_paddle", "shufflenet_v2", build, widths=_widths)
-register("shufflenet_v2_swish_100_paddle", "shufflenet_v2", build, widths=WIDTHS[1.0], act="swish")
+FAMILY = "shufflenet_v2"
+# model id -> the keyword arguments of build() that pick the variant
+VARIANTS = {
+    "shufflenet_v2_050": dict(widths=WIDTHS[0.5]),
+    "shufflenet_v2_100": dict(widths=WIDTHS[1.0]),
+    "shufflenet_v2_150": dict(widths=WIDTHS[1.5]),
+    "shufflenet_v2_200": dict(widths=WIDTHS[2.0]),
+    "shufflenet_v2_025_paddle": dict(widths=PADDLE_WIDTHS[0.25]),
+    "shufflenet_v2_033_paddle": dict(widths=PADDLE_WIDTHS[0.33]),
+    "shufflenet_v2_200_paddle": dict(widths=PADDLE_WIDTHS[2.0]),
+    "shufflenet_v2_swish_100_paddle": dict(act="swish", widths=WIDTHS[1.0]),
+}
