@@ -1,6 +1,6 @@
 """Test-session set-up: deterministic threads, and paddle before tensorflow in one process.
 
-Importing tensorflow before paddle in one process segfaults (DESIGN §2), so test modules import
+Importing tensorflow before paddle in one process segfaults (docs/design.md §2), so test modules import
 frameworks only inside tests/fixtures, and the paddle tests are ordered first.
 """
 

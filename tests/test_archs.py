@@ -1,4 +1,4 @@
-"""ShuffleNetV1/V2, MobileNetV3, GhostNet specs: counts against DESIGN §3 and the zoo twins, forward
+"""ShuffleNetV1/V2, MobileNetV3, GhostNet specs: counts against docs/design.md §3 and the zoo twins, forward
 numerics against the twins (float64, test-local positional weight mapping), channel shuffle order.
 
 Frameworks are imported inside tests only; tensorflow never (paddle tests run first, see conftest).
@@ -13,7 +13,7 @@ from lightnets.archs import shufflenet_v1
 
 FAMILIES = ("shufflenet_v1", "shufflenet_v2", "mobilenet_v3", "ghostnet")
 
-# DESIGN §3: trainable parameters of the zoo twins at 1000 classes.
+# docs/design.md §3: trainable parameters of the zoo twins at 1000 classes.
 PARAMS = {
     "mobilenet_v3_large_100": 5_483_032, "mobilenet_v3_large_075": 3_993_528,
     "mobilenet_v3_large_075_paddle": 3_377_576,
@@ -30,12 +30,12 @@ PARAMS = {
     "mobilenet_v3_large_100_keras": 5_483_032, "mobilenet_v3_large_075_keras": 3_993_528,
     "mobilenet_v3_small_100_keras": 2_542_856, "mobilenet_v3_small_075_keras": 2_041_872,
 }
-# DESIGN §3: official megvii ShuffleNetV1 (rounded to 0.01M there; within 1% here).
+# docs/design.md §3: official megvii ShuffleNetV1 (rounded to 0.01M there; within 1% here).
 SHUFFLENET_V1_PARAMS = {
     "g3_050": 0.72e6, "g3_100": 1.86e6, "g3_150": 3.44e6, "g3_200": 5.45e6,
     "g8_050": 1.01e6, "g8_100": 2.43e6, "g8_150": 4.27e6, "g8_200": 6.52e6,
 }
-# DESIGN §3: multiply-accumulates of the papers / official repos, in millions (within 2%).
+# docs/design.md §3: multiply-accumulates of the papers / official repos, in millions (within 2%).
 MACS = {
     "shufflenet_v1_g1_100": 143, "shufflenet_v1_g2_100": 140, "shufflenet_v1_g3_100": 137.5,
     "shufflenet_v1_g4_100": 133, "shufflenet_v1_g8_100": 137.5,
@@ -220,7 +220,7 @@ def test_channel_shuffle_is_torch_order_not_seed_000_order():
 
 
 def test_shufflenet_v1_structure_avoids_the_seed_defects():
-    """DESIGN §4: depthwise is per channel, no conv bias, stem has BN + ReLU, stage 2 opens ungrouped."""
+    """docs/design.md §4: depthwise is per channel, no conv bias, stem has BN + ReLU, stage 2 opens ungrouped."""
     g = lightnets.get_spec("shufflenet_v1_g3_100")
     convs = {n.name: n for n in g.nodes if n.op == "conv2d"}
     assert not any(n.attrs["bias"] for n in convs.values())

@@ -148,7 +148,7 @@ def test_channel_shuffle_is_the_paper_permutation_not_its_inverse():
 
 
 def test_avg_pool_pad_counting_differs_as_documented():
-    """DESIGN §2: 4x4 ones, 3x3/2 pad 1: counting pads gives 4/9 in the corner, excluding gives 1."""
+    """docs/design.md §2: 4x4 ones, 3x3/2 pad 1: counting pads gives 4/9 in the corner, excluding gives 1."""
     out = {}
     for include in (True, False):
         g = GraphBuilder("p", (1, 4, 4))
