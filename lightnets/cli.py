@@ -118,6 +118,10 @@ def cmd_parity(args) -> int:
     from .parity import report, runner
 
     models = _select_models(args.models)
+    if args.train and args.mode != "train":
+        print("lightnets parity: error: --train needs --mode train (folded models have no batch norms); "
+              "drop --train or --mode inference", file=sys.stderr)
+        return 2
     case_list = (C.op_cases() if args.ops else []) + C.model_cases(models, input_size=args.size,
                                                                     num_classes=args.num_classes)
     kinds = {c.id: "op" for c in C.op_cases()} if args.ops else {}
@@ -125,16 +129,17 @@ def cmd_parity(args) -> int:
     out.mkdir(parents=True, exist_ok=True)
     console = _console()
     console.print(f"parity: {len(models)} models + {len(kinds)} op cases x {', '.join(args.backends)} x "
-                  f"{', '.join(args.dtype)}, input {args.size}px{', train mode + gradients' if args.train else ''}")
+                  f"{', '.join(args.dtype)}, input {args.size}px{', train mode + gradients' if args.train else ''}"
+                  f"{', BN folded (--mode inference)' if args.mode == 'inference' else ''}")
     t0 = time.perf_counter()
     with tempfile.TemporaryDirectory(prefix="lightnets-parity-") as work, Progress(console=console) as bar:
         task = bar.add_task("backends", total=len(args.backends))
         results = runner.run_matrix(case_list, args.backends, args.dtype, Path(work), kinds=kinds, jobs=args.jobs,
                                     train=args.train, probe=models[0] if models else None,
-                                    on_done=lambda target: bar.advance(task))
+                                    on_done=lambda target: bar.advance(task), mode=args.mode)
     elapsed = time.perf_counter() - t0
     meta = {"models": len(models), "op_cases": len(kinds), "targets": ",".join(args.backends),
-            "dtypes": ",".join(args.dtype), "input_size": args.size, "train": args.train,
+            "dtypes": ",".join(args.dtype), "input_size": args.size, "train": args.train, "mode": args.mode,
             "wall_time_s": round(elapsed, 1), "python": sys.version.split()[0], **_versions()}
     report.print_summary(results, args.dtype, console)
     report.write_json(results, meta, out / "report.json")
@@ -261,6 +266,9 @@ def make_parser() -> argparse.ArgumentParser:
     s.add_argument("--backends", type=_csv(PARITY_TARGETS), default=list(PARITY_TARGETS))
     s.add_argument("--dtype", type=_csv(DTYPES), default=list(DTYPES))
     s.add_argument("--train", action="store_true", help="also train-mode BN and gradients")
+    s.add_argument("--mode", choices=("train", "inference"), default="train",
+                   help="inference: build every model with its batch norms folded into the convs and compare "
+                   "it with the unfolded reference (not with --train)")
     s.add_argument("--no-ops", dest="ops", action="store_false", help="skip the op conformance cases")
     s.add_argument("--size", type=_positive_int(32), default=224, help="input size of the model cases")
     s.add_argument("--num-classes", type=_positive_int(), default=1000)

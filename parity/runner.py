@@ -4,6 +4,10 @@ Targets are backends in a given environment: ``torch``, ``keras`` (on tensorflow
 (keras with ``KERAS_BACKEND=torch``) and ``paddle``. Inputs, weights and graphs go to the workers
 through files; outputs come back the same way. When a case exceeds its tolerance the runner asks
 for every node's output and names the first node that diverges.
+
+``mode="inference"`` builds every target's model with its batch norms folded into the convs
+(``lightnets.build(..., mode="inference")``) and still compares it with the float64 reference of the
+UNFOLDED graph; the locator then compares a folded conv's output with its batch norm's reference output.
 """
 
 from __future__ import annotations
@@ -22,6 +26,7 @@ import numpy as np
 
 from lightnets import reference
 from lightnets import weights as W
+from lightnets.transforms import foldable_batch_norms
 
 from . import tolerances as T
 from .cases import Case, make_input
@@ -32,6 +37,7 @@ TARGETS: dict[str, tuple[str, dict[str, str]]] = {
     "keras-torch": ("keras", {"KERAS_BACKEND": "torch"}),
     "paddle": ("paddle", {}),
 }
+MODES = ("train", "inference")
 THREAD_ENV = {"OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1", "OPENBLAS_NUM_THREADS": "1",
               "TF_NUM_INTRAOP_THREADS": "1", "TF_NUM_INTEROP_THREADS": "1", "TF_CPP_MIN_LOG_LEVEL": "3",
               "GLOG_minloglevel": "2", "PYTHONWARNINGS": "ignore"}
@@ -74,9 +80,13 @@ def _judge(r: Result) -> Result:
 class Matrix:
     """Prepares files for the cases, runs the workers, compares, locates divergences."""
 
-    def __init__(self, cases: list[Case], workdir: Path, kinds: dict[str, str] | None = None, seed: int = 0):
+    def __init__(self, cases: list[Case], workdir: Path, kinds: dict[str, str] | None = None, seed: int = 0,
+                 mode: str = "train"):
+        if mode not in MODES:
+            raise ValueError(f"unknown parity mode {mode!r}; choose from {', '.join(MODES)}")
         self.cases = {c.id: c for c in cases}
         self.kinds = kinds or {}
+        self.mode = mode
         self.workdir = Path(workdir)
         self.files: dict[str, dict] = {}
         self.golden: dict[str, np.ndarray] = {}
@@ -100,7 +110,9 @@ class Matrix:
         backend, env = TARGETS[target]
         out = self.workdir / "out" / tag / target
         out.mkdir(parents=True, exist_ok=True)
-        request = {"backend": backend, "dtypes": dtypes, "out": str(out), "train": train,
+        if train and self.mode != "train":
+            raise ValueError("train-mode BN and gradients need mode='train' (folded models have no batch norms)")
+        request = {"backend": backend, "dtypes": dtypes, "out": str(out), "train": train, "mode": self.mode,
                    "cases": [{**self.files[c], "return_all": return_all} for c in case_ids]}
         (out / "request.json").write_text(json.dumps(request, indent=1))
         proc = subprocess.Popen([sys.executable, "-m", "lightnets.parity.worker", str(out / "request.json")],
@@ -219,14 +231,22 @@ class Matrix:
             ref_all = reference.run(graph, W.load(self.files[case_id]["weights"]),
                                     np.load(self.files[case_id]["input"]), return_all=True)
             tol = self._tol(case_id, dtype, target)
+            # folded: a BN's value is its conv's output; a folded conv has no value of its own
+            folds = foldable_batch_norms(graph) if self.mode == "inference" else {}
+            skip = set(folds.values())
             per_node, first = [], None
             for node in graph.nodes:
-                rel = T.rel_error(arrays[f"node:{node.name}"], ref_all[node.name])
+                if node.name in skip:
+                    continue
+                got = arrays[f"node:{folds.get(node.name, node.name)}"]
+                rel = T.rel_error(got, ref_all[node.name])
                 per_node.append((node.name, node.op, rel))
                 if first is None and not rel <= tol:
                     first = {"node": node.name, "op": node.op, "attrs": _jsonable(dict(node.attrs)),
                              "inputs": list(node.inputs), "rel_err": rel,
-                             "abs_err": T.abs_error(arrays[f"node:{node.name}"], ref_all[node.name])}
+                             "abs_err": T.abs_error(got, ref_all[node.name])}
+                    if node.name in folds:
+                        first["folded_into"] = folds[node.name]
             located[case_id] = (first, per_node)
         return located
 
@@ -237,16 +257,19 @@ def _jsonable(attrs: dict) -> dict:
 
 def run_matrix(cases: list[Case], targets: list[str], dtypes: list[str], workdir: Path, kinds=None,
                jobs: int = 2, train: bool = False, locate: bool = True, probe: str | None = None,
-               on_done: Callable[[str], None] | None = None) -> list[Result]:
+               on_done: Callable[[str], None] | None = None, mode: str = "train") -> list[Result]:
     """Run ``cases`` in every target and dtype; compare with the reference and pairwise.
 
     Failing cases (and the ``probe`` case, for the depth plot) are re-run with every node's output
-    and get their first diverging node and per-node error curve attached.
+    and get their first diverging node and per-node error curve attached. ``mode="inference"``
+    runs the BN-folded models against the unfolded reference (not with ``train``).
     """
     unknown = [t for t in targets if t not in TARGETS]
     if unknown:
         raise ValueError(f"unknown parity target(s) {unknown}; choose from {', '.join(TARGETS)}")
-    m = Matrix(cases, workdir, kinds)
+    if train and mode != "train":
+        raise ValueError("train=True needs mode='train': folded models have no batch norms to train")
+    m = Matrix(cases, workdir, kinds, mode=mode)
     outs = m.run_workers(targets, list(m.cases), dtypes, "main", jobs=jobs, on_done=on_done, train=train)
     results = m.compare(outs, dtypes, train=train)
     if locate:

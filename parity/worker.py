@@ -4,6 +4,7 @@
 per case, the graph JSON, canonical weights and input files written by the runner. Each backend
 runs in its own process (tensorflow-then-paddle in one process segfaults, and keras picks its own
 backend from ``KERAS_BACKEND`` at import). A failing case is recorded and the others still run.
+The request's ``mode`` goes to ``lightnets.build`` ("inference": batch norms folded into the convs).
 """
 
 from __future__ import annotations
@@ -34,7 +35,7 @@ def run_request(request: dict) -> dict:
                 t0 = time.perf_counter()
                 graph = Graph.from_json(Path(case["graph"]).read_text())
                 model = lightnets.build(graph, backend=request["backend"], weights=W.load(case["weights"]),
-                                        dtype=dtype)
+                                        dtype=dtype, mode=request.get("mode", "train"))
                 t1 = time.perf_counter()
                 x = np.load(case["input"]).astype(dtype)
                 arrays = {"output": backend.run(model, x)}

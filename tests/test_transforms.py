@@ -275,3 +275,75 @@ def test_build_inference_mode_in_keras_subprocess_paddle_first():
     assert len(errs) == 2 * len(BUILD_IDS)
     for key, e in errs.items():
         assert e <= (T.MODEL_REL["float64"] if key.endswith("float64") else F32_REL), (key, e)
+
+
+# --- parity --mode inference ----------------------------------------------------------------------------
+PARITY_IDS = ("mobilenet_v3_small_075", "shufflenet_v2_050", "ghostnet_050")
+
+
+def test_parity_matrix_inference_mode_torch_paddle(tmp_path):
+    """Folded models of torch and paddle against the UNFOLDED reference, with the unchanged model bounds."""
+    from lightnets.parity import cases as C
+    from lightnets.parity import runner
+
+    models = C.model_cases(list(PARITY_IDS), input_size=SIZE, num_classes=CLASSES)
+    results = runner.run_matrix(models, ["torch", "paddle"], ["float32", "float64"], tmp_path, mode="inference",
+                                probe=PARITY_IDS[0])
+    failed = [(r.case, r.target, r.dtype, r.rel_err, r.divergence, r.error[:300]) for r in results if r.failed]
+    assert failed == []
+    assert {(r.case, r.target, r.dtype) for r in results if r.kind == "model"} == {
+        (m, t, d) for m in PARITY_IDS for t in ("torch", "paddle") for d in ("float32", "float64")}
+    request = json.loads(next((tmp_path / "out" / "main").glob("*/request.json")).read_text())
+    assert request["mode"] == "inference"
+    g = lightnets.get_spec(PARITY_IDS[0], num_classes=CLASSES, input_size=SIZE)
+    curve = next(r.per_node for r in results if r.per_node)  # the probe: folded convs have no value of their own
+    assert [n for n, _, _ in curve] == [n.name for n in g.nodes if n.name not in foldable_batch_norms(g).values()]
+    assert max(e for _, _, e in curve) <= T.MODEL_REL["float32"]
+
+
+def test_parity_locator_names_a_bn_folded_with_a_planted_wrong_eps(tmp_path):
+    from lightnets.parity import cases as C
+    from lightnets.parity.runner import Matrix
+
+    case = C.model_cases(["mobilenet_v1_025"], input_size=32, num_classes=CLASSES)[0]
+    m = Matrix([case], tmp_path, mode="inference")
+    graph_file = tmp_path / "cases" / case.id / "graph.json"
+    d = json.loads(graph_file.read_text())
+    planted = next(n for n in d["nodes"] if n["name"] == "blocks.4.dw.bn")
+    planted["attrs"]["eps"] = 0.5  # the worker folds with it; the reference keeps 1e-5
+    graph_file.write_text(json.dumps(d))
+    outs = m.run_workers(["torch"], [case.id], ["float64"], "main")
+    [result] = [r for r in m.compare(outs, ["float64"]) if r.kind == "model"]
+    assert result.failed and result.rel_err > 1e-3
+    out = m.run_workers(["torch"], [case.id], ["float64"], "locate", return_all=True)["torch"]
+    first, per_node = m.locate("torch", "float64", [case.id], out)[case.id]
+    assert (first["node"], first["op"], first["folded_into"]) == ("blocks.4.dw.bn", "batch_norm", "blocks.4.dw.conv")
+    names = [n for n, _, _ in per_node]
+    assert "blocks.4.dw.conv" not in names
+    assert all(e <= T.MODEL_REL["float64"] for _, _, e in per_node[: names.index("blocks.4.dw.bn")])
+
+
+def test_parity_mode_errors(tmp_path, capsys):
+    from lightnets import cli
+    from lightnets.parity import runner
+
+    with pytest.raises(ValueError, match="train=True needs mode='train'"):
+        runner.run_matrix([], ["torch"], ["float64"], tmp_path, train=True, mode="inference")
+    with pytest.raises(ValueError, match="unknown parity mode 'eval'; choose from train, inference"):
+        runner.Matrix([], tmp_path, mode="eval")
+    with pytest.raises(SystemExit) as e:
+        cli.main(["parity", "--mode", "eval"])
+    assert e.value.code == 2 and "choose from 'train', 'inference'" in capsys.readouterr().err
+    assert cli.main(["parity", "--mode", "inference", "--train", "--models", "mobilenet_v1_025"]) == 2
+    assert "--train needs --mode train" in capsys.readouterr().err
+
+
+def test_parity_cli_inference_mode(tmp_path):
+    from lightnets import cli
+
+    args = ["parity", "--mode", "inference", "--models", "mobilenet_v1_025", "--backends", "torch", "--dtype",
+            "float32,float64", "--no-ops", "--size", "32", "--num-classes", "10", "--out", str(tmp_path)]
+    assert cli.main(args) == 0
+    report = json.loads((tmp_path / "report.json").read_text())
+    assert report["meta"]["mode"] == "inference"
+    assert {r["status"] for r in report["results"]} == {"pass"} and len(report["results"]) == 2
