@@ -3,7 +3,8 @@
 Each op has one converter in ``CONVERTERS``. Ops without a native layer (channel slices, shuffle,
 -inf padding, average pooling that excludes non-"same" pads, strided dilated convs) use the small
 serialisable layers below, written with ``keras.ops`` only: the model runs on any keras backend and
-reloads from ``.keras`` without Lambda layers. Keras is imported lazily.
+reloads from ``.keras`` without Lambda layers. Keras is imported lazily. The backend object is
+``BACKEND`` (``lightnets.backends.base.Backend``).
 
 Known keras 3.15 limit: on non-tensorflow backends ``backend.result_type`` maps float64 to float32,
 so BatchNormalization, ``ops.mean`` and Dense compute in float32 inside a float64 model there.
@@ -15,11 +16,11 @@ import math
 
 import numpy as np
 
-from lightnets.errors import InputShapeError, LightnetsError, SpecError
+from lightnets.errors import FileFormatError, InputShapeError, LightnetsError, SpecError, WeightsError
 from lightnets.graph import INPUT, Graph, Node
 from lightnets.reference import check_input
 
-FRAMEWORK = "keras"
+from .base import Backend, unreadable
 
 _GRAPH = "_lightnets_graph"  # attribute of the model holding the Graph
 _ALL = "_lightnets_all"  # cached keras.Model over every node's output (return_all)
@@ -455,3 +456,182 @@ def gradients(model, x, probe) -> dict[str, np.ndarray]:
     out = {name: np.ascontiguousarray(_to_canonical(node, suffix, c, np.asarray(g, dtype)))
            for (name, _, node, suffix, c), g in zip(params, grads[1:], strict=True)}
     return {**out, "input": _to_nchw(grads[0], dtype)}
+
+
+# --- the backend object ---------------------------------------------------------------------------
+def _retype(config, dtype: str):
+    """A model config with every layer dtype (policy or plain name) replaced by ``dtype``."""
+    if isinstance(config, dict):
+        out = {}
+        for k, v in config.items():
+            if k == "dtype" and isinstance(v, str) and v.startswith(("float", "mixed", "bfloat")):
+                out[k] = dtype
+            elif k == "dtype" and isinstance(v, dict) and "Policy" in str(v.get("class_name", "")):
+                out[k] = {**v, "config": {**v.get("config", {}), "name": dtype}}
+            else:
+                out[k] = _retype(v, dtype)
+        return out
+    if isinstance(config, list):
+        return [_retype(v, dtype) for v in config]
+    return config
+
+
+def _state_key(layer, weight) -> str:
+    """``layer.leaf``; Keras 3 names a DepthwiseConv2D's kernel "kernel", the key says "depthwise_kernel"."""
+    leaf = weight.name.rsplit("/", 1)[-1]
+    if type(layer).__name__ == "DepthwiseConv2D" and leaf == "kernel":
+        leaf = NATIVE_NAMES["depthwise_conv2d"]["weight"]
+    return f"{layer.name}.{leaf}"
+
+
+NATIVE_NAMES = {"conv2d": {"weight": "kernel", "bias": "bias"},
+                "depthwise_conv2d": {"weight": "depthwise_kernel", "bias": "bias"},
+                "linear": {"weight": "kernel", "bias": "bias"},
+                "batch_norm": {"gamma": "gamma", "beta": "beta", "mean": "moving_mean", "var": "moving_variance"}}
+
+
+class KerasBackend(Backend):
+    """Keras 3: functional ``keras.Model`` (NHWC); state dicts are ``{f"{layer.name}.{leaf}": array}``."""
+
+    name = "keras"
+    FORMATS = {"keras-weights": ".weights.h5", "keras-model": ".keras"}
+    NATIVE_NAMES = NATIVE_NAMES
+
+    build = staticmethod(build)
+    owns = staticmethod(owns)
+    graph_of = staticmethod(graph_of)
+    set_weights = staticmethod(set_weights)
+    get_weights = staticmethod(get_weights)
+    run = staticmethod(run)
+    train_forward = staticmethod(train_forward)
+    gradients = staticmethod(gradients)
+    custom_objects = staticmethod(custom_objects)
+    layer_name = staticmethod(layer_name)
+
+    # native I/O
+    def load_model(self, path):
+        """A ``.keras`` file as a keras model (safe mode: no lambdas; lightnets' layers registered)."""
+        import keras
+
+        path = self.existing(path)
+        try:
+            return keras.saving.load_model(str(path), custom_objects=custom_objects(), compile=False,
+                                           safe_mode=True)
+        except Exception as e:  # noqa: BLE001
+            raise unreadable(path, "keras .keras", e) from None
+
+    def _read(self, path, fmt):
+        if fmt == "keras-model":
+            return self.state_dict(self.load_model(path))
+        # a .weights.h5 stores variables by layer position ("layers/<class-path>/vars/<i>"), not layer name:
+        # those raw entries are returned; load the file into a model with load_file
+        try:
+            import h5py
+
+            out = {}
+            with h5py.File(path, "r") as f:
+                def visit(name, obj):
+                    if isinstance(obj, h5py.Dataset):
+                        out[name] = np.asarray(obj[()])
+                f.visititems(visit)
+            return out
+        except Exception as e:  # noqa: BLE001
+            raise unreadable(path, "keras .weights.h5", e) from None
+
+    def load_file(self, model, path, fmt):
+        self.check_format(fmt)
+        if fmt == "keras-model":
+            self.load_state_dict(model, self.state_dict(self.load_model(path)))
+            return
+        path = self.existing(path)
+        try:
+            model.load_weights(str(path))
+        except Exception as e:  # noqa: BLE001 -- keras raises ValueError on mismatch, OSError on a bad file
+            kind = WeightsError if isinstance(e, ValueError) and "h5" not in type(e).__module__ else FileFormatError
+            raise kind(f"cannot load {path} into the {type(model).__name__} {model.name!r} ({type(e).__name__}: "
+                       f"{str(e)[:300]}); it is truncated, corrupt, or not saved from this model / class "
+                       "count") from None
+
+    def _write(self, model, path, fmt):
+        if fmt == "keras-weights":
+            model.save_weights(path)
+        else:
+            model.save(path)
+
+    def state_dict(self, model):
+        if not hasattr(model, "layers"):
+            raise LightnetsError(f"{type(model).__name__} is not a keras model")
+        out = {}
+        for layer in model.layers:
+            for w in layer.weights:
+                key = _state_key(layer, w)
+                if key in out:
+                    raise WeightsError(f"keras model has two weights named {key!r}; layer names must be unique")
+                out[key] = np.asarray(w.numpy())
+        return out
+
+    def _shapes(self, model):
+        return {_state_key(layer, w): tuple(w.shape) for layer in model.layers for w in layer.weights}
+
+    def _assign(self, model, sd):
+        for layer in model.layers:
+            for w in layer.weights:
+                w.assign(np.asarray(self.to_numpy(sd[_state_key(layer, w)]), dtype=w.dtype))
+
+    def forward(self, model, x):
+        x = np.asarray(x)
+        dtype = np.dtype(model.inputs[0].dtype) if getattr(model, "inputs", None) else x.dtype
+        # predict_on_batch: inference mode, the same compiled path as run()
+        y = np.asarray(model.predict_on_batch(np.ascontiguousarray(x.transpose(0, 2, 3, 1), dtype=dtype)))
+        return np.ascontiguousarray(y.transpose(0, 3, 1, 2)) if y.ndim == 4 else y
+
+    def _cast_native(self, model, dtype):
+        import keras
+
+        config = _retype(model.get_config(), dtype)
+        with keras.saving.custom_object_scope(custom_objects()):
+            copy = type(model).from_config(config)
+        copy.set_weights([np.asarray(w, dtype) if np.asarray(w).dtype.kind == "f" else w
+                          for w in model.get_weights()])
+        return copy
+
+    def bn_eps(self, model):
+        import keras
+
+        return {float(la.epsilon) for la in model._flatten_layers(include_self=False)
+                if isinstance(la, keras.layers.BatchNormalization)}
+
+    def in_model_preprocessing(self, model):
+        for layer in model.layers:
+            if type(layer).__name__ == "Rescaling":
+                return float(layer.scale), float(layer.offset)
+        return None
+
+    def classifier_activation(self, model):
+        act = getattr(model.layers[-1], "activation", None)
+        return getattr(act, "__name__", "linear") if act is not None else "linear"
+
+    # bench
+    def set_threads(self, n):
+        import keras
+
+        if keras.backend.backend() == "tensorflow":
+            import tensorflow as tf
+
+            tf.config.threading.set_intra_op_parallelism_threads(n)
+            tf.config.threading.set_inter_op_parallelism_threads(1)
+
+    def timed_call(self, model):
+        import keras
+
+        def to_input(x):
+            return np.ascontiguousarray(np.asarray(x).transpose(0, 2, 3, 1))
+        if keras.backend.backend() == "tensorflow":
+            import tensorflow as tf
+
+            fn = tf.function(lambda x: model(x, training=False), reduce_retracing=True)
+            return (lambda x: tf.constant(to_input(x))), (lambda x: fn(x).numpy())
+        return to_input, (lambda x: keras.ops.convert_to_numpy(model(x, training=False)))
+
+
+BACKEND = KerasBackend()

@@ -2,15 +2,15 @@
 
 The model is one ``paddle.nn.Layer`` whose sublayers nest by the dotted node names, so state_dict
 keys read ``blocks.3.dw.conv.weight`` or ``blocks.3.dw.bn._mean``. Paddle is NCHW like the IR.
+The backend object is ``BACKEND`` (``lightnets.backends.base.Backend``).
 """
 
 from __future__ import annotations
 
+import copy
 import sys
 
 from lightnets.errors import BackendConflictError
-
-FRAMEWORK = "paddle"
 
 # Importing tensorflow before paddle in one process segfaults (paddle 3.3.1, tf 2.21; paddle first works).
 if "tensorflow" in sys.modules and "paddle" not in sys.modules:
@@ -24,9 +24,12 @@ import paddle  # noqa: E402
 import paddle.nn.functional as F  # noqa: E402
 from paddle import nn  # noqa: E402
 
+from lightnets.errors import LightnetsError  # noqa: E402
 from lightnets.graph import INPUT, Graph, Node  # noqa: E402
 from lightnets.reference import check_input  # noqa: E402
 
+
+from .base import Backend, unreadable  # noqa: E402
 
 class _Fn(nn.Layer):
     """A parameter-free op as a layer, so every node is a sublayer at its own name."""
@@ -294,3 +297,82 @@ def gradients(model: GraphLayer, x, probe) -> dict[str, np.ndarray]:
              for name, param, transpose in _native(model) if name in trainable}
     model.clear_gradients()
     return {**{k: np.ascontiguousarray(v) for k, v in grads.items()}, "input": xt.grad.numpy()}
+
+
+# --- the backend object ---------------------------------------------------------------------------
+class PaddleBackend(Backend):
+    """PaddlePaddle: ``paddle.nn.Layer`` models, NCHW, state dicts of tensors."""
+
+    name = "paddle"
+    FORMATS = {"paddle": ".pdparams"}
+    NATIVE_NAMES = {op: {suffix: attr for suffix, (attr, _) in table.items()} for op, table in NATIVE.items()}
+    NATIVE_NAMES["depthwise_conv2d"] = NATIVE_NAMES["conv2d"]
+
+    build = staticmethod(build)
+    owns = staticmethod(owns)
+    graph_of = staticmethod(graph_of)
+    set_weights = staticmethod(set_weights)
+    get_weights = staticmethod(get_weights)
+    run = staticmethod(run)
+    train_forward = staticmethod(train_forward)
+    gradients = staticmethod(gradients)
+
+    # native I/O
+    def _read(self, path, fmt):
+        try:  # unpickles: only for a file the user named as a native paddle checkpoint
+            return paddle.load(str(path), return_numpy=True)
+        except Exception as e:  # noqa: BLE001
+            raise unreadable(path, "paddle .pdparams", e) from None
+
+    def _write(self, model, path, fmt):
+        paddle.save(model.state_dict(), path)
+
+    def state_dict(self, model):
+        if not isinstance(model, nn.Layer):
+            raise LightnetsError(f"{type(model).__name__} is not a paddle.nn.Layer")
+        return {k: np.asarray(v.numpy()) for k, v in model.state_dict().items()}
+
+    def _shapes(self, model):
+        return {k: tuple(v.shape) for k, v in model.state_dict().items()}
+
+    def _assign(self, model, sd):
+        dtypes = {k: v.dtype for k, v in model.state_dict().items()}
+        model.set_state_dict({k: paddle.to_tensor(np.ascontiguousarray(self.to_numpy(v))).astype(dtypes[k])
+                              for k, v in sd.items()})
+
+    def forward(self, model, x):
+        param = next(iter(model.parameters()), None)
+        dtype = param.dtype if param is not None else paddle.float32
+        was_training = model.training
+        model.eval()
+        try:
+            with paddle.no_grad():
+                return model(paddle.to_tensor(np.asarray(x)).astype(dtype)).numpy()
+        finally:
+            if was_training:
+                model.train()
+
+    def _cast_native(self, model, dtype):
+        out = copy.deepcopy(model)
+        out.to(dtype=dtype)
+        return out
+
+    def bn_eps(self, model):
+        from paddle.nn.layer.norm import _BatchNormBase
+
+        return {float(m._epsilon) for m in model.sublayers(include_self=True) if isinstance(m, _BatchNormBase)}
+
+    # bench
+    def set_threads(self, n):
+        paddle.set_device("cpu")  # threads follow OMP_NUM_THREADS, set before the process starts
+
+    def timed_call(self, model):
+        model.eval()
+
+        def call(x):
+            with paddle.no_grad():
+                return model(x).numpy()
+        return (lambda x: paddle.to_tensor(np.ascontiguousarray(x))), call
+
+
+BACKEND = PaddleBackend()

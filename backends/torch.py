@@ -2,28 +2,35 @@
 
 Nodes with parameters become ordinary ``nn`` modules nested by their dotted name, so node
 ``blocks.3.dw.conv`` holds ``blocks.3.dw.conv.weight`` in the state dict. Canonical weights share
-torch's layouts (conv OIHW, linear (out, in)); only BN names differ (see ``_NATIVE``).
+torch's layouts (conv OIHW, linear (out, in)); only BN names differ (see ``NATIVE_NAMES``).
+The backend object is ``BACKEND`` (``lightnets.backends.base.Backend``).
 """
 
 from __future__ import annotations
 
+import copy
 import operator
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 
 import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import nn
 
+from lightnets import weights as W
 from lightnets.errors import LightnetsError, SpecError
 from lightnets.graph import INPUT, Graph, Node
 from lightnets.reference import check_input
 
-FRAMEWORK = "torch"
+from .base import Backend, unreadable
+
 DTYPES = {"float32": torch.float32, "float64": torch.float64}
 
-# canonical suffix -> torch suffix, per op (ops absent here have no parameters or the same names)
-_NATIVE = {"batch_norm": {"gamma": "weight", "beta": "bias", "mean": "running_mean", "var": "running_var"}}
+# THE canonical suffix -> torch state-dict leaf table, per op (torch layouts are canonical)
+NATIVE_NAMES = {"conv2d": {"weight": "weight", "bias": "bias"},
+                "depthwise_conv2d": {"weight": "weight", "bias": "bias"},
+                "linear": {"weight": "weight", "bias": "bias"},
+                "batch_norm": {"gamma": "weight", "beta": "bias", "mean": "running_mean", "var": "running_var"}}
 
 
 # --- modules the standard library lacks --------------------------------------------------------
@@ -274,7 +281,7 @@ def _native_tensors(model: GraphModule) -> dict[str, torch.Tensor]:
     out = {}
     for p in model.graph.params:
         node, suffix = p.name.rsplit(".", 1)
-        out[p.name] = native[f"{node}.{_NATIVE.get(ops[node], {}).get(suffix, suffix)}"]
+        out[p.name] = native[f"{node}.{NATIVE_NAMES[ops[node]][suffix]}"]
     return out
 
 
@@ -337,3 +344,90 @@ def gradients(model: GraphModule, x: np.ndarray, probe: np.ndarray) -> dict[str,
     grads = {k: t.grad.numpy().copy() for k, t in _native_tensors(model).items() if k in trainable}
     model.zero_grad(set_to_none=True)
     return {**grads, "input": xt.grad.numpy().copy()}
+
+
+# --- the backend object ---------------------------------------------------------------------------
+class TorchBackend(Backend):
+    """PyTorch: ``torch.nn.Module`` models, NCHW, state dicts of tensors."""
+
+    name = "torch"
+    FORMATS = {"torch": ".pt", "torch-safetensors": ".safetensors"}
+    NATIVE_NAMES = NATIVE_NAMES
+    OPTIONAL_KEYS = ("num_batches_tracked",)
+
+    build = staticmethod(build)
+    owns = staticmethod(owns)
+    graph_of = staticmethod(graph_of)
+    set_weights = staticmethod(set_weights)
+    get_weights = staticmethod(get_weights)
+    run = staticmethod(run)
+    train_forward = staticmethod(train_forward)
+    gradients = staticmethod(gradients)
+
+    # native I/O
+    def _read(self, path, fmt):
+        if fmt == "torch-safetensors":
+            return W.read_safetensors(path)[0]
+        try:
+            return torch.load(str(path), map_location="cpu", weights_only=True)
+        except Exception as e:  # noqa: BLE001 -- any unpickling failure is a bad file
+            raise unreadable(path, "torch .pt", e) from None
+
+    def _write(self, model, path, fmt):
+        if fmt == "torch":
+            torch.save(model.state_dict(), path)
+            return
+        arrays = {k: np.array(v, order="C") for k, v in self.state_dict(model).items()}
+        meta = {"format": "torch", "sha256": W.digest(arrays)}
+        if owns(model):
+            meta["lightnets.graph"] = model.graph.name
+        W._write_safetensors(arrays, path, meta)
+
+    def state_dict(self, model):
+        if not isinstance(model, nn.Module):
+            raise LightnetsError(f"{type(model).__name__} is not a torch.nn.Module")
+        return {k: v.detach().cpu().numpy().copy() for k, v in model.state_dict().items()}
+
+    def _shapes(self, model):
+        return {k: tuple(v.shape) for k, v in model.state_dict().items()}
+
+    def _assign(self, model, sd: Mapping):
+        tensors = {k: v if isinstance(v, torch.Tensor) else torch.from_numpy(np.ascontiguousarray(v))
+                   for k, v in sd.items()}
+        model.load_state_dict(tensors, strict=False)  # keys checked already; absent ones are optional
+
+    def forward(self, model, x):
+        param = next(model.parameters(), None)
+        dtype = param.dtype if param is not None else torch.float32
+        was_training = model.training
+        model.eval()
+        try:
+            with torch.inference_mode():
+                return model(torch.as_tensor(np.asarray(x), dtype=dtype)).cpu().numpy()
+        finally:
+            model.train(was_training)
+
+    def _cast_native(self, model, dtype):
+        return copy.deepcopy(model).to(DTYPES[dtype])
+
+    def bn_eps(self, model):
+        return {float(m.eps) for m in model.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)}
+
+    # bench
+    def set_threads(self, n):
+        torch.set_num_threads(n)
+        try:
+            torch.set_num_interop_threads(1)
+        except RuntimeError:  # only settable before the first parallel work
+            pass
+
+    def timed_call(self, model):
+        model.eval()
+
+        def call(x):
+            with torch.inference_mode():
+                return model(x)
+        return (lambda x: torch.from_numpy(np.ascontiguousarray(x))), call
+
+
+BACKEND = TorchBackend()

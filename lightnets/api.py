@@ -2,43 +2,18 @@
 
 from __future__ import annotations
 
-import importlib
-import importlib.util
 import os
-import sys
 from collections.abc import Mapping
-from types import ModuleType
 
 import numpy as np
 
 from . import registry
 from . import weights as W
-from .errors import BackendNotInstalledError, LightnetsError, UnknownBackendError
+from .errors import LightnetsError
+from .frameworks import BACKENDS, backend_of, load_backend  # noqa: F401 -- re-exported
 from .graph import Graph
 
-BACKENDS = {"torch": ("torch", "torch"), "keras": ("keras", "keras"), "paddle": ("paddle", "paddle")}
 DTYPES = ("float32", "float64")
-
-
-def load_backend(name: str) -> ModuleType:
-    """Import ``lightnets.backends.<name>``; raise a clear error if it or its framework is missing."""
-    if name not in BACKENDS:
-        raise UnknownBackendError(f"unknown backend {name!r}; choose one of {', '.join(BACKENDS)}")
-    framework, extra = BACKENDS[name]
-    module = f"lightnets.backends.{name}"
-    if module not in sys.modules and importlib.util.find_spec(framework) is None:
-        raise BackendNotInstalledError(f"backend {name!r} needs the {framework!r} package, which is not "
-                                       f"installed; run: pip install 'lightnets[{extra}]'")
-    return importlib.import_module(module)
-
-
-def backend_of(model) -> ModuleType:
-    """The backend module that built ``model``."""
-    for name in BACKENDS:
-        module = sys.modules.get(f"lightnets.backends.{name}")
-        if module is not None and module.owns(model):
-            return module
-    raise LightnetsError(f"{type(model).__name__} is not a lightnets model; build one with lightnets.build()")
 
 
 def spec(arch: str | Graph, num_classes: int = 1000, input_size: int = 224, include_top: bool = True) -> Graph:

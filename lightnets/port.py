@@ -351,7 +351,7 @@ def save_weights(model, path, format: str | None = None, overwrite: bool = False
     if fmt in CANONICAL:
         return W.save(canonical, path, {"lightnets.graph": graph.name}, overwrite=True)
     target = FORMAT_BACKEND[fmt]
-    native = model if be.__name__.endswith("." + target) else build(graph, target, weights=canonical,
+    native = model if be.name == target else build(graph, target, weights=canonical,
                                                                    dtype=_dtype_name(canonical))
     write = WRITERS[fmt]
 
@@ -474,10 +474,10 @@ def port(model_or_file, to: str = "keras", arch: str | None = None, from_format:
                 canonical = W.check_weights(graph, canonical)
     else:
         be = api.backend_of(model_or_file)
-        _order_imports(to, be.__name__.rsplit(".", 1)[1])
+        _order_imports(to, be.name)
         graph = be.graph_of(model_or_file)
         canonical = W.check_weights(graph, be.get_weights(model_or_file))
-        source_fmt = f"{be.__name__.rsplit('.', 1)[1]} model"
+        source_fmt = f"{be.name} model"
 
         def run_source(x, m=model_or_file):
             return api.run(m, x)
