@@ -1,4 +1,4 @@
-"""The ``lightnets`` console script: list, summary, parity, bench, port.
+"""The ``lightnets`` console script: list, summary, parity, bench, port, info.
 
 Bad arguments exit with code 2 and the usage; a LightnetsError exits 1 with its message, never a
 traceback.
@@ -228,22 +228,64 @@ def cmd_bench(args) -> int:
 
 
 def cmd_port(args) -> int:
-    import importlib
+    from . import formats
+    from .port import check_port_target, port  # (lightnets.port, the attribute, is the function)
 
-    P = importlib.import_module("lightnets.port")
-    out = P.check_writable(args.out, args.force)  # before any work: nothing is written on refusal
-    out_fmt = P.format_of(out, args.format, reading=False)
-    if out_fmt not in P.CANONICAL and P.FORMAT_BACKEND[out_fmt] != args.to:
-        raise LightnetsError(f"--out {out.name} is a {out_fmt} file, not a {args.to} format; use a "
-                             f"{args.to} suffix or canonical .safetensors/.npz")
-    model, info = P.port(args.source, to=args.to, arch=args.arch, from_format=args.from_format,
-                         num_classes=args.num_classes, input_size=args.size, return_info=True)
-    P.save_weights(model, out, args.format, overwrite=args.force)
+    out = formats.check_writable(args.out, args.force)  # before any work: nothing is written on refusal
+    out_fmt = check_port_target(out, args.to, args.format)
+    model, info = port(args.source, to=args.to, arch=args.arch, from_format=args.from_format,
+                            num_classes=args.num_classes, input_size=args.size, return_info=True)
+    formats.save_weights(model, out, args.format, overwrite=args.force)
     print(f"ported {info['arch']}: {info['source_format']} {args.source} -> {args.to} {out_fmt} {out}")
+    print(f"  graph from:    {info['graph_from']}")
+    for note in info["notes"]:
+        print(f"  note:          {note}")
     print(f"  tensors moved: {info['tensors']}")
     print(f"  params moved:  {info['params']:,} values (incl. BN running statistics)")
     print(f"  probe {'x'.join(map(str, info['probe_shape']))} vs {info['probe_against']}: max abs logit diff "
           f"{info['max_abs_diff']:.3e}, max rel diff {info['max_rel_diff']:.3e}")
+    source = (info["card"] or {}).get("source", {})
+    print(f"  provenance:    {', '.join(f'{k}={v}' for k, v in source.items())} (card written with {out.name})")
+    return 0
+
+
+def cmd_info(args) -> int:
+    from rich.table import Table
+
+    from . import formats
+
+    d = formats.describe(args.file, args.format)
+    console = _console()
+    console.print(f"{d['path']}: {d['format']} file, {d['bytes']:,} bytes; graph and card from: {d['graph_from']}")
+    for note in d["notes"]:
+        console.print(f"  note: {note}")
+    if d["graph"] is None:
+        hint = f" (the file records the model id {d['id_hint']!r})" if d["id_hint"] else ""
+        console.print(f"no graph recorded{hint}: load it with the model id (build(id, weights=...), "
+                      "port --arch ID)")
+        return 0
+    g = d["graph"]
+    table = Table(title="graph")
+    table.add_column("field")
+    table.add_column("value")
+    size = g["input_shape"]
+    for key, value in (("id", g["id"]), ("params (trainable)", f"{g['params']:,}"),
+                       ("params (incl. BN stats)", f"{g['params_incl_bn_stats']:,}"),
+                       ("input size", f"{size[0]}x{size[1]}x{size[2]} (C x H x W)"), ("classes", g["num_classes"]),
+                       ("nodes", g["nodes"]), ("BN eps", g["bn_eps"]), ("BN momentum", g["bn_momentum"]),
+                       ("padding", g["padding"])):
+        table.add_row(key, str(value))
+    console.print(table)
+    card = Table(title="provenance card")
+    card.add_column("field")
+    card.add_column("value")
+    for key, value in (d["card"] or {}).items():
+        if isinstance(value, dict):
+            value = ", ".join(f"{k}={v}" for k, v in value.items())
+        elif isinstance(value, list) and key == "notes":
+            value = "\n".join(value)
+        card.add_row(key, str(value))
+    console.print(card)
     return 0
 
 
@@ -288,7 +330,8 @@ def make_parser() -> argparse.ArgumentParser:
     s.set_defaults(func=cmd_bench)
 
     s = sub.add_parser("port", help="port a weights file (any format, or a zoo checkpoint) to another backend")
-    s.add_argument("--arch", required=True, type=_model_id, help="lightnets model id of the weights")
+    s.add_argument("--arch", type=_model_id, help="lightnets model id of the weights (default: the graph "
+                   "recorded with the file; needed for files without one)")
     s.add_argument("--from", dest="source", required=True, help="weights file to read")
     s.add_argument("--from-format", help="format of --from (default: by suffix), or a zoo checkpoint "
                    "such as torchvision:mobilenet_v2, timm:ghostnet_100, paddle:mobilenet_v2")
@@ -296,9 +339,15 @@ def make_parser() -> argparse.ArgumentParser:
     s.add_argument("--out", required=True, help="output file; its suffix picks the format")
     s.add_argument("--format", help="output format name when the suffix is ambiguous (e.g. torch for .safetensors)")
     s.add_argument("--num-classes", type=_positive_int(), help="class count (default: read from the file)")
-    s.add_argument("--size", type=_positive_int(16), default=224, help="input size of the probe")
+    s.add_argument("--size", type=_positive_int(16), help="input size of the probe and the ported graph "
+                   "(default: the file's graph's, else 224)")
     s.add_argument("--force", action="store_true", help="overwrite --out if it exists")
     s.set_defaults(func=cmd_port)
+
+    s = sub.add_parser("info", help="the provenance card and graph summary recorded with a weights file")
+    s.add_argument("file", help="weights file of any format (native files: their .lightnets.json sidecar)")
+    s.add_argument("--format", help="format name when the suffix is ambiguous (e.g. torch for .safetensors)")
+    s.set_defaults(func=cmd_info)
     return p
 
 

@@ -1,13 +1,17 @@
 """Canonical weights: ``{param_name: np.ndarray}`` in one layout for every backend.
 
 Layout: conv OIHW (depthwise (C, 1, kh, kw)), linear (out, in), BN as gamma/beta/mean/var.
-Files are ``.safetensors`` (or ``.npz`` read with ``allow_pickle=False``); writes are atomic.
+Files are ``.safetensors`` (or ``.npz`` read with ``allow_pickle=False``) with metadata (the graph and
+provenance card, see :mod:`lightnets.formats`) and a sha256 of the tensors; writes are atomic and give
+the file the mode a plain ``open()`` would.
 """
 
 from __future__ import annotations
 
 import hashlib
+import json
 import os
+import stat
 import tempfile
 import zipfile
 from collections.abc import Mapping
@@ -83,9 +87,9 @@ def check_weights(graph: Graph, weights: Mapping[str, np.ndarray]) -> Weights:
     extra = sorted(k for k in weights if k not in want)
     problems = []
     if missing:
-        problems.append(f"missing keys {_few(missing)}")
+        problems.append(f"missing keys {few(missing)}")
     if extra:
-        problems.append(f"unexpected keys {_few(extra)}")
+        problems.append(f"unexpected keys {few(extra)}")
     out: Weights = {}
     for name, shape in want.items():
         if name not in weights:
@@ -109,35 +113,81 @@ def check_weights(graph: Graph, weights: Mapping[str, np.ndarray]) -> Weights:
     return out
 
 
-def _few(keys: list[str], n: int = 8) -> str:
+def few(keys: list[str], n: int = 8) -> str:
+    """``['a', 'b', ... (5 more)]``: a short list of names for error messages."""
     shown = ", ".join(repr(k) for k in keys[:n])
     return f"[{shown}{f', ... ({len(keys) - n} more)' if len(keys) > n else ''}]"
 
 
+_few = few  # the old private name (kept for callers not yet moved to ``few``)
+
+
+def umask() -> int:
+    """The process umask (read without changing it where /proc allows)."""
+    try:
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith("Umask:"):
+                return int(line.split()[1], 8)
+    except (OSError, ValueError, IndexError):
+        pass
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return mask
+
+
+def plain_mode(path) -> int:
+    """The permission bits ``open(path, "w")`` would leave: an existing file keeps its mode, a new file
+    gets ``0o666 & ~umask`` (a temp file from mkstemp is 0600, so atomic writes set this explicitly)."""
+    try:
+        return stat.S_IMODE(os.stat(path).st_mode)
+    except FileNotFoundError:
+        return 0o666 & ~umask()
+
+
 def atomic_write(path: str | os.PathLike, write) -> Path:
-    """Call ``write(tmp_path)`` then rename onto ``path``; nothing is left behind on failure."""
-    path = Path(path)
-    if not path.parent.is_dir():
-        raise LightnetsError(f"cannot write {path}: directory {path.parent} does not exist; create it first")
-    if path.is_dir():
-        raise LightnetsError(f"cannot write {path}: it is a directory; pass a file path")
+    """Call ``write(tmp_path)`` then rename onto ``path``; nothing is left behind on failure.
+
+    The file gets the mode a plain ``open()`` would give it (the umask is respected).
+    """
+    return atomic_write_all([(path, write)])[0]
+
+
+def atomic_write_all(items) -> list[Path]:
+    """Write several files together: ``items`` is ``[(path, write), ...]``; every ``write(tmp)`` runs (in
+    order) into a temp file beside its target, and only when all succeeded are the temps renamed onto
+    their targets, in reverse order (the first item, the main file, appears last). On a failure before
+    the renames every temp is removed and no target is touched."""
+    paths = [Path(p) for p, _ in items]
+    for path in paths:
+        if not path.parent.is_dir():
+            raise LightnetsError(f"cannot write {path}: directory {path.parent} does not exist; create it first")
+        if path.is_dir():
+            raise LightnetsError(f"cannot write {path}: it is a directory; pass a file path")
+    tmps: list[str] = []
     try:
-        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    except OSError as e:
-        raise LightnetsError(f"cannot write {path}: directory {path.parent} is not writable ({e.strerror}); "
-                             "choose a writable directory or fix its permissions") from None
-    os.close(fd)
-    try:
-        write(tmp)
-        os.replace(tmp, path)
+        for path in paths:
+            try:
+                fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+            except OSError as e:
+                raise LightnetsError(f"cannot write {path}: directory {path.parent} is not writable "
+                                     f"({e.strerror}); choose a writable directory or fix its permissions") from None
+            os.close(fd)
+            tmps.append(tmp)
+        for (_, write), tmp in zip(items, tmps, strict=True):
+            write(tmp)
+        for path, tmp in zip(paths, tmps, strict=True):
+            os.chmod(tmp, plain_mode(path))
+        for path, tmp in reversed(list(zip(paths, tmps, strict=True))):
+            os.replace(tmp, path)
     except BaseException:
-        Path(tmp).unlink(missing_ok=True)
+        for tmp in tmps:
+            Path(tmp).unlink(missing_ok=True)
         raise
-    return path
+    return paths
 
 
 def digest(arrays: Mapping[str, np.ndarray]) -> str:
-    """sha256 over names, dtypes, shapes and bytes: written into safetensors metadata, checked on read."""
+    """sha256 over names, dtypes, shapes and bytes: written into canonical file metadata, checked on read."""
     h = hashlib.sha256()
     for k in sorted(arrays):
         v = np.asarray(arrays[k])
@@ -146,20 +196,31 @@ def digest(arrays: Mapping[str, np.ndarray]) -> str:
     return h.hexdigest()
 
 
-def _write_safetensors(arrays, tmp, metadata):
+def write_safetensors(arrays, tmp, metadata):
     from safetensors.numpy import save_file
 
     save_file(arrays, tmp, metadata=metadata)
 
 
-def _write_npz(arrays, tmp):
+_write_safetensors = write_safetensors  # the old private name
+
+
+NPZ_META = "__lightnets__"  # the .npz entry (a 0-d str array of JSON) holding a canonical file's metadata
+
+
+def write_npz(arrays, tmp, metadata=None):
+    extra = {NPZ_META: np.array(json.dumps(metadata))} if metadata else {}
     with open(tmp, "wb") as f:
-        np.savez(f, **arrays)
+        np.savez(f, **arrays, **extra)
+
+
+_write_npz = write_npz
 
 
 def save(weights: Mapping[str, np.ndarray], path: str | os.PathLike, metadata: dict[str, str] | None = None,
          overwrite: bool = False) -> Path:
-    """Write canonical weights to ``.safetensors`` (with a sha256 of the tensors) or ``.npz``, atomically.
+    """Write canonical weights to ``.safetensors`` or ``.npz`` atomically, with ``metadata`` (str -> str)
+    and a sha256 of the tensors: safetensors metadata, or the ``__lightnets__`` JSON entry of an .npz.
 
     An existing file is replaced only with ``overwrite=True``.
     """
@@ -170,11 +231,19 @@ def save(weights: Mapping[str, np.ndarray], path: str | os.PathLike, metadata: d
         raise LightnetsError(f"{path} already exists; pass overwrite=True to replace it, or choose another path")
     if not isinstance(weights, Mapping):
         raise WeightsError(f"weights must be a mapping of name -> array, got {type(weights).__name__}")
+    if NPZ_META in weights:
+        raise WeightsError(f"{NPZ_META!r} is reserved for lightnets metadata and cannot be a weight name")
     arrays = {k: np.ascontiguousarray(v) for k, v in weights.items()}
+    meta = {"format": "lightnets.canonical", **(metadata or {}), "sha256": digest(arrays)}
     if suffix == ".safetensors":
-        meta = {"format": "lightnets.canonical", **(metadata or {}), "sha256": digest(arrays)}
-        return atomic_write(path, lambda tmp: _write_safetensors(arrays, tmp, meta))
-    return atomic_write(path, lambda tmp: _write_npz(arrays, tmp))
+        return atomic_write(path, lambda tmp: write_safetensors(arrays, tmp, meta))
+    return atomic_write(path, lambda tmp: write_npz(arrays, tmp, meta))
+
+
+def _check_digest(path, arrays, meta) -> None:
+    if "sha256" in meta and meta["sha256"] != digest(arrays):
+        raise FileFormatError(f"{path}: tensor bytes do not match the sha256 recorded when lightnets wrote it; "
+                              "the file was modified or corrupted - re-export it")
 
 
 def read_safetensors(path) -> tuple[Weights, dict[str, str]]:
@@ -188,34 +257,52 @@ def read_safetensors(path) -> tuple[Weights, dict[str, str]]:
     except Exception as e:  # noqa: BLE001 -- any parse failure is a bad file
         raise FileFormatError(f"{path} is not a readable .safetensors file ({type(e).__name__}: {str(e)[:200]}); "
                               "it may be truncated or corrupt, or of another format - re-export it") from None
-    if "sha256" in meta and meta["sha256"] != digest(arrays):
-        raise FileFormatError(f"{path}: tensor bytes do not match the sha256 recorded when lightnets wrote it; "
-                              "the file was modified or corrupted - re-export it")
+    _check_digest(path, arrays, meta)
     return arrays, meta
 
 
-def load(path: str | os.PathLike) -> Weights:
-    """Read canonical weights from ``.safetensors`` (sha256 checked) or ``.npz`` (never unpickles)."""
-
-    path = Path(path)
-    if path.suffix in (".pkl", ".pickle"):
-        raise FileFormatError(f"{path} is a pickle; lightnets never unpickles (a pickle can run arbitrary code). "
-                              "Re-export the weights as .safetensors or .npz")
-    if not path.is_file():
-        raise FileFormatError(f"weights file {path} does not exist; check the path (or save the weights first)")
-    if path.suffix == ".npz" and not zipfile.is_zipfile(path):
+def _read_npz(path: Path) -> tuple[Weights, dict[str, str]]:
+    if not zipfile.is_zipfile(path):
         raise FileFormatError(f"{path} is not an .npz (zip) archive; it may be truncated, corrupt or a renamed "
                               ".npy/pickle - re-export it with lightnets.weights.save")
-    if path.suffix == ".safetensors":
-        return read_safetensors(path)[0]
     try:
-        if path.suffix == ".npz":
-            with np.load(path, allow_pickle=False) as z:
-                return {k: z[k] for k in z.files}
+        with np.load(path, allow_pickle=False) as z:
+            arrays = {k: z[k] for k in z.files}
     except (ValueError, OSError, EOFError, zipfile.BadZipFile) as e:
         if isinstance(e, ValueError) and "Object arrays" in str(e):
             raise FileFormatError(f"{path} holds pickled object arrays, which lightnets never loads (unpickling "
                                   "can run code); re-export it with plain float arrays") from None
         raise FileFormatError(f"{path} is not a readable {path.suffix} file ({e}); it may be truncated or "
                               "corrupt - re-export it") from None
+    meta: dict[str, str] = {}
+    if NPZ_META in arrays:
+        raw = arrays.pop(NPZ_META)
+        try:
+            meta = json.loads(str(raw[()])) if raw.dtype.kind == "U" and raw.ndim == 0 else None
+        except json.JSONDecodeError:
+            meta = None
+        if not isinstance(meta, dict):
+            raise FileFormatError(f"{path}: its {NPZ_META!r} entry is not lightnets metadata (a JSON object); "
+                                  "the file is corrupt or not written by lightnets - re-export it")
+    _check_digest(path, arrays, meta)
+    return arrays, meta
+
+
+def read_canonical(path: str | os.PathLike) -> tuple[Weights, dict[str, str]]:
+    """Arrays and metadata of a canonical ``.safetensors`` (sha256 checked) or ``.npz`` (never unpickles)."""
+    path = Path(path)
+    if path.suffix in (".pkl", ".pickle"):
+        raise FileFormatError(f"{path} is a pickle; lightnets never unpickles (a pickle can run arbitrary code). "
+                              "Re-export the weights as .safetensors or .npz")
+    if not path.is_file():
+        raise FileFormatError(f"weights file {path} does not exist; check the path (or save the weights first)")
+    if path.suffix == ".safetensors":
+        return read_safetensors(path)
+    if path.suffix == ".npz":
+        return _read_npz(path)
     raise FileFormatError(f"unknown canonical weights suffix {path.suffix!r} for {path}; use .safetensors or .npz")
+
+
+def load(path: str | os.PathLike) -> Weights:
+    """Read canonical weights from ``.safetensors`` (sha256 checked) or ``.npz`` (never unpickles)."""
+    return read_canonical(path)[0]

@@ -19,6 +19,7 @@ import lightnets
 from lightnets.errors import FileFormatError, LightnetsError, WeightsError
 
 P = importlib.import_module("lightnets.port")
+F = importlib.import_module("lightnets.formats")
 ROOT = Path(__file__).resolve().parents[1]
 SMALL = dict(num_classes=10, input_size=32)
 ID = "mobilenet_v1_025"
@@ -45,6 +46,12 @@ def _fmt(name):
     return "torch" if name == "t.safetensors" else None
 
 
+def _written(name, fmt=None):
+    """The files a save of ``name`` leaves: native formats get their graph + card sidecar."""
+    native = F.FORMATS[F.format_of(name, fmt, reading=False)].backend is not None
+    return sorted([name, name + F.SIDECAR] if native else [name])
+
+
 # --- round trips ------------------------------------------------------------------------------------
 def test_round_trip_torch_paddle_every_id_bit_exact():
     for model_id in lightnets.list_models():
@@ -62,7 +69,7 @@ def test_round_trips_with_keras_and_keras_formats_in_subprocess_paddle_first():
         import os, importlib, numpy as np, tempfile
         import paddle  # before tensorflow
         import lightnets
-        P = importlib.import_module("lightnets.port")
+        F = importlib.import_module("lightnets.formats")
         def eq(a, b): return set(a) == set(b) and all(np.array_equal(a[k], b[k]) for k in a)
         worst = 0.0
         for mid in {KERAS_SUBSET!r}:
@@ -92,18 +99,19 @@ def test_round_trips_with_keras_and_keras_formats_in_subprocess_paddle_first():
                 assert eq(lightnets.export_weights(t), w0), name
         # atomic keras writes: the writer fails mid-write -> nothing left
         for fmt, name in (("keras-weights", "b.weights.h5"), ("keras-model", "b.keras")):
-            real = P.WRITERS[fmt]
-            def boom(model, tmp, real=real):
-                real(model, tmp)
+            row = F.FORMATS[fmt]
+            def boom(tmp, fmt, saving, real=row.write):
+                real(tmp, fmt, saving)
                 raise RuntimeError("disk full")
-            P.WRITERS[fmt] = boom
+            F.FORMATS[fmt] = row._replace(write=boom)
             try:
                 lightnets.save_weights(m, os.path.join(d, name))
                 raise SystemExit("no error")
             except RuntimeError:
                 pass
-            P.WRITERS[fmt] = real
-        want = ["a.keras", "a.pdparams", "a.pt", "a.safetensors", "a.weights.h5"]
+            F.FORMATS[fmt] = row
+        want = sorted(["a.safetensors"] + [n + s for n in ("a.keras", "a.pdparams", "a.pt", "a.weights.h5")
+                                           for s in ("", F.SIDECAR)])
         assert sorted(os.listdir(d)) == want, os.listdir(d)
         # a truncated .weights.h5 / .keras: clear lightnets errors
         for name in ("a.weights.h5", "a.keras"):
@@ -131,8 +139,7 @@ def test_save_refuses_an_existing_file_unless_overwrite(tmp_path):
         lightnets.save_weights(m, path)
     assert path.read_bytes() == b"keep me"
     lightnets.save_weights(m, path, overwrite=True)
-    assert P.format_of(path) == "safetensors"
-
+    assert F.format_of(path) == "safetensors"
 
 
 @pytest.mark.parametrize("name", NON_KERAS_FORMATS)
@@ -143,7 +150,7 @@ def test_every_format_saves_and_loads_bit_exact_torch_paddle(tmp_path, name):
         path = tmp_path / backend / name
         path.parent.mkdir()
         lightnets.save_weights(m, path, _fmt(name))
-        assert P.format_of(path) == P.format_of(path, _fmt(name))
+        assert F.format_of(path) == F.format_of(path, _fmt(name))
         for other in ("torch", "paddle"):
             fresh = lightnets.build(ID, other, **SMALL, seed=2)
             lightnets.load_weights(fresh, path)
@@ -151,7 +158,7 @@ def test_every_format_saves_and_loads_bit_exact_torch_paddle(tmp_path, name):
         ported, info = lightnets.port(path, to="paddle", arch=ID, input_size=32, return_info=True)
         assert _equal(lightnets.export_weights(ported), w0)
         assert info["max_rel_diff"] <= P.PROBE_TOLERANCE
-        assert sorted(os.listdir(path.parent)) == [name]  # no temp files
+        assert sorted(os.listdir(path.parent)) == _written(name, _fmt(name))  # no temp files
 
 
 def test_safetensors_metadata_marks_the_flavour_paddle(tmp_path):
@@ -168,21 +175,21 @@ def test_safetensors_metadata_marks_the_flavour_paddle(tmp_path):
     from safetensors.numpy import load_file, save_file
 
     save_file(load_file(tmp_path / "t.safetensors"), tmp_path / "bare.safetensors")
-    assert P.format_of(tmp_path / "bare.safetensors") == "torch-safetensors"
+    assert F.format_of(tmp_path / "bare.safetensors") == "torch-safetensors"
 
 
 @pytest.mark.parametrize("fmt,name", [("torch", "a.pt"), ("safetensors", "a.safetensors"), ("npz", "a.npz"),
                                       ("paddle", "a.pdparams")])
 def test_writes_are_atomic_paddle(tmp_path, monkeypatch, fmt, name):
-    def partial(*args):
-        Path(args[-1] if fmt not in P.CANONICAL else args[1]).write_bytes(b"half a file")
+    def partial(tmp, *args):
+        Path(tmp).write_bytes(b"half a file")
         raise OSError("disk full")
 
-    if fmt in P.CANONICAL:
-        monkeypatch.setattr(lightnets.weights, "_write_safetensors" if fmt == "safetensors" else "_write_npz",
-                            lambda arrays, tmp, *meta: partial(arrays, tmp))
+    if fmt in F.CANONICAL:
+        monkeypatch.setattr(lightnets.weights, "write_safetensors" if fmt == "safetensors" else "write_npz",
+                            lambda arrays, tmp, *meta: partial(tmp))
     else:
-        monkeypatch.setitem(P.WRITERS, fmt, lambda model, tmp: partial(model, tmp))
+        monkeypatch.setitem(F.FORMATS, fmt, F.FORMATS[fmt]._replace(write=partial))
     m = lightnets.build(ID, "paddle" if fmt == "paddle" else "torch", **SMALL)
     with pytest.raises(OSError, match="disk full"):
         lightnets.save_weights(m, tmp_path / name)
@@ -269,6 +276,7 @@ def test_cli_port_torch_pt_to_paddle_pdparams(tmp_path):
                  ("--from", src, "--out", tmp_path / "z.weights.h5")):
         r = _cli("port", "--arch", ID, *args, "--to", "paddle", "--size", 32)
         assert r.returncode == 1 and "Traceback" not in r.stderr and "error" in r.stderr, (args, r.stderr[-1500:])
-    assert sorted(p.name for p in tmp_path.iterdir()) == ["bad.pt", "o.pt", "w.pdparams", "w.pt"]
+    assert sorted(p.name for p in tmp_path.iterdir()) == sorted(
+        ["bad.pt", "o.pt", "o.pt" + F.SIDECAR, "w.pdparams", "w.pdparams" + F.SIDECAR, "w.pt", "w.pt" + F.SIDECAR])
     assert _cli("port", "--arch", "nope", "--from", src, "--to", "paddle", "--out", out).returncode == 2
     assert _cli("port", "--arch", ID, "--from", src, "--to", "mxnet", "--out", out).returncode == 2
