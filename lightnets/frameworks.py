@@ -15,7 +15,14 @@ from .errors import BackendNotInstalledError, LightnetsError, UnknownBackendErro
 
 # backend name -> (framework import name, pip extra)
 BACKENDS: dict[str, tuple[str, str]] = {"torch": ("torch", "torch"), "keras": ("keras", "keras"),
-                                        "paddle": ("paddle", "paddle")}
+                                        "paddle": ("paddle", "paddle"), "onnxruntime": ("onnxruntime", "onnx")}
+# backend name -> its module under lightnets.backends, where the two differ (backends/onnx.py also exports ONNX)
+MODULES: dict[str, str] = {"onnxruntime": "onnx"}
+
+
+def module_of(name: str) -> str:
+    """The import name of backend ``name``'s module."""
+    return f"lightnets.backends.{MODULES.get(name, name)}"
 
 
 def load_backend(name: str):
@@ -23,7 +30,7 @@ def load_backend(name: str):
     if name not in BACKENDS:
         raise UnknownBackendError(f"unknown backend {name!r}; choose one of {', '.join(BACKENDS)}")
     framework, extra = BACKENDS[name]
-    module = f"lightnets.backends.{name}"
+    module = module_of(name)
     if module not in sys.modules and importlib.util.find_spec(framework) is None:
         raise BackendNotInstalledError(f"backend {name!r} needs the {framework!r} package, which is not "
                                        f"installed; run: pip install 'lightnets[{extra}]'")
@@ -35,7 +42,7 @@ def loaded_backends():
     """The backend objects already imported in this process (never imports a framework)."""
     out = []
     for name in BACKENDS:
-        mod = sys.modules.get(f"lightnets.backends.{name}")
+        mod = sys.modules.get(module_of(name))
         if mod is not None:
             out.append(getattr(mod, "BACKEND", mod))
     return out

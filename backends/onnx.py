@@ -1,0 +1,481 @@
+"""ONNX lowering of the op vocabulary, and ONNX Runtime as a backend.
+
+The ONNX graph is written from the IR itself with ``onnx.helper`` / ``onnx.numpy_helper`` (nothing is
+traced): one converter per op, tensors named after IR nodes, initializers named after the canonical
+weights (``blocks.3.dw.conv.weight``), internal constants under ``<node>/...`` or ``const/...``.
+Opset 17, IR version 8. The batch axis is dynamic; height and width are dynamic unless the graph is
+fixed to its build size (``meta["fixed_size"]``): explicit pads hold at any size and strided TF "same"
+nodes become ``auto_pad="SAME_UPPER"`` (ONNX's SAME_UPPER is TF "same": the odd pixel goes to the end).
+With static height/width, "same" pads are written out for the build size.
+
+The graph's ``doc_string`` holds ``{"format": "lightnets.onnx", "card": <provenance card>, "graph": <graph
+JSON>}`` and the model's ``metadata_props`` hold ``lightnets.graph`` / ``lightnets.card`` (the keys of
+canonical .safetensors files), so a lightnets .onnx file carries its graph: :func:`read_onnx`.
+
+Lowering (float32): conv2d -> Conv (pads [top, left, bottom, right], group, dilations); batch_norm ->
+BatchNormalization (eval); relu -> Relu; relu6 -> Clip(0, 6); hardsigmoid -> Div(Clip(Add(x, 3), 0, 6), 6)
+written out (``HardSigmoid``'s alpha is a float32 attribute: 1/6 -> 0.16666667163, so it is not exactly
+relu6(x + 3) / 6); hardswish -> x * that; sigmoid -> Sigmoid; swish -> Mul(x, Sigmoid(x)); add/mul -> Add/Mul
+(numpy broadcast); concat -> Concat(axis 1); slice_channels -> Slice; channel_shuffle -> Reshape(x, [0, g,
+C/g, -1]) -> Transpose(0, 2, 1, 3) -> Reshape(., Shape(x)) (batch, height and width stay dynamic);
+max_pool2d -> MaxPool (pads are ignored elements: the IR's -inf); avg_pool2d -> AveragePool
+(count_include_pad); global_avg_pool -> GlobalAveragePool; flatten -> Flatten(axis 1); linear -> Gemm
+(transB=1, canonical (out, in) weight); dropout -> Identity.
+
+float64 (measured on onnxruntime 1.32 CPU): Conv, AveragePool, GlobalAveragePool, HardSigmoid and
+HardSwish have no double kernel (NOT_IMPLEMENTED); BatchNormalization, Relu, Clip, Sigmoid, Add/Sub/Mul/Div,
+Concat, Slice, Reshape, Transpose, MaxPool, ReduceMean, Flatten and Gemm do. A float64 graph therefore runs
+Conv and AveragePool in float32 between Casts (their weights are float32 initializers), writes
+global_avg_pool as ReduceMean and batch_norm as (x - mean) * (gamma / sqrt(var + eps)) + beta (the
+BatchNormalization epsilon is a float32 attribute: 1e-3 -> 1.0000000475e-3); everything else is double.
+Any graph with a conv or an avg pool is thus float32-accurate in float64 (parity's EFFECTIVE_DTYPE).
+
+The backend object is ``BACKEND`` (``lightnets.backends.base.Backend``); its models are :class:`OnnxModel`
+(graph + canonical weights, sessions made on first use). ONNX Runtime runs inference only:
+``train_forward`` and ``gradients`` raise LightnetsError.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from collections.abc import Mapping
+from pathlib import Path
+
+import numpy as np
+
+from lightnets import ops
+from lightnets import provenance as PV
+from lightnets import weights as W
+from lightnets.errors import BackendNotInstalledError, FileFormatError, LightnetsError
+from lightnets.graph import INPUT, Graph, Node
+from lightnets.reference import check_input
+
+from .base import Backend, unreadable
+
+try:
+    import onnx
+    from onnx import TensorProto, helper, numpy_helper
+except ImportError as e:  # onnxruntime without onnx
+    raise BackendNotInstalledError(f"the onnx backend needs the 'onnx' package ({e}); run: "
+                                   "pip install 'lightnets[onnx]'") from None
+
+OPSET = 17
+IR_VERSION = 8  # the IR version of opset 17: readable by any runtime that knows the opset
+DOC_FORMAT = "lightnets.onnx"
+GRAPH_KEY, CARD_KEY, DTYPE_KEY = "lightnets.graph", "lightnets.card", "lightnets.dtype"
+DTYPES = {"float32": (np.float32, TensorProto.FLOAT), "float64": (np.float64, TensorProto.DOUBLE)}
+BATCH, HEIGHT, WIDTH = "batch", "height", "width"  # names of the dynamic input dims
+
+# ops whose onnxruntime CPU kernel is float32 only: a float64 graph runs them in float32 between Casts
+FLOAT32_ONLY = ("conv2d", "avg_pool2d")
+
+# canonical suffix -> initializer leaf: ONNX initializers carry the canonical names
+NATIVE_NAMES = {"conv2d": {"weight": "weight", "bias": "bias"},
+                "depthwise_conv2d": {"weight": "weight", "bias": "bias"},
+                "linear": {"weight": "weight", "bias": "bias"},
+                "batch_norm": {"gamma": "gamma", "beta": "beta", "mean": "mean", "var": "var"}}
+
+
+# --- emitting -------------------------------------------------------------------------------------
+class _Emitter:
+    """Collects nodes and initializers of one ONNX graph in ``dtype``."""
+
+    def __init__(self, graph: Graph, weights: Mapping[str, np.ndarray], dtype: str, dynamic_hw: bool):
+        self.graph, self.weights, self.dtype, self.dynamic_hw = graph, weights, dtype, dynamic_hw
+        self.np, self.elem = DTYPES[dtype]
+        self.f64 = dtype == "float64"
+        self.nodes: list = []
+        self.inits: dict[str, object] = {}
+
+    def init(self, name: str, value, dtype=None) -> str:
+        if name not in self.inits:
+            self.inits[name] = numpy_helper.from_array(np.ascontiguousarray(np.asarray(value, dtype or self.np)), name)
+        return name
+
+    def const(self, value: float) -> str:
+        """A shared scalar constant of the graph's dtype."""
+        return self.init(f"const/{value:g}", np.array(value, self.np))
+
+    def ints(self, name: str, values) -> str:
+        return self.init(name, np.array(values, np.int64), np.int64)
+
+    def param(self, node: Node, suffix: str, float32: bool = False) -> str:
+        name = f"{node.name}.{suffix}"
+        return self.init(name, self.weights[name], np.float32 if float32 else self.np)
+
+    def add(self, op: str, inputs: list[str], output: str, name: str | None = None, **attrs) -> str:
+        self.nodes.append(helper.make_node(op, inputs, [output], name=name or output, **attrs))
+        return output
+
+    def pads(self, node: Node, hw: tuple[int, int]) -> dict:
+        """``pads`` [top, left, bottom, right] (ONNX order) or ``auto_pad`` of a conv/pool node."""
+        a = node.attrs
+        fixed = ops.static_pads(a)
+        if fixed is None:  # strided "same": depends on the input size
+            if self.dynamic_hw:
+                return {"auto_pad": "SAME_UPPER"}
+            fixed = ops.effective_pads(a, hw)
+        t, b, l, r = fixed
+        return {"pads": [t, l, b, r]}
+
+    def float32_op(self, node: Node, x: str, out: str, emit) -> str:
+        """``emit(x, out)`` as is, or (float64 graph, float32-only op) between Casts to float32 and back."""
+        if not (self.f64 and node.op in FLOAT32_ONLY):
+            return emit(x, out)
+        x32 = self.add("Cast", [x], f"{node.name}/float32_in", to=TensorProto.FLOAT)
+        y32 = emit(x32, f"{node.name}/float32_out")
+        return self.add("Cast", [y32], out, name=f"{node.name}/float64_out", to=TensorProto.DOUBLE)
+
+
+def _window(node: Node) -> dict:
+    a = node.attrs
+    return {"kernel_shape": list(a["kernel"]), "strides": list(a["stride"])}
+
+
+def _conv2d(em: _Emitter, node: Node, xs, hw):
+    a = node.attrs
+    f32 = em.f64
+    inputs = [em.param(node, "weight", f32)] + ([em.param(node, "bias", f32)] if a["bias"] else [])
+    attrs = {**_window(node), "dilations": list(a["dilation"]), "group": a["groups"], **em.pads(node, hw)}
+    return em.float32_op(node, xs[0], node.name,
+                         lambda x, out: em.add("Conv", [x, *inputs], out, name=node.name + "/Conv", **attrs))
+
+
+def _batch_norm(em: _Emitter, node: Node, xs, hw):
+    g, b, m, v = (em.param(node, s) for s in ("gamma", "beta", "mean", "var"))
+    if not em.f64:
+        return em.add("BatchNormalization", [xs[0], g, b, m, v], node.name, name=node.name + "/BatchNormalization",
+                      epsilon=float(node.attrs["eps"]))
+    # float64: eps as a double constant (the BatchNormalization attribute is float32); same order as the reference
+    n = node.name
+    to_map = em.ints("const/to_map", [-1, 1, 1])
+    var_eps = em.add("Add", [v, em.init(f"{n}/eps", np.array(node.attrs["eps"], np.float64))], f"{n}/var_eps")
+    scale = em.add("Div", [g, em.add("Sqrt", [var_eps], f"{n}/std")], f"{n}/scale")
+    centred = em.add("Sub", [xs[0], em.add("Reshape", [m, to_map], f"{n}/mean_map")], f"{n}/centred")
+    scaled = em.add("Mul", [centred, em.add("Reshape", [scale, to_map], f"{n}/scale_map")], f"{n}/scaled")
+    return em.add("Add", [scaled, em.add("Reshape", [b, to_map], f"{n}/beta_map")], n)
+
+
+def _hardsigmoid(em: _Emitter, x: str, out: str, n: str) -> str:
+    """relu6(x + 3) / 6, exactly as the IR pins it."""
+    shifted = em.add("Add", [x, em.const(3.0)], f"{n}/plus3")
+    clipped = em.add("Clip", [shifted, em.const(0.0), em.const(6.0)], f"{n}/relu6")
+    return em.add("Div", [clipped, em.const(6.0)], out)
+
+
+def _activation(em: _Emitter, node: Node, xs, hw):
+    x, n, kind = xs[0], node.name, node.attrs["kind"]
+    if kind == "relu":
+        return em.add("Relu", [x], n)
+    if kind == "relu6":
+        return em.add("Clip", [x, em.const(0.0), em.const(6.0)], n)
+    if kind == "hardsigmoid":
+        return _hardsigmoid(em, x, n, n)
+    if kind == "hardswish":
+        return em.add("Mul", [x, _hardsigmoid(em, x, f"{n}/hardsigmoid", n)], n, name=n + "/Mul")
+    if kind == "sigmoid":
+        return em.add("Sigmoid", [x], n)
+    if kind == "swish":
+        return em.add("Mul", [x, em.add("Sigmoid", [x], f"{n}/sigmoid")], n, name=n + "/Mul")
+    raise AssertionError(kind)  # unreachable: the schema checks kinds
+
+
+def _slice(em: _Emitter, node: Node, xs, hw):
+    n = node.name
+    return em.add("Slice", [xs[0], em.ints(f"{n}/starts", [node.attrs["start"]]),
+                            em.ints(f"{n}/ends", [node.attrs["stop"]]), em.ints("const/axis1", [1])], n)
+
+
+def _channel_shuffle(em: _Emitter, node: Node, xs, hw):
+    """view (N, g, C/g, H*W), swap the group axes, back to the input's shape (N, H, W from Shape(x))."""
+    n, g = node.name, node.attrs["groups"]
+    c = em.graph.shapes[node.inputs[0]][0]
+    grouped = em.add("Reshape", [xs[0], em.ints(f"{n}/grouped_shape", [0, g, c // g, -1])], f"{n}/grouped")
+    swapped = em.add("Transpose", [grouped], f"{n}/swapped", perm=[0, 2, 1, 3])
+    return em.add("Reshape", [swapped, em.add("Shape", [xs[0]], f"{n}/input_shape")], n)
+
+
+def _max_pool(em: _Emitter, node: Node, xs, hw):
+    return em.add("MaxPool", [xs[0]], node.name, name=node.name + "/MaxPool", **_window(node), **em.pads(node, hw))
+
+
+def _avg_pool(em: _Emitter, node: Node, xs, hw):
+    attrs = {**_window(node), **em.pads(node, hw), "count_include_pad": int(node.attrs["count_include_pad"])}
+    return em.float32_op(node, xs[0], node.name,
+                         lambda x, out: em.add("AveragePool", [x], out, name=node.name + "/AveragePool", **attrs))
+
+
+def _global_avg_pool(em: _Emitter, node: Node, xs, hw):
+    if em.f64:  # GlobalAveragePool has no double kernel; ReduceMean has
+        return em.add("ReduceMean", [xs[0]], node.name, axes=[2, 3], keepdims=1)
+    return em.add("GlobalAveragePool", [xs[0]], node.name)
+
+
+def _linear(em: _Emitter, node: Node, xs, hw):
+    inputs = [xs[0], em.param(node, "weight")] + ([em.param(node, "bias")] if node.attrs["bias"] else [])
+    return em.add("Gemm", inputs, node.name, transB=1)
+
+
+CONVERTERS = {
+    "conv2d": _conv2d,
+    "batch_norm": _batch_norm,
+    "activation": _activation,
+    "add": lambda em, node, xs, hw: em.add("Add", list(xs), node.name),
+    "mul": lambda em, node, xs, hw: em.add("Mul", list(xs), node.name),
+    "concat": lambda em, node, xs, hw: em.add("Concat", list(xs), node.name, axis=1),
+    "slice_channels": _slice,
+    "channel_shuffle": _channel_shuffle,
+    "max_pool2d": _max_pool,
+    "avg_pool2d": _avg_pool,
+    "global_avg_pool": _global_avg_pool,
+    "flatten": lambda em, node, xs, hw: em.add("Flatten", [xs[0]], node.name, axis=1),
+    "linear": _linear,
+    "dropout": lambda em, node, xs, hw: em.add("Identity", [xs[0]], node.name),
+}
+
+
+def doc_of(graph: Graph) -> str:
+    """The graph doc_string: the provenance card and the graph JSON."""
+    return json.dumps({"format": DOC_FORMAT, "card": PV.card_of(graph), "graph": json.loads(graph.to_json())})
+
+
+def to_onnx(graph: Graph, weights: Mapping[str, np.ndarray], dtype: str = "float32", dynamic_hw: bool | None = None,
+            return_all: bool = False):
+    """The ``onnx.ModelProto`` of ``graph`` with ``weights`` (canonical, checked) in ``dtype``.
+
+    ``dynamic_hw`` (default: unless the graph is fixed to its size) makes height and width symbolic;
+    ``return_all`` makes every node's output a graph output (the divergence locator reads them).
+    """
+    if dtype not in DTYPES:
+        raise LightnetsError(f"dtype {dtype!r} is not supported; use one of {tuple(DTYPES)}")
+    if dynamic_hw is None:
+        dynamic_hw = not graph.fixed_size
+    if dynamic_hw and graph.fixed_size:
+        raise LightnetsError(f"graph {graph.name!r} is fixed to its {graph.input_shape[1]}x{graph.input_shape[2]} "
+                             "input (meta fixed_size); export it with static height/width (dynamic_hw=False)")
+    weights = W.check_weights(graph, weights)
+    em = _Emitter(graph, weights, dtype, dynamic_hw)
+    for node in graph.nodes:
+        CONVERTERS[node.op](em, node, list(node.inputs), graph.shapes[node.inputs[0]][1:])
+    c, h, w = graph.input_shape
+    hw = [HEIGHT, WIDTH] if dynamic_hw else [h, w]
+
+    def info(name: str):
+        shape = graph.shapes[name]
+        dims = [BATCH, shape[0], *(([None, None] if dynamic_hw else list(shape[1:])) if len(shape) == 3 else [])]
+        return helper.make_tensor_value_info(name, em.elem, dims)
+
+    outputs = [n.name for n in graph.nodes] if return_all else [graph.output]
+    og = helper.make_graph(em.nodes, graph.name, [helper.make_tensor_value_info(INPUT, em.elem, [BATCH, c, *hw])],
+                           [info(o) for o in outputs], list(em.inits.values()), doc_string=doc_of(graph))
+    model = helper.make_model(og, opset_imports=[helper.make_opsetid("", OPSET)], ir_version=IR_VERSION,
+                              producer_name="lightnets", producer_version=PV.lightnets_version(),
+                              doc_string=f"lightnets {graph.name}: written from the lightnets graph IR (not traced)")
+    card = PV.card_of(graph)
+    helper.set_model_props(model, {GRAPH_KEY: graph.to_json(), CARD_KEY: json.dumps(card), DTYPE_KEY: dtype})
+    return model
+
+
+def read_onnx(path_or_model) -> tuple[Graph, dict[str, np.ndarray]]:
+    """The lightnets graph (card in ``meta``) and canonical weights an exported .onnx file carries."""
+    model = path_or_model
+    if not isinstance(model, onnx.ModelProto):
+        try:
+            model = onnx.load(str(path_or_model))
+        except Exception as e:  # noqa: BLE001 -- protobuf raises its own errors on bad bytes
+            raise unreadable(path_or_model, ".onnx", e) from None
+    props = {p.key: p.value for p in model.metadata_props}
+    if GRAPH_KEY not in props:
+        raise FileFormatError(f"{path_or_model} carries no lightnets graph (metadata_props has no {GRAPH_KEY!r}); "
+                              "it was not exported by lightnets - build the model from its id instead")
+    graph = Graph.from_json(props[GRAPH_KEY])
+    card = json.loads(props.get(CARD_KEY) or "null")
+    return PV.with_card(graph, card), initializers(model, graph)
+
+
+def initializers(model, graph: Graph | None = None) -> dict[str, np.ndarray]:
+    """The canonical weights among a model's initializers (internal constants carry a '/')."""
+    out = {i.name: numpy_helper.to_array(i) for i in model.graph.initializer if "/" not in i.name}
+    return out if graph is None else {p.name: out[p.name] for p in graph.params if p.name in out}
+
+
+# --- the model --------------------------------------------------------------------------------------
+class OnnxModel:
+    """A lightnets graph and its canonical weights, run by ONNX Runtime. The ONNX model is emitted from
+    them on first use (again after ``set_weights``); ``proto()`` gives it."""
+
+    def __init__(self, graph: Graph, dtype: str):
+        if dtype not in DTYPES:
+            raise LightnetsError(f"dtype {dtype!r} is not supported; use one of {tuple(DTYPES)}")
+        self.graph, self.dtype = graph, dtype
+        self.weights = {k: v.astype(DTYPES[dtype][0]) for k, v in W.init_weights(graph, 0, calibrate=False).items()}
+        self.threads = _default_threads()
+        self._sessions: dict[bool, object] = {}
+
+    def __repr__(self) -> str:
+        return f"<OnnxModel {self.graph.name!r} {self.dtype}, {len(self.graph.nodes)} nodes>"
+
+    def proto(self, return_all: bool = False, dynamic_hw: bool | None = None):
+        return to_onnx(self.graph, self.weights, self.dtype, dynamic_hw, return_all)
+
+    def session(self, return_all: bool = False):
+        if return_all not in self._sessions:
+            self._sessions[return_all] = make_session(self.proto(return_all).SerializeToString(), self.threads)
+        return self._sessions[return_all]
+
+    def invalidate(self) -> None:
+        self._sessions.clear()
+
+
+_THREADS: list[int] = []  # set_threads(n): intra-op threads of the sessions made from then on
+
+
+def _default_threads() -> int:
+    """Intra-op threads: ``set_threads``'s, else OMP_NUM_THREADS (ONNX Runtime ignores it, this backend
+    honours it, so the parity runner's single-thread environment applies), else 0 (ORT's default)."""
+    if _THREADS:
+        return _THREADS[-1]
+    try:
+        return max(0, int(os.environ.get("OMP_NUM_THREADS", "0")))
+    except ValueError:
+        return 0
+
+
+def _ort():
+    try:
+        import onnxruntime
+    except ImportError:
+        raise BackendNotInstalledError("running ONNX models needs the 'onnxruntime' package, which is not "
+                                       "installed; run: pip install 'lightnets[onnx]'") from None
+    return onnxruntime
+
+
+def make_session(model_bytes: bytes, threads: int = 0):
+    ort = _ort()
+    so = ort.SessionOptions()
+    so.intra_op_num_threads = threads
+    so.inter_op_num_threads = 1
+    so.log_severity_level = 3
+    return ort.InferenceSession(model_bytes, so, providers=["CPUExecutionProvider"])
+
+
+# --- the backend contract -----------------------------------------------------------------------
+def build(graph: Graph, dtype: str = "float32") -> OnnxModel:
+    """The ONNX Runtime model of ``graph`` in ``dtype`` (deterministic placeholder weights until set)."""
+    return OnnxModel(graph, dtype)
+
+
+def owns(model) -> bool:
+    return isinstance(model, OnnxModel)
+
+
+def graph_of(model: OnnxModel) -> Graph:
+    return model.graph
+
+
+def set_weights(model: OnnxModel, weights) -> None:
+    """Copy checked canonical weights into the model, cast to its dtype."""
+    checked = W.check_weights(model.graph, weights)
+    model.weights = {k: np.array(v, DTYPES[model.dtype][0]) for k, v in checked.items()}
+    model.invalidate()
+
+
+def get_weights(model: OnnxModel) -> dict[str, np.ndarray]:
+    return {k: v.copy() for k, v in model.weights.items()}
+
+
+def run(model: OnnxModel, x: np.ndarray, return_all: bool = False):
+    """Eval forward of the NCHW numpy batch ``x``; ``return_all`` gives every node's output."""
+    check_input(model.graph, x)
+    sess = model.session(return_all)
+    outs = sess.run(None, {INPUT: np.ascontiguousarray(x, DTYPES[model.dtype][0])})
+    if return_all:
+        return {o.name: v for o, v in zip(sess.get_outputs(), outs, strict=True)}
+    return outs[0]
+
+
+def _inference_only(what: str):
+    def refuse(model, *args):
+        raise LightnetsError(f"{what} is not supported by onnxruntime (an inference runtime: no train-mode batch "
+                             "norm, no gradients); use the torch, keras or paddle backend for it")
+    return refuse
+
+
+# --- the backend object ---------------------------------------------------------------------------
+class OnnxBackend(Backend):
+    """ONNX Runtime: models emitted as ONNX from the IR, NCHW, inference only."""
+
+    name = "onnxruntime"
+    FORMATS = {"onnx": ".onnx"}
+    NATIVE_NAMES = NATIVE_NAMES
+
+    build = staticmethod(build)
+    owns = staticmethod(owns)
+    graph_of = staticmethod(graph_of)
+    set_weights = staticmethod(set_weights)
+    get_weights = staticmethod(get_weights)
+    run = staticmethod(run)
+    train_forward = staticmethod(_inference_only("train-mode forward"))
+    gradients = staticmethod(_inference_only("gradients"))
+
+    # native I/O: an .onnx file's initializers are the canonical weights
+    def _read(self, path: Path, fmt):
+        try:
+            model = onnx.load(str(path))
+        except Exception as e:  # noqa: BLE001 -- protobuf raises its own errors on bad bytes
+            raise unreadable(path, ".onnx", e) from None
+        return initializers(model)
+
+    def _write(self, model, path, fmt):
+        proto = model.proto() if owns(model) else model
+        onnx.save(proto, path)
+
+    def state_dict(self, model):
+        if owns(model):
+            return get_weights(model)
+        if isinstance(model, onnx.ModelProto):
+            return initializers(model)
+        raise LightnetsError(f"{type(model).__name__} is not an onnxruntime model (OnnxModel or onnx.ModelProto)")
+
+    def _assign(self, model, sd):
+        if not owns(model):
+            raise LightnetsError("only lightnets OnnxModels take weights; export the model again instead")
+        set_weights(model, sd)
+
+    def forward(self, model, x):
+        if owns(model):
+            return run(model, x)
+        proto = model if isinstance(model, onnx.ModelProto) else onnx.load(str(model))
+        sess = make_session(proto.SerializeToString(), _default_threads())
+        elem = proto.graph.input[0].type.tensor_type.elem_type
+        dtype = np.float64 if elem == TensorProto.DOUBLE else np.float32
+        return sess.run(None, {sess.get_inputs()[0].name: np.ascontiguousarray(x, dtype)})[0]
+
+    def _cast_native(self, model, dtype):
+        if isinstance(model, onnx.ModelProto):
+            graph, w = read_onnx(model)
+            copy = build(graph, dtype)
+            set_weights(copy, w)
+            return copy
+        raise LightnetsError(f"cannot cast a {type(model).__name__}; pass an OnnxModel or a lightnets onnx.ModelProto")
+
+    def bn_eps(self, model):
+        if owns(model):
+            return {float(n.attrs["eps"]) for n in model.graph.nodes if n.op == "batch_norm"}
+        return {float(a.f) for n in model.graph.node if n.op_type == "BatchNormalization"
+                for a in n.attribute if a.name == "epsilon"}
+
+    # bench
+    def set_threads(self, n):
+        _THREADS[:] = [int(n)]
+
+    def timed_call(self, model):
+        model.threads = _default_threads()
+        model.invalidate()
+        sess = model.session(False)
+        dtype = DTYPES[model.dtype][0]
+        return (lambda x: np.ascontiguousarray(x, dtype)), (lambda x: sess.run(None, {INPUT: x})[0])
+
+
+BACKEND = OnnxBackend()
