@@ -24,7 +24,7 @@ import numpy as np
 import pytest
 
 import lightnets
-from lightnets import errors, reference, registry
+from lightnets import errors, provenance, reference, registry
 from lightnets import weights as W
 from lightnets.graph import Graph, GraphBuilder, Node
 
@@ -285,6 +285,29 @@ def _pickle(tmp_path) -> Path:
     return p
 
 
+def _with_graph(tmp_path, name="g.safetensors") -> Path:
+    """A canonical file that records its graph (mobilenet_v1_025, 4 classes, 32 px) and card."""
+    g = _small()
+    meta = {"lightnets.graph": g.to_json(), "lightnets.card": json.dumps(provenance.init_card(g, 0))}
+    return W.save(W.init_weights(g), tmp_path / name, meta)
+
+
+def _native_with_garbage_sidecar(tmp_path) -> Path:
+    p = tmp_path / "n.pt"
+    p.write_bytes(b"not read: the sidecar is checked first")
+    (tmp_path / "n.pt.lightnets.json").write_text("{not json")
+    return p
+
+
+def _npz_bad_meta(tmp_path) -> Path:
+    np.savez(tmp_path / "m.npz", **{"a": np.zeros(2), W.NPZ_META: np.array("{not json")})
+    return tmp_path / "m.npz"
+
+
+def _bad_graph_meta(tmp_path) -> Path:
+    return W.save(W.init_weights(_small()), tmp_path / "b.safetensors", {"lightnets.graph": "{not a graph"})
+
+
 FILE_CASES = [
     ("file_missing", lambda d: W.load(d / "nope.safetensors"), E.FileFormatError, "does not exist",
      "check the path"),
@@ -317,6 +340,23 @@ FILE_CASES = [
      "must be a mapping"),
     ("build_from_corrupt_file", lambda d: lightnets.build(_small(), weights=_garbage(d, "c.safetensors")),
      E.FileFormatError, "truncated or corrupt", "re-export it"),
+    # --- a file's own graph (lightnets.formats) -------------------------------------------------------
+    ("file_graph_disagrees_with_id", lambda d: lightnets.build("mobilenet_v1_025", weights=_with_graph(d),
+                                                               num_classes=10),
+     E.WeightsError, "node 'head.fc' attr out_features: file 4, mobilenet_v1_025 builds 10",
+     "Build from the file's own graph"),
+    ("file_graph_other_id", lambda d: lightnets.build("mobilenet_v1_050", weights=_with_graph(d)), E.WeightsError,
+     "model id: file 'mobilenet_v1_025', mobilenet_v1_050 builds", "pass the id and arguments it was saved with"),
+    ("file_without_graph_needs_id", lambda d: lightnets.build(_saved(d)), E.LightnetsError, "holds no graph",
+     "pass the lightnets model id"),
+    ("build_file_and_weights", lambda d: lightnets.build(_with_graph(d), weights={}), E.LightnetsError,
+     "takes the graph and weights from that file", "do not also pass weights="),
+    ("file_sidecar_garbage", lambda d: lightnets.build(_native_with_garbage_sidecar(d)), E.FileFormatError,
+     "is unreadable", "delete it"),
+    ("file_npz_metadata_not_json", lambda d: W.load(_npz_bad_meta(d)), E.FileFormatError,
+     "is not lightnets metadata", "re-export it"),
+    ("file_graph_metadata_corrupt", lambda d: lightnets.build(_bad_graph_meta(d)), E.FileFormatError,
+     "unreadable", "re-export it"),
 ]
 
 
@@ -433,6 +473,7 @@ CLI_BAD_ARGS = [
     ("cli_summary_zero_classes", ["summary", "mobilenet_v2_100", "--num-classes", "0"]),
     ("cli_list_unknown_family", ["list", "--family", "nope"]),
     ("cli_parity_jobs_zero", ["parity", "--jobs", "0"]),
+    ("cli_info_without_file", ["info"]),
 ]
 CLI_ERRORS = [
     ("cli_summary_misspelled_model", ["summary", "mobilenet_v2_10"], "Did you mean"),
