@@ -16,6 +16,7 @@ import math
 
 import numpy as np
 
+from lightnets import ops as ir_ops  # the IR's op rules (keras.ops is `ops` below)
 from lightnets.errors import FileFormatError, InputShapeError, LightnetsError, SpecError, WeightsError
 from lightnets.graph import INPUT, Graph, Node
 from lightnets.reference import check_input
@@ -99,41 +100,38 @@ def _custom_layers():
             self.groups = int(groups)
 
         def call(self, x):
-            _, h, w, c = x.shape
-            g = self.groups
-            y = ops.reshape(x, (-1, h, w, g, c // g))
-            return ops.reshape(ops.swapaxes(y, 3, 4), (-1, h, w, c))
+            c, g = x.shape[-1], self.groups  # channels are static; batch, height and width may not be
+            y = ops.swapaxes(ops.reshape(x, (-1, g, c // g)), 1, 2)
+            return ops.reshape(y, ops.shape(x))
 
         def get_config(self):
             return {**super().get_config(), "groups": self.groups}
 
     @register
     class AvgPool2DExcludePad(keras.layers.Layer):
-        """Average pooling over explicit zero pads that divides by the number of real inputs only."""
+        """Average pooling over zero pads that divides by the number of real inputs only: explicit
+        ``pads``, or ``pads=None`` for TF "same" pads computed from the (static) input size."""
 
         def __init__(self, kernel, stride, pads, **kwargs):
             super().__init__(**kwargs)
-            self.kernel, self.stride, self.pads = tuple(kernel), tuple(stride), tuple(pads)
-
-        def build(self, input_shape):
-            _, h, w, _ = input_shape
-            t, b, l, r = self.pads
-            ones = np.pad(np.ones((h, w)), ((t, b), (l, r)))
-            (kh, kw), (sh, sw) = self.kernel, self.stride
-            ho, wo = (h + t + b - kh) // sh + 1, (w + l + r - kw) // sw + 1
-            count = sum(ones[i: i + sh * (ho - 1) + 1: sh, j: j + sw * (wo - 1) + 1: sw]
-                        for i in range(kh) for j in range(kw))
-            self._scale = (kh * kw / count)[None, :, :, None]  # numpy; cast in call
+            self.kernel, self.stride = tuple(kernel), tuple(stride)
+            self.pads = None if pads is None else tuple(pads)
 
         def call(self, x):
-            t, b, l, r = self.pads
-            x = ops.pad(x, ((0, 0), (t, b), (l, r), (0, 0)))
-            y = ops.average_pool(x, self.kernel, self.stride, padding="valid")
-            return y * ops.convert_to_tensor(self._scale, dtype=y.dtype)
+            if self.pads is None:
+                window = {"kernel": self.kernel, "stride": self.stride, "padding": "same"}
+                t, b, l, r = ir_ops.effective_pads(window, tuple(x.shape[1:3]))
+            else:
+                t, b, l, r = self.pads
+            pad = ((0, 0), (t, b), (l, r), (0, 0))
+            total = ops.average_pool(ops.pad(x, pad), self.kernel, self.stride, padding="valid")
+            count = ops.average_pool(ops.pad(ops.ones_like(x[..., :1]), pad), self.kernel, self.stride,
+                                     padding="valid")
+            return total / count
 
         def get_config(self):
             return {**super().get_config(), "kernel": list(self.kernel), "stride": list(self.stride),
-                    "pads": list(self.pads)}
+                    "pads": None if self.pads is None else list(self.pads)}
 
     classes = (Pad2D, Subsample2D, SliceChannels, ChannelShuffle, AvgPool2DExcludePad)
     _LAYERS = {c.__name__: c for c in classes}
@@ -146,29 +144,37 @@ def custom_objects() -> dict:
 
 
 # --- padding ---------------------------------------------------------------------------------
-def _tf_same(size: int, k: int, s: int, d: int = 1) -> tuple[int, int]:
-    """The (low, high) pads of TF ``padding="same"``: the extra pixel goes to the high side."""
-    total = max((math.ceil(size / s) - 1) * s + (k - 1) * d + 1 - size, 0)
-    return total // 2, total - total // 2
-
-
-def _pad_mode(in_shape, a: dict) -> str | None:
-    """"valid" for zero pads, "same" when the IR pads are TF's, else None (pad explicitly)."""
-    if not any(a["pads"]):
+def _pad_mode(a: dict) -> str | None:
+    """"valid" without pads, "same" where keras' "same" is the node's padding at EVERY input size (the
+    IR's "same", or explicit stride-1 pads equal to it), else None (pad explicitly)."""
+    pads = ir_ops.static_pads(a)
+    if pads is None:
+        return "same"
+    if not any(pads):
         return "valid"
-    _, h, w = in_shape
-    (kh, kw), (sh, sw), (dh, dw) = a["kernel"], a["stride"], a.get("dilation", (1, 1))
-    same = _tf_same(h, kh, sh, dh) + _tf_same(w, kw, sw, dw)
-    return "same" if tuple(a["pads"]) == same else None
+    if all(s == 1 for s in a["stride"]) and pads == ir_ops.effective_pads({**a, "padding": "same"}, (1, 1)):
+        return "same"
+    return None
 
 
 def _explicit_pad(keras, x, node: Node, dtype, value=0.0):
     """The node's pads as a layer of their own: zeros natively, other values with ``Pad2D``."""
-    pads, name = node.attrs["pads"], layer_name(node.name, "pad")
+    pads, name = ir_ops.static_pads(node.attrs), layer_name(node.name, "pad")
+    if pads is None:
+        raise SpecError(f"node {node.name!r}: keras cannot pad a strided dilated or pad-counting 'same' "
+                        f"{node.op} explicitly (its pads depend on the input size); use explicit pads")
     if value == 0.0:
         t, b, l, r = pads
         return keras.layers.ZeroPadding2D(((t, b), (l, r)), name=name, dtype=dtype)(x)
     return _custom_layers()["Pad2D"](pads, value, name=name, dtype=dtype)(x)
+
+
+def _static_size_only(keras, node: Node) -> bool:
+    """Whether the node's lowering reads the input size at build time (a strided exclude-pad "same" average
+    pool off tensorflow, whose custom layer computes its pads from the static size)."""
+    a = node.attrs
+    return (node.op == "avg_pool2d" and ir_ops.static_pads(a) is None and not a["count_include_pad"]
+            and keras.backend.backend() != "tensorflow")
 
 
 # --- converters: (keras, node, inputs, in_shapes, name, dtype) -> output tensor ----------------
@@ -185,7 +191,7 @@ def _is_depthwise(node: Node, in_channels: int) -> bool:
 def _conv2d(keras, node, xs, shapes, name, dtype):
     a, x, c = node.attrs, xs[0], shapes[0][0]
     split = _strided_dilated(node)
-    mode = None if split else _pad_mode(shapes[0], a)
+    mode = None if split else _pad_mode(a)
     if mode is None:
         x, mode = _explicit_pad(keras, x, node, dtype), "valid"
     common = dict(kernel_size=a["kernel"], strides=(1, 1) if split else a["stride"], padding=mode,
@@ -224,7 +230,7 @@ def _activation(keras, node, xs, shapes, name, dtype):
 
 def _max_pool2d(keras, node, xs, shapes, name, dtype):
     a, x = node.attrs, xs[0]
-    mode = _pad_mode(shapes[0], a)
+    mode = _pad_mode(a)
     if mode is None:  # zero pads could win the max: pad with -inf
         x, mode = _explicit_pad(keras, x, node, dtype, value=-math.inf), "valid"
     return keras.layers.MaxPooling2D(a["kernel"], a["stride"], padding=mode, name=name, dtype=dtype)(x)
@@ -232,14 +238,13 @@ def _max_pool2d(keras, node, xs, shapes, name, dtype):
 
 def _avg_pool2d(keras, node, xs, shapes, name, dtype):
     a, x = node.attrs, xs[0]
-    t, b, l, r = a["pads"]
-    mode = _pad_mode(shapes[0], a)
+    mode, pads = _pad_mode(a), ir_ops.static_pads(a)
     if mode != "valid" and a["count_include_pad"]:
         x, mode = _explicit_pad(keras, x, node, dtype), "valid"
     # TF "same" excludes pads, but keras' torch backend pads an asymmetric "same" by replication
-    if mode is None or (mode == "same" and (t, l) != (b, r)):
-        return _custom_layers()["AvgPool2DExcludePad"](a["kernel"], a["stride"], a["pads"], name=name,
-                                                       dtype=dtype)(x)
+    symmetric = pads is not None and (pads[0], pads[2]) == (pads[1], pads[3])
+    if mode is None or (mode == "same" and not symmetric and keras.backend.backend() != "tensorflow"):
+        return _custom_layers()["AvgPool2DExcludePad"](a["kernel"], a["stride"], pads, name=name, dtype=dtype)(x)
     return keras.layers.AveragePooling2D(a["kernel"], a["stride"], padding=mode, name=name, dtype=dtype)(x)
 
 
@@ -277,6 +282,8 @@ def build(graph: Graph, dtype: str = "float32"):
 
     _check_layer_names(graph)
     c, h, w = graph.input_shape
+    if not graph.fixed_size and not any(_static_size_only(keras, n) for n in graph.nodes):
+        h = w = None  # any input size the graph allows (pads of "same" nodes follow it)
     inp = keras.Input((h, w, c), dtype=dtype, name=layer_name(INPUT))
     values = {INPUT: inp}
     for node in graph.nodes:
@@ -368,9 +375,11 @@ def _nhwc(model, x) -> np.ndarray:
     graph = graph_of(model)
     x = np.asarray(x)
     check_input(graph, x)
-    if tuple(x.shape[1:]) != graph.input_shape:
-        raise InputShapeError(f"input shape {tuple(x.shape[1:])} differs from the graph's "
-                              f"{graph.input_shape}; build the model with that input_size")
+    fixed = model.inputs[0].shape[1:3]
+    if None not in fixed and tuple(x.shape[2:]) != tuple(fixed):
+        raise InputShapeError(f"input size {x.shape[2]}x{x.shape[3]} differs from the {fixed[0]}x{fixed[1]} this "
+                              "keras model was built for (its graph needs a static size); build it at that "
+                              "input_size")
     return np.ascontiguousarray(x.transpose(0, 2, 3, 1), dtype=_dtype(model))
 
 

@@ -24,12 +24,13 @@ import paddle  # noqa: E402
 import paddle.nn.functional as F  # noqa: E402
 from paddle import nn  # noqa: E402
 
+from lightnets import ops  # noqa: E402
 from lightnets.errors import LightnetsError  # noqa: E402
 from lightnets.graph import INPUT, Graph, Node  # noqa: E402
 from lightnets.reference import check_input  # noqa: E402
 
-
 from .base import Backend, unreadable  # noqa: E402
+
 
 class _Fn(nn.Layer):
     """A parameter-free op as a layer, so every node is a sublayer at its own name."""
@@ -59,16 +60,20 @@ _ACTIVATIONS = {
 }
 
 
-def _paddle_pads(pads):
-    """IR pads -> paddle padding: [top, bottom, left, right] as the IR when asymmetric, else [h, w]
-    (the symmetric form reaches paddle's plain conv kernels)."""
+def _paddle_pads(a):
+    """IR padding -> paddle padding: "SAME" (paddle's TF "same", from the input size) for strided "same",
+    else [top, bottom, left, right] as the IR when asymmetric, or [h, w] (the symmetric form reaches
+    paddle's plain conv kernels)."""
+    pads = ops.static_pads(a)
+    if pads is None:
+        return "SAME"
     t, b, l, r = pads
     return [t, l] if (t, l) == (b, r) else list(pads)
 
 
 def _conv2d(a, in_shapes):
     return nn.Conv2D(in_shapes[0][0], a["out_channels"], a["kernel"], stride=a["stride"],
-                     padding=_paddle_pads(a["pads"]), dilation=a["dilation"], groups=a["groups"],
+                     padding=_paddle_pads(a), dilation=a["dilation"], groups=a["groups"],
                      bias_attr=None if a["bias"] else False)
 
 
@@ -108,37 +113,37 @@ def _batch_norm(a, in_shapes):
 
 def _max_pool2d(a, in_shapes):
     # paddle's pooling ignores padded cells for max, i.e. -inf padding semantics.
-    return nn.MaxPool2D(a["kernel"], stride=a["stride"], padding=list(a["pads"]))
+    return nn.MaxPool2D(a["kernel"], stride=a["stride"], padding=_paddle_pads(a))
 
 
-def _window_sum(x, a):
+def _window_sum(x, a, pads):
     """Sum over each pooling window, as a depthwise conv with a ones kernel (exact in float64,
     forward and backward, where paddle's avg_pool2d backward is not: measured 3e-8)."""
     c = x.shape[1]
     ones = paddle.ones([c, 1, *a["kernel"]], dtype=x.dtype)
-    return F.conv2d(x, ones, stride=a["stride"], padding=list(a["pads"]), groups=c)
+    return F.conv2d(x, ones, stride=a["stride"], padding=list(pads), groups=c)
 
 
 def _avg_pool2d_float64(a):
     area = a["kernel"][0] * a["kernel"][1]
 
     def pool(x):
+        pads = ops.effective_pads(a, x.shape[2:])
         if a["count_include_pad"]:
-            return _window_sum(x, a) / area
-        return _window_sum(x, a) / _window_sum(paddle.ones([1, 1, *x.shape[2:]], dtype=x.dtype), a)
+            return _window_sum(x, a, pads) / area
+        return _window_sum(x, a, pads) / _window_sum(paddle.ones([1, 1, *x.shape[2:]], dtype=x.dtype), a, pads)
     return pool
 
 
 def _avg_pool2d(a, in_shapes):
     if not a["count_include_pad"]:
-        native = nn.AvgPool2D(a["kernel"], stride=a["stride"], padding=list(a["pads"]), exclusive=True)
+        native = nn.AvgPool2D(a["kernel"], stride=a["stride"], padding=_paddle_pads(a), exclusive=True)
     else:
         # paddle's exclusive=False divides by a wrong count at asymmetric pads (measured: /6 for /9 at a
         # corner), so pad with zeros explicitly and pool unpadded. F.pad takes [left, right, top, bottom].
-        t, b, l, r = a["pads"]
-
         def native(x):
-            return F.avg_pool2d(F.pad(x, [l, r, t, b]) if any(a["pads"]) else x, a["kernel"],
+            t, b, l, r = ops.effective_pads(a, x.shape[2:])
+            return F.avg_pool2d(F.pad(x, [l, r, t, b]) if any((t, b, l, r)) else x, a["kernel"],
                                 stride=a["stride"], exclusive=False)
     return _Fn(_exact_in_float64(native, _avg_pool2d_float64(a)))
 

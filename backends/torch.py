@@ -17,6 +17,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from lightnets import ops
 from lightnets import weights as W
 from lightnets.errors import LightnetsError, SpecError
 from lightnets.graph import INPUT, Graph, Node
@@ -40,43 +41,61 @@ def _torch_pads(pads) -> tuple[int, int, int, int]:
     return (l, r, t, b)
 
 
-class PadConv2d(nn.Conv2d):
+class _Padding:
+    """Zero/-inf padding before a conv or pool: fixed 4-sided pads, or TF "same" pads computed in forward
+    from each input's size (``ops.effective_pads``), so a strided "same" node is right at any input size."""
+
+    def _init_padding(self, attrs) -> None:
+        fixed = ops.static_pads(attrs)
+        self.pads = None if fixed is None else _torch_pads(fixed)
+        self.window = {k: attrs[k] for k in ("kernel", "stride", "dilation", "padding") if k in attrs}
+
+    def _pads_for(self, x) -> tuple[int, int, int, int]:
+        return self.pads if self.pads is not None else _torch_pads(ops.effective_pads(self.window, x.shape[2:]))
+
+    def _padding_repr(self) -> str:
+        return f"pads(l,r,t,b)={self.pads}" if self.pads is not None else "padding=same (from the input size)"
+
+
+class PadConv2d(nn.Conv2d, _Padding):
     """Conv2d after explicit, possibly asymmetric zero padding (e.g. TF "same" with stride 2)."""
 
-    def __init__(self, *args, pads, **kwargs):
+    def __init__(self, *args, attrs, **kwargs):
         super().__init__(*args, padding=0, **kwargs)
-        self.pads = _torch_pads(pads)
+        self._init_padding(attrs)
 
     def forward(self, x):
-        return super().forward(F.pad(x, self.pads))
+        return super().forward(F.pad(x, self._pads_for(x)))
 
     def extra_repr(self):
-        return f"{super().extra_repr()}, pads(l,r,t,b)={self.pads}"
+        return f"{super().extra_repr()}, {self._padding_repr()}"
 
 
-class PadPool2d(nn.Module):
+class PadPool2d(nn.Module, _Padding):
     """Max or average pooling after explicit asymmetric padding.
 
     Max pads with -inf. Average either counts pads (zero padding, fixed divisor) or divides each
     window's sum by its number of real pixels.
     """
 
-    def __init__(self, kind: str, kernel, stride, pads, count_include_pad: bool = True):
+    def __init__(self, kind: str, attrs):
         super().__init__()
-        self.kind, self.kernel, self.stride = kind, tuple(kernel), tuple(stride)
-        self.pads, self.count_include_pad = _torch_pads(pads), count_include_pad
+        self.kind, self.kernel, self.stride = kind, tuple(attrs["kernel"]), tuple(attrs["stride"])
+        self.count_include_pad = attrs.get("count_include_pad", True)
+        self._init_padding(attrs)
 
     def forward(self, x):
+        pads = self._pads_for(x)
         if self.kind == "max":
-            return F.max_pool2d(F.pad(x, self.pads, value=-float("inf")), self.kernel, self.stride)
-        y = F.avg_pool2d(F.pad(x, self.pads), self.kernel, self.stride, divisor_override=1)
+            return F.max_pool2d(F.pad(x, pads, value=-float("inf")), self.kernel, self.stride)
+        y = F.avg_pool2d(F.pad(x, pads), self.kernel, self.stride, divisor_override=1)
         if self.count_include_pad:
             return y / (self.kernel[0] * self.kernel[1])
         ones = torch.ones((1, 1, *x.shape[2:]), dtype=x.dtype, device=x.device)
-        return y / F.avg_pool2d(F.pad(ones, self.pads), self.kernel, self.stride, divisor_override=1)
+        return y / F.avg_pool2d(F.pad(ones, pads), self.kernel, self.stride, divisor_override=1)
 
     def extra_repr(self):
-        return (f"kind={self.kind}, kernel={self.kernel}, stride={self.stride}, pads(l,r,t,b)={self.pads}"
+        return (f"kind={self.kind}, kernel={self.kernel}, stride={self.stride}, {self._padding_repr()}"
                 + ("" if self.kind == "max" else f", count_include_pad={self.count_include_pad}"))
 
 
@@ -104,10 +123,15 @@ class ChannelShuffle(nn.Module):
 
 
 # --- converters: (node, input shapes) -> module or plain callable of the node's inputs -----------
-def _symmetric(pads, kernel=None) -> tuple[int, int] | None:
-    """(pad_h, pad_w) if torch's symmetric padding expresses ``pads`` (pools: pad <= kernel / 2)."""
+def _symmetric(a, pool: bool = False) -> tuple[int, int] | None:
+    """(pad_h, pad_w) if torch's symmetric padding expresses the node's pads at every input size
+    (pools: pad <= kernel / 2)."""
+    pads = ops.static_pads(a)
+    if pads is None:
+        return None
     t, b, l, r = pads
-    if t != b or l != r or (kernel is not None and (2 * t > kernel[0] or 2 * l > kernel[1])):
+    kernel = a["kernel"]
+    if t != b or l != r or (pool and (2 * t > kernel[0] or 2 * l > kernel[1])):
         return None
     return (t, l)
 
@@ -116,8 +140,8 @@ def _conv2d(node: Node, shapes):
     a = node.attrs
     args = dict(in_channels=shapes[0][0], out_channels=a["out_channels"], kernel_size=a["kernel"],
                 stride=a["stride"], dilation=a["dilation"], groups=a["groups"], bias=a["bias"])
-    sym = _symmetric(a["pads"])
-    return nn.Conv2d(padding=sym, **args) if sym else PadConv2d(pads=a["pads"], **args)
+    sym = _symmetric(a)
+    return nn.Conv2d(padding=sym, **args) if sym else PadConv2d(attrs=a, **args)
 
 
 def _batch_norm(node: Node, shapes):
@@ -150,10 +174,10 @@ _ALIASING = ("slice_channels", "flatten", "dropout", "channel_shuffle")
 def _pool(kind: str):
     def convert(node: Node, shapes):
         a = node.attrs
-        sym = _symmetric(a["pads"], a["kernel"])
+        sym = _symmetric(a, pool=True)
         include = a.get("count_include_pad", True)
         if sym is None:
-            return PadPool2d(kind, a["kernel"], a["stride"], a["pads"], include)
+            return PadPool2d(kind, a)
         if kind == "max":
             return nn.MaxPool2d(a["kernel"], a["stride"], padding=sym)
         return nn.AvgPool2d(a["kernel"], a["stride"], padding=sym, count_include_pad=include)

@@ -113,13 +113,13 @@ def test_op_matches_reference(case, dtype):
 
 
 def test_pad_choice():
-    assert kb._tf_same(10, 3, 2) == (0, 1) and kb._tf_same(9, 3, 2) == (1, 1)
-    assert kb._tf_same(12, 5, 2) == (1, 2) and kb._tf_same(8, 3, 1) == (1, 1)
-    assert kb._tf_same(12, 3, 1, 2) == (2, 2) and kb._tf_same(5, 1, 2) == (0, 0)
-    a = {"kernel": (3, 3), "stride": (2, 2), "pads": (0, 1, 0, 1)}
-    assert kb._pad_mode((3, 10, 10), a) == "same"
-    assert kb._pad_mode((3, 10, 10), {**a, "pads": (1, 1, 1, 1)}) is None
-    assert kb._pad_mode((3, 10, 10), {**a, "pads": (0, 0, 0, 0)}) == "valid"
+    """keras' "same" only where it is the node's padding at every input size."""
+    a = {"kernel": (3, 3), "stride": (2, 2), "pads": (0, 1, 0, 1), "padding": "explicit"}
+    assert kb._pad_mode(a) is None  # TF same at even sizes only: explicit
+    assert kb._pad_mode({**a, "pads": (0, 0, 0, 0), "padding": "same"}) == "same"
+    assert kb._pad_mode({**a, "stride": (1, 1), "pads": (1, 1, 1, 1)}) == "same"
+    assert kb._pad_mode({**a, "pads": (1, 1, 1, 1)}) is None
+    assert kb._pad_mode({**a, "pads": (0, 0, 0, 0)}) == "valid"
 
 
 def test_layers_are_native_and_padding_uses_tf_same_when_it_matches():
@@ -128,7 +128,7 @@ def test_layers_are_native_and_padding_uses_tf_same_when_it_matches():
     def layers(case_id):
         return {la.name: la for la in kb.build(by_id[case_id], "float32").layers}
 
-    tf_same = layers("conv_3x3_s2_asym_tf_same")
+    tf_same = layers("conv_5x5_s2_same")
     assert tf_same["op"].padding == "same" and "op__pad" not in tf_same
     explicit = layers("conv_5x5_asym_pads")
     assert explicit["op"].padding == "valid" and type(explicit["op__pad"]).__name__ == "ZeroPadding2D"
