@@ -12,7 +12,10 @@ so BatchNormalization, ``ops.mean`` and Dense compute in float32 inside a float6
 
 from __future__ import annotations
 
+import contextlib
 import math
+import os
+import tempfile
 
 import numpy as np
 
@@ -518,14 +521,26 @@ class KerasBackend(Backend):
     layer_name = staticmethod(layer_name)
 
     # native I/O
+    @staticmethod
+    @contextlib.contextmanager
+    def _suffixed(path, suffix: str):
+        """``path`` under a name ending in ``suffix`` (keras reads only files named so): a temporary link."""
+        if str(path).endswith(suffix):
+            yield str(path)
+            return
+        with tempfile.TemporaryDirectory(prefix="lightnets-") as d:
+            link = os.path.join(d, "file" + suffix)
+            os.symlink(os.path.abspath(path), link)
+            yield link
+
     def load_model(self, path):
         """A ``.keras`` file as a keras model (safe mode: no lambdas; lightnets' layers registered)."""
         import keras
 
         path = self.existing(path)
         try:
-            return keras.saving.load_model(str(path), custom_objects=custom_objects(), compile=False,
-                                           safe_mode=True)
+            with self._suffixed(path, self.FORMATS["keras-model"]) as p:
+                return keras.saving.load_model(p, custom_objects=custom_objects(), compile=False, safe_mode=True)
         except Exception as e:  # noqa: BLE001
             raise unreadable(path, "keras .keras", e) from None
 
@@ -554,7 +569,8 @@ class KerasBackend(Backend):
             return
         path = self.existing(path)
         try:
-            model.load_weights(str(path))
+            with self._suffixed(path, self.FORMATS["keras-weights"]) as p:
+                model.load_weights(p)
         except Exception as e:  # noqa: BLE001 -- keras raises ValueError on mismatch, OSError on a bad file
             kind = WeightsError if isinstance(e, ValueError) and "h5" not in type(e).__module__ else FileFormatError
             raise kind(f"cannot load {path} into the {type(model).__name__} {model.name!r} ({type(e).__name__}: "
