@@ -10,6 +10,7 @@ format               suffixes              backend   graph + provenance card
 ``keras-weights``    ``.weights.h5``       keras     sidecar
 ``keras-model``      ``.keras``            keras     sidecar
 ``paddle``           ``.pdparams``         paddle    sidecar
+``onnx``             ``.onnx``             onnxrt    sidecar (the initializers are the canonical weights)
 ==================== ===================== ========= ===========================================
 
 Adding a format is adding a row to :data:`FORMATS` (native rows are read and written by their
@@ -150,6 +151,7 @@ FORMATS: dict[str, Format] = {f.name: f for f in (
     Format("keras-weights", (".weights.h5",), "keras", **_NATIVE),
     Format("keras-model", (".keras",), "keras", **_NATIVE),
     Format("paddle", (".pdparams",), "paddle", **_NATIVE),
+    Format("onnx", (".onnx",), "onnxruntime", **_NATIVE),
 )}
 CANONICAL = tuple(n for n, f in FORMATS.items() if f.backend is None)
 # short names accepted for ``format=``: resolved by the file's suffix

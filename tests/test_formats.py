@@ -166,6 +166,39 @@ def test_card_survives_keras_formats_float64_in_subprocess_paddle_first(tmp_path
     assert r.returncode == 0 and "OK" in r.stdout, r.stdout[-2000:] + r.stderr[-4000:]
 
 
+def test_port_of_a_zoo_checkpoint_carries_its_card_into_the_files_it_writes(tmp_path):
+    torch = pytest.importorskip("torch")
+    timm = pytest.importorskip("timm")
+    torch.manual_seed(1)
+    zoo_model = timm.create_model("mobilenetv3_small_100", pretrained=False, num_classes=10).eval()
+    torch.save(zoo_model.state_dict(), tmp_path / "z.pt")
+    t, info = lightnets.port(tmp_path / "z.pt", to="torch", from_format="timm:mobilenetv3_small_100", input_size=SIZE,
+                             return_info=True)
+    assert info["graph_from"] == "zoo importer timm:mobilenetv3_small_100" and info["probe_against"] == "source"
+    card = info["card"]
+    assert card["source"]["zoo"] == "timm" and card["source"]["sha256"] == PV.sha256_file(tmp_path / "z.pt")
+    assert card["bn_eps"] == 1e-5 and card["preprocessing"]["mean"] == [0.485, 0.456, 0.406]
+    lightnets.save_weights(t, tmp_path / "o.safetensors")
+    assert lightnets.formats.describe(tmp_path / "o.safetensors")["card"] == card
+    x = np.random.default_rng(2).standard_normal((2, 3, SIZE, SIZE))
+    with torch.no_grad():
+        ref = zoo_model.double()(torch.from_numpy(x)).numpy()
+    assert rel_error(lightnets.run(lightnets.build(tmp_path / "o.safetensors", dtype="float64"), x), ref) <= 1e-10
+
+
+def test_onnx_row_keeps_graph_and_card(tmp_path):
+    pytest.importorskip("onnxruntime")
+    m = lightnets.build(ID, **SMALL, seed=6)  # float32: the onnx backend writes float32 initializers
+    lightnets.save_weights(m, tmp_path / "a.onnx")
+    assert sorted(os.listdir(tmp_path)) == ["a.onnx", "a.onnx" + F.SIDECAR]
+    back = lightnets.build(tmp_path / "a.onnx")
+    assert back.graph.to_json() == m.graph.to_json() and _equal(lightnets.export_weights(back),
+                                                                lightnets.export_weights(m))
+    o, info = lightnets.port(tmp_path / "a.onnx", to="onnxruntime", return_info=True)
+    assert info["card"] == PV.card_of(m.graph) and info["graph_from"] == "sidecar a.onnx" + F.SIDECAR
+    assert info["max_rel_diff"] <= P.PROBE_TOLERANCE
+
+
 # --- what a file records ------------------------------------------------------------------------------
 def test_canonical_metadata_holds_graph_and_card(tmp_path):
     m = lightnets.build(ID, **SMALL, seed=5)
