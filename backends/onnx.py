@@ -294,6 +294,12 @@ def read_onnx(path_or_model) -> tuple[Graph, dict[str, np.ndarray]]:
     return PV.with_card(graph, card), initializers(model, graph)
 
 
+def input_dims(path) -> list:
+    """The input's dims of an .onnx file: ints, or names of dynamic dims."""
+    dims = onnx.load(str(path), load_external_data=False).graph.input[0].type.tensor_type.shape.dim
+    return [d.dim_param or d.dim_value for d in dims]
+
+
 def initializers(model, graph: Graph | None = None) -> dict[str, np.ndarray]:
     """The canonical weights among a model's initializers (internal constants carry a '/')."""
     out = {i.name: numpy_helper.to_array(i) for i in model.graph.initializer if "/" not in i.name}

@@ -1,4 +1,4 @@
-"""The ``lightnets`` console script: list, summary, parity, bench, port, info.
+"""The ``lightnets`` console script: list, summary, parity, bench, port, info, export.
 
 Bad arguments exit with code 2 and the usage; a LightnetsError exits 1 with its message, never a
 traceback.
@@ -14,9 +14,8 @@ from pathlib import Path
 
 from . import registry
 from .errors import LightnetsError
-from .frameworks import BACKENDS
 
-PARITY_TARGETS = ("torch", "keras", "keras-torch", "paddle")
+PARITY_TARGETS = ("torch", "keras", "keras-torch", "paddle", "onnxruntime")
 DTYPES = ("float32", "float64")
 BENCH_BACKENDS = ("torch", "keras", "paddle")
 BENCH_MODELS = ("mobilenet_v2_100", "mobilenet_v3_large_100", "shufflenet_v2_100", "ghostnet_100")
@@ -290,6 +289,25 @@ def cmd_info(args) -> int:
     return 0
 
 
+def _id_or_file(text: str) -> str:
+    from .api import is_weights_file
+
+    return text if is_weights_file(text) else _model_id(text)
+
+
+def cmd_export(args) -> int:
+    from . import formats
+    from .export import export, onnx_module  # (lightnets.export, the attribute, is the function)
+
+    out = formats.check_writable(args.out, args.force)  # before any work: nothing is written on refusal
+    path = export(args.source, to=args.to, path=out, overwrite=args.force, dtype=args.dtype, input_size=args.size,
+                  dynamic_hw=False if args.static else None)
+    dims = ", ".join(map(str, onnx_module().input_dims(path)))
+    print(f"exported {args.source} -> {args.to} {path} ({path.stat().st_size:,} bytes, {args.dtype}, input ({dims}); "
+          "graph and provenance card in its doc_string and metadata_props)")
+    return 0
+
+
 def make_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="lightnets", description=__doc__.splitlines()[0])
     sub = p.add_subparsers(dest="command", required=True)
@@ -336,7 +354,7 @@ def make_parser() -> argparse.ArgumentParser:
     s.add_argument("--from", dest="source", required=True, help="weights file to read")
     s.add_argument("--from-format", help="format of --from (default: by suffix), or a zoo checkpoint "
                    "such as torchvision:mobilenet_v2, timm:ghostnet_100, paddle:mobilenet_v2")
-    s.add_argument("--to", required=True, choices=tuple(BACKENDS), help="target backend")
+    s.add_argument("--to", required=True, choices=BENCH_BACKENDS, help="target backend")
     s.add_argument("--out", required=True, help="output file; its suffix picks the format")
     s.add_argument("--format", help="output format name when the suffix is ambiguous (e.g. torch for .safetensors)")
     s.add_argument("--num-classes", type=_positive_int(), help="class count (default: read from the file)")
@@ -349,6 +367,18 @@ def make_parser() -> argparse.ArgumentParser:
     s.add_argument("file", help="weights file of any format (native files: their .lightnets.json sidecar)")
     s.add_argument("--format", help="format name when the suffix is ambiguous (e.g. torch for .safetensors)")
     s.set_defaults(func=cmd_info)
+
+    s = sub.add_parser("export", help="write a model (id or weights file) as an ONNX file, emitted from the graph IR")
+    s.add_argument("source", metavar="ID_OR_FILE", type=_id_or_file,
+                   help="model id (its deterministic initial weights) or weights file of any format")
+    s.add_argument("--to", choices=("onnx",), default="onnx", help="export format")
+    s.add_argument("--out", required=True, help="output file")
+    s.add_argument("--force", action="store_true", help="overwrite --out if it exists")
+    s.add_argument("--size", type=_positive_int(16), help="input size the graph is built for (default: the file's "
+                   "graph's, else 224)")
+    s.add_argument("--dtype", choices=DTYPES, default="float32", help="ONNX tensor type")
+    s.add_argument("--static", action="store_true", help="fix height/width to --size (the batch stays dynamic)")
+    s.set_defaults(func=cmd_export)
     return p
 
 

@@ -1,9 +1,10 @@
 """The parity matrix: every case in every target (one subprocess each), compared with the reference.
 
 Targets are backends in a given environment: ``torch``, ``keras`` (on tensorflow), ``keras-torch``
-(keras with ``KERAS_BACKEND=torch``) and ``paddle``. Inputs, weights and graphs go to the workers
-through files; outputs come back the same way. When a case exceeds its tolerance the runner asks
-for every node's output and names the first node that diverges.
+(keras with ``KERAS_BACKEND=torch``), ``paddle`` and ``onnxruntime`` (ONNX written from the IR; inference
+only, so it is never asked for train-mode BN or gradients: ``INFERENCE_ONLY``). Inputs, weights and
+graphs go to the workers through files; outputs come back the same way. When a case exceeds its
+tolerance the runner asks for every node's output and names the first node that diverges.
 
 ``mode="inference"`` builds every target's model with its batch norms folded into the convs
 (``lightnets.build(..., mode="inference")``) and still compares it with the float64 reference of the
@@ -36,7 +37,11 @@ TARGETS: dict[str, tuple[str, dict[str, str]]] = {
     "keras": ("keras", {"KERAS_BACKEND": "tensorflow"}),
     "keras-torch": ("keras", {"KERAS_BACKEND": "torch"}),
     "paddle": ("paddle", {}),
+    # ONNX emitted from the IR (backends/onnx.py), run by onnxruntime's CPU provider; inference only
+    "onnxruntime": ("onnxruntime", {}),
 }
+# targets without train-mode BN or gradients: the runner asks them for eval outputs only and judges no train kinds
+INFERENCE_ONLY = frozenset({"onnxruntime"})
 MODES = ("train", "inference")
 THREAD_ENV = {"OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1", "OPENBLAS_NUM_THREADS": "1",
               "TF_NUM_INTRAOP_THREADS": "1", "TF_NUM_INTEROP_THREADS": "1", "TF_CPP_MIN_LOG_LEVEL": "3",
@@ -112,6 +117,7 @@ class Matrix:
         out.mkdir(parents=True, exist_ok=True)
         if train and self.mode != "train":
             raise ValueError("train-mode BN and gradients need mode='train' (folded models have no batch norms)")
+        train = train and target not in INFERENCE_ONLY
         request = {"backend": backend, "dtypes": dtypes, "out": str(out), "train": train, "mode": self.mode,
                    "cases": [{**self.files[c], "return_all": return_all} for c in case_ids]}
         (out / "request.json").write_text(json.dumps(request, indent=1))
@@ -187,7 +193,8 @@ class Matrix:
                 results.append(_judge(Result("pair", case_id, f"{a}~{b}", dtype, T.abs_error(ya, yb),
                                              T.abs_error(ya, yb) / scale, 2 * self._tol(case_id, dtype, f"{a}~{b}"))))
             if train:
-                results += self._compare_train(case_id, dtype, got)
+                trained = {t: a for t, a in got.items() if t not in INFERENCE_ONLY}
+                results += self._compare_train(case_id, dtype, trained)
         return results
 
     def _compare_train(self, case_id: str, dtype: str, got: dict[str, dict]) -> list[Result]:
