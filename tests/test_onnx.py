@@ -6,6 +6,7 @@ the graph and provenance card travel in the file. Skipped when onnx or onnxrunti
 """
 
 import json
+import subprocess
 import sys
 
 import numpy as np
@@ -247,3 +248,29 @@ def test_parity_target_runs_and_skips_train_kinds(tmp_path):
     assert {r.kind for r in results} == {"op", "model"}  # no train/stats/grad kinds for an inference runtime
     curve = next(r.per_node for r in results if r.case == models[0].id)
     assert len(curve) == len(models[0].graph.nodes)  # the locator reads every node's output
+
+
+def test_import_lightnets_imports_neither_onnx_nor_onnxruntime():
+    code = ("import sys, lightnets, lightnets.cli; from lightnets import export; "
+            "lightnets.frameworks.loaded_backends(); print([m for m in ('onnx', 'onnxruntime') if m in sys.modules])")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
+    assert out.strip() == "[]"
+
+
+@pytest.mark.parametrize("missing", ["onnx", "onnxruntime"])
+def test_missing_package_names_the_extra(missing, tmp_path):
+    code = (f"import sys; sys.modules[{missing!r}] = None\n"
+            "import importlib.util as u; real = u.find_spec\n"
+            f"u.find_spec = lambda n, *a: None if n == {missing!r} else real(n, *a)\n"
+            "import lightnets\n"
+            "for call in (lambda: lightnets.build('shufflenet_v2_050', backend='onnxruntime', input_size=32),\n"
+            f"             lambda: lightnets.export('shufflenet_v2_050', path={str(tmp_path / 'm.onnx')!r},\n"
+            "                                      input_size=32)):\n"
+            "    try:\n        call()\n        print('OK')\n"
+            "    except lightnets.errors.BackendNotInstalledError as e:\n        print('MISSING', e)\n")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
+    lines = out.strip().splitlines()
+    # building needs both packages; exporting needs onnx only (the probe is skipped without onnxruntime)
+    assert lines[0].startswith("MISSING") and "pip install 'lightnets[onnx]'" in lines[0]
+    assert lines[1].startswith("MISSING") if missing == "onnx" else lines[1] == "OK"
+    assert (tmp_path / "m.onnx").exists() == (missing == "onnxruntime")
