@@ -84,16 +84,7 @@ class Loaded(NamedTuple):
 
 # --- canonical rows -------------------------------------------------------------------------------
 def _canonical_meta(path: Path, fmt: str) -> dict:
-    if fmt == "npz":
-        return W.read_canonical(path)[1]
-    from safetensors import SafetensorError, safe_open
-
-    try:
-        with safe_open(str(path), framework="numpy") as f:
-            return dict(f.metadata() or {})
-    except (SafetensorError, OSError, ValueError) as e:
-        raise FileFormatError(f"{path} is not a readable .safetensors file ({e}); it may be truncated or "
-                              "corrupt - re-export it") from None
+    return W.read_metadata(path)
 
 
 def _read_canonical(path: Path, fmt: str, graph_for, dtype: str):
@@ -109,10 +100,14 @@ def _canonical_classes(graph: Graph, arrays: Mapping[str, np.ndarray]) -> int | 
     return int(np.shape(v)[0]) if v is not None and np.ndim(v) == 2 else None
 
 
-def _write_canonical(tmp: str, fmt: str, saving: _Saving) -> None:
-    arrays = {k: np.ascontiguousarray(v) for k, v in saving.weights.items()}
-    meta = {"format": "lightnets.canonical", **saving.metadata(), "sha256": W.digest(arrays)}
-    (W.write_safetensors if fmt == "safetensors" else W.write_npz)(arrays, tmp, meta)
+def _canonical_writer(write_arrays):
+    """A canonical row's writer: ``write_arrays(arrays, tmp, metadata)`` with the graph, card and sha256."""
+    def write(tmp: str, fmt: str, saving: _Saving) -> None:
+        arrays = {k: np.ascontiguousarray(v) for k, v in saving.weights.items()}
+        # looked up at call time (W.<name>), so a test can replace the low-level writer
+        getattr(W, write_arrays)(arrays, tmp, {"format": "lightnets.canonical", **saving.metadata(),
+                                               "sha256": W.digest(arrays)})
+    return write
 
 
 # --- native rows (the format's backend does the framework work) -------------------------------------
@@ -140,12 +135,11 @@ def _write_native(tmp: str, fmt: str, saving: _Saving) -> None:
     be.save_file(saving.native(be), tmp, fmt)
 
 
-_CANONICAL = dict(backend=None, holds_card=True, read_meta=_canonical_meta, read=_read_canonical,
-                  write=_write_canonical)
+_CANONICAL = dict(backend=None, holds_card=True, read_meta=_canonical_meta, read=_read_canonical)
 _NATIVE = dict(holds_card=False, read_meta=_no_meta, read=_read_native, write=_write_native)
 FORMATS: dict[str, Format] = {f.name: f for f in (
-    Format("safetensors", (".safetensors",), **_CANONICAL),
-    Format("npz", (".npz",), **_CANONICAL),
+    Format("safetensors", (".safetensors",), write=_canonical_writer("write_safetensors"), **_CANONICAL),
+    Format("npz", (".npz",), write=_canonical_writer("write_npz"), **_CANONICAL),
     Format("torch", (".pt", ".pth"), "torch", **_NATIVE),
     Format("torch-safetensors", (".safetensors",), "torch", **_NATIVE),
     Format("keras-weights", (".weights.h5",), "keras", **_NATIVE),

@@ -274,18 +274,46 @@ def _read_npz(path: Path) -> tuple[Weights, dict[str, str]]:
                                   "can run code); re-export it with plain float arrays") from None
         raise FileFormatError(f"{path} is not a readable {path.suffix} file ({e}); it may be truncated or "
                               "corrupt - re-export it") from None
-    meta: dict[str, str] = {}
-    if NPZ_META in arrays:
-        raw = arrays.pop(NPZ_META)
-        try:
-            meta = json.loads(str(raw[()])) if raw.dtype.kind == "U" and raw.ndim == 0 else None
-        except json.JSONDecodeError:
-            meta = None
-        if not isinstance(meta, dict):
-            raise FileFormatError(f"{path}: its {NPZ_META!r} entry is not lightnets metadata (a JSON object); "
-                                  "the file is corrupt or not written by lightnets - re-export it")
+    meta = _npz_meta(path, arrays.pop(NPZ_META)) if NPZ_META in arrays else {}
     _check_digest(path, arrays, meta)
     return arrays, meta
+
+
+def _npz_meta(path, raw: np.ndarray) -> dict[str, str]:
+    try:
+        meta = json.loads(str(raw[()])) if raw.dtype.kind == "U" and raw.ndim == 0 else None
+    except json.JSONDecodeError:
+        meta = None
+    if not isinstance(meta, dict):
+        raise FileFormatError(f"{path}: its {NPZ_META!r} entry is not lightnets metadata (a JSON object); "
+                              "the file is corrupt or not written by lightnets - re-export it")
+    return meta
+
+
+def read_metadata(path: str | os.PathLike) -> dict[str, str]:
+    """Only the metadata of a canonical file (the safetensors header, or the .npz ``__lightnets__`` entry)."""
+    path = Path(path)
+    if not path.is_file():
+        raise FileFormatError(f"weights file {path} does not exist; check the path (or save the weights first)")
+    if path.suffix == ".npz":
+        if not zipfile.is_zipfile(path):
+            return _read_npz(path)[1]  # raises the not-a-zip error
+        try:
+            with np.load(path, allow_pickle=False) as z:
+                if NPZ_META not in z.files:
+                    return {}
+                raw = z[NPZ_META]
+        except (ValueError, OSError, EOFError, zipfile.BadZipFile):
+            return _read_npz(path)[1]  # raises the precise error
+        return _npz_meta(path, raw)
+    from safetensors import safe_open
+
+    try:
+        with safe_open(str(path), framework="numpy") as f:
+            return dict(f.metadata() or {})
+    except Exception as e:  # noqa: BLE001 -- any parse failure is a bad file
+        raise FileFormatError(f"{path} is not a readable .safetensors file ({type(e).__name__}: {str(e)[:200]}); "
+                              "it may be truncated or corrupt, or of another format - re-export it") from None
 
 
 def read_canonical(path: str | os.PathLike) -> tuple[Weights, dict[str, str]]:
