@@ -81,7 +81,8 @@ def _from_zoo(path: Path, zoo: tuple[str, str], arch: str | None, input_size: in
         graph, canonical, info = Z.import_zoo(zoo[0], zoo[1], be.read_state_dict(path, fmt),
                                               input_size=input_size or 224)
         model, card = None, PV.zoo_card(graph, info)
-    return Source(PV.with_card(graph, card), canonical, model, be, f"{label} ({be.name})", f"zoo importer {label}")
+    return Source(PV.with_card(graph, PV.card_of(graph) or card), canonical, model, be, f"{label} ({be.name})",
+                  f"zoo importer {label}")
 
 
 def _from_file(path, arch, from_format, num_classes, input_size, dtype) -> Source:

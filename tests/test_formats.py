@@ -282,6 +282,12 @@ def test_input_size_only_matters_where_it_changes_the_graph(tmp_path):
     big = lightnets.build(ID, weights=tmp_path / "a.safetensors", input_size=64)  # same nodes at 64 px
     assert big.graph.input_shape == (3, 64, 64) and _equal(lightnets.export_weights(big), lightnets.export_weights(m))
     assert lightnets.build(tmp_path / "a.safetensors").graph.input_shape == (3, 32, 32)  # default: the file's
+    g = lightnets.spec(ID, **SMALL)  # a graph valid at its build size only refuses another size
+    fixed = lightnets.Graph(g.name, g.input_shape, g.nodes, {**g.meta, "fixed_size": True})
+    lightnets.save_weights(lightnets.build(fixed), tmp_path / "fixed.safetensors")
+    assert lightnets.build(tmp_path / "fixed.safetensors").graph.meta["fixed_size"] is True
+    with pytest.raises(LightnetsError, match="fixed to 32x32 inputs"):
+        lightnets.build(tmp_path / "fixed.safetensors", input_size=64)
 
 
 def test_provenance_of_builds(tmp_path):
