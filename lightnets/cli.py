@@ -239,7 +239,8 @@ def cmd_port(args) -> int:
     print(f"ported {info['arch']}: {info['source_format']} {args.source} -> {args.to} {out_fmt} {out}")
     print(f"  graph from:    {info['graph_from']}")
     for note in info["notes"]:
-        print(f"  note:          {note}")
+        if note not in info["graph_from"]:
+            print(f"  note:          {note}")
     print(f"  tensors moved: {info['tensors']}")
     print(f"  params moved:  {info['params']:,} values (incl. BN running statistics)")
     print(f"  probe {'x'.join(map(str, info['probe_shape']))} vs {info['probe_against']}: max abs logit diff "
