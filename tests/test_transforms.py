@@ -222,13 +222,17 @@ def test_build_inference_mode(backend, model_id):
                                 mode="inference")
         assert rel_error(lightnets.run(model, x.astype(dtype)), ref) <= tol
     be = lightnets.load_backend(backend)
-    assert be.graph_of(model).to_json() == fg.to_json()
+    built = be.graph_of(model)
+    assert [n.to_json() for n in built.nodes] == [n.to_json() for n in fg.nodes]
+    assert built.meta["bn_folded"] is True and built.meta["bn_folded_into"] == fg.meta["bn_folded_into"]
     outs = lightnets.run(model, x.astype("float32"), return_all=True)
     assert not any(k.endswith(".bn") for k in outs)
     exported = lightnets.export_weights(model)
     assert set(exported) == {p.name for p in fg.params}
     train = lightnets.build(model_id, backend, weights=w, num_classes=CLASSES, input_size=SIZE, dtype="float64")
-    assert be.graph_of(train).to_json() == lightnets.get_spec(model_id, CLASSES, SIZE).to_json()  # default: train
+    spec_nodes = [n.to_json() for n in lightnets.get_spec(model_id, CLASSES, SIZE).nodes]
+    assert [n.to_json() for n in be.graph_of(train).nodes] == spec_nodes  # default: train, graph as written
+    assert "bn_folded" not in be.graph_of(train).meta
 
 
 def test_build_float32_weights_fold_in_float64():
