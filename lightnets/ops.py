@@ -219,7 +219,7 @@ def _shuffle_infer(a, shapes):
 
 
 def _bn_infer(a, shapes):
-    return shapes[0]
+    return _need_map("batch_norm", shapes[0])  # BatchNorm2d: every backend and the reference normalise (N, C, H, W)
 
 
 def _bn_params(a, shapes):

@@ -1,7 +1,7 @@
 """Graph transforms: rewrite a (graph, weights) pair into an equivalent one.
 
-``fold_batch_norm`` folds every eval-mode BatchNorm that directly follows a conv2d (or a linear)
-into that layer's weight and bias, for inference: ``y = ((W*x + b) - mean) / sqrt(var + eps) * gamma + beta``
+``fold_batch_norm`` folds every eval-mode BatchNorm that directly follows a conv2d
+into that conv's weight and bias, for inference: ``y = ((W*x + b) - mean) / sqrt(var + eps) * gamma + beta``
 becomes ``W' * x + b'`` with ``s = gamma / sqrt(var + eps)``, ``W' = W * s`` per output channel and
 ``b' = (b - mean) * s + beta``. The folded graph computes the same function as the original one in
 eval mode (train-mode BN, with batch statistics, has no folded form).
@@ -17,13 +17,13 @@ import numpy as np
 from . import weights as W
 from .graph import INPUT, Graph, Node
 
-FOLDABLE = ("conv2d", "linear")
+FOLDABLE = ("conv2d",)  # batch_norm takes feature maps only, so a linear is never followed by one
 
 
 def foldable_batch_norms(graph: Graph) -> dict[str, str]:
     """``{bn_name: producer_name}`` for every batch_norm that ``fold_batch_norm`` folds.
 
-    A BN folds when its single input is a conv2d or linear node that nothing else reads.
+    A BN folds when its single input is a conv2d node that nothing else reads.
     """
     reads = Counter(i for n in graph.nodes for i in n.inputs)
     ops = {n.name: n.op for n in graph.nodes}
@@ -33,12 +33,12 @@ def foldable_batch_norms(graph: Graph) -> dict[str, str]:
 
 
 def fold_batch_norm(graph: Graph, weights: Mapping[str, np.ndarray]) -> tuple[Graph, W.Weights]:
-    """Fold every foldable batch_norm of ``graph`` into the conv2d/linear before it.
+    """Fold every foldable batch_norm of ``graph`` into the conv2d before it.
 
     Returns a new valid graph and its canonical weights. A folded producer keeps its name and every
     attribute except ``bias`` (now True) and takes the BN's place in the node order, so the BN's
     readers read it instead and a BN that was the graph output leaves the folded layer as the output.
-    BNs that cannot fold (input not a conv2d/linear, or that input also read elsewhere) stay.
+    BNs that cannot fold (input not a conv2d, or that input also read elsewhere) stay.
     ``graph.meta`` gains ``"bn_folded": True`` and ``"bn_folded_into": {bn: layer}``.
 
     Folded parameters are computed in float64 and returned in the dtype of the layer's weight (pass

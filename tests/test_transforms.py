@@ -19,7 +19,7 @@ import pytest
 import lightnets
 from lightnets import GraphBuilder, reference
 from lightnets import weights as W
-from lightnets.errors import LightnetsError, WeightsError
+from lightnets.errors import LightnetsError, SpecError, WeightsError
 from lightnets.graph import INPUT, Graph
 from lightnets.numerics import rel_error
 from lightnets.parity import tolerances as T
@@ -181,19 +181,12 @@ def test_bn_last_after_a_conv_that_is_not_the_previous_node():
     assert [n.name for n in fg.nodes] == ["side", "c"] and fg.output == "c"
 
 
-def test_bn_after_linear_folds():
-    """No registered id has one; the IR allows BN on a vector. Checked against the eval formula: the
-    reference's batch_norm broadcasts as (N, C, H, W) only, so it is not the oracle for vectors."""
+def test_bn_on_a_vector_is_not_in_the_vocabulary():
+    """batch_norm is BatchNorm2d everywhere; after a linear it is refused, so folding never meets one."""
     g = GraphBuilder("t", (3, 4, 4))
     g.add("fc", "linear", g.add("flat", "flatten", g.add("gap", "global_avg_pool", INPUT)), out_features=5)
-    g.add("bn", "batch_norm", "fc", eps=1e-3)
-    g = g.build()
-    w = W.init_weights(g, seed=0, calibrate=False)
-    fg, fw = fold_batch_norm(g, w)
-    x = np.random.default_rng(0).standard_normal((2, 3, 4, 4))
-    h = x.mean(axis=(2, 3)) @ w["fc.weight"].T + w["fc.bias"]
-    want = (h - w["bn.mean"]) / np.sqrt(w["bn.var"] + 1e-3) * w["bn.gamma"] + w["bn.beta"]
-    assert [n.name for n in fg.nodes][-1] == "fc" and rel_error(reference.run(fg, fw, x), want) <= F64_REL
+    with pytest.raises(SpecError, match="batch_norm needs a"):
+        g.add("bn", "batch_norm", "fc", eps=1e-3)
 
 
 def test_bad_weights_raise_weights_error():
