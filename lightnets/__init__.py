@@ -3,7 +3,7 @@
 ``import lightnets`` needs numpy only; frameworks are imported when a backend is first used.
 """
 
-from .api import build, export_weights, load_backend, load_weights, run, save_weights, spec
+from .api import build, export_weights, feature_info, load_backend, load_weights, run, save_weights, spec
 from .errors import LightnetsError
 from .export import export
 from .graph import Graph, GraphBuilder, Node
@@ -12,5 +12,6 @@ from .registry import get_spec, list_models
 from .zoo import export_zoo, import_zoo  # noqa: F401 -- public API (lightnets.zoo)
 
 __version__ = "0.1.0"
-__all__ = ["build", "export_weights", "load_weights", "save_weights", "run", "spec", "load_backend", "port", "export",
-           "get_spec", "list_models", "Graph", "GraphBuilder", "Node", "LightnetsError", "__version__"]
+__all__ = ["build", "export_weights", "feature_info", "load_weights", "save_weights", "run", "spec", "load_backend",
+           "port", "export", "get_spec", "list_models", "Graph", "GraphBuilder", "Node", "LightnetsError",
+           "__version__"]

@@ -1,12 +1,14 @@
 """The frozen, JSON-serialisable graph IR.
 
-A graph is a topologically ordered tuple of nodes over one NCHW input named ``input``; the last
-node is the output. Construction validates everything (op, attrs, names, inputs, shapes), so a
-``Graph`` that exists is a valid network.
+A graph is a topologically ordered tuple of nodes over one NCHW input named ``input``. Its output is
+the last node, or, with ``outputs`` (a tuple of node names, e.g. the feature maps of a backbone), those
+nodes in that order: executors then return a list (even of one). Construction validates everything (op,
+attrs, names, inputs, shapes, outputs), so a ``Graph`` that exists is a valid network.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import re
 from collections.abc import Mapping
@@ -19,7 +21,9 @@ from . import ops
 from .errors import SpecError
 
 INPUT = "input"
-FORMAT_VERSION = 2  # 2: conv/pool attr "padding"; version 1 files read as padding="explicit"
+# 2: conv/pool attr "padding" (version 1 files read as padding="explicit"), optional "outputs" (absent: the
+# last node)
+FORMAT_VERSION = 2
 READABLE_VERSIONS = (1, 2)
 _NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*(\.[A-Za-z0-9_]+)*$")
 
@@ -54,16 +58,22 @@ class Node:
 
 @dataclass(frozen=True)
 class Graph:
-    """A validated network: name, per-sample input shape (C, H, W), nodes, free-form metadata."""
+    """A validated network: name, per-sample input shape (C, H, W), nodes, free-form metadata and
+    ``outputs``: None (the last node is the output) or a tuple of node names (a multi-output graph)."""
 
     name: str
     input_shape: tuple[int, int, int]
     nodes: tuple[Node, ...]
     meta: Mapping[str, Any] = field(default_factory=dict)
+    outputs: tuple[str, ...] | None = None
 
     def __post_init__(self):
         object.__setattr__(self, "input_shape", tuple(self.input_shape))
         object.__setattr__(self, "nodes", tuple(self.nodes))
+        if self.outputs is not None:
+            if isinstance(self.outputs, str) or not all(isinstance(o, str) for o in self.outputs):
+                raise SpecError(f"graph outputs must be a list of node names, got {self.outputs!r}")
+            object.__setattr__(self, "outputs", tuple(self.outputs))
         if not isinstance(self.name, str):
             raise SpecError(f"graph name must be a string, got {self.name!r}")
         if not isinstance(self.meta, Mapping):
@@ -79,6 +89,7 @@ class Graph:
             raise SpecError("a graph needs at least one node")
         self.shapes  # noqa: B018 -- validates names, inputs and shapes now
         self._check_name_prefixes()
+        self._check_outputs()
 
     @cached_property
     def shapes(self) -> dict[str, ops.Shape]:
@@ -128,13 +139,47 @@ class Graph:
                     raise SpecError(f"node {n.name!r} lies under node {'.'.join(parts[:i])!r}; a node name "
                                     "may not be a prefix of another (frameworks nest modules by name)")
 
+    def _check_outputs(self):
+        if self.outputs is None:
+            return
+        names = {n.name for n in self.nodes}
+        bad = [o for o in self.outputs if o not in names]
+        if not self.outputs or bad:
+            raise SpecError(f"graph {self.name!r}: outputs {list(self.outputs)} must be a non-empty list of its node "
+                            f"names ({bad} are not nodes); the input itself cannot be an output")
+        if len(set(self.outputs)) != len(self.outputs):
+            raise SpecError(f"graph {self.name!r}: outputs {list(self.outputs)} name a node twice; list each once")
+
+    @property
+    def multi_output(self) -> bool:
+        """Whether executors return a list of outputs (``outputs`` was given, even with one name)."""
+        return self.outputs is not None
+
+    @property
+    def output_names(self) -> tuple[str, ...]:
+        """The nodes whose values the graph returns, in order (the last node if ``outputs`` is None)."""
+        return self.outputs if self.outputs is not None else (self.nodes[-1].name,)
+
     @property
     def output(self) -> str:
-        return self.nodes[-1].name
+        """The single output node; a graph with ``outputs`` of several nodes has none (use ``output_names``)."""
+        if len(self.output_names) != 1:
+            raise SpecError(f"graph {self.name!r} has {len(self.output_names)} outputs {list(self.output_names)}; "
+                            "use graph.output_names / graph.output_shapes")
+        return self.output_names[0]
 
     @property
     def output_shape(self) -> ops.Shape:
         return self.shapes[self.output]
+
+    @property
+    def output_shapes(self) -> list[ops.Shape]:
+        """Per-sample shape of every output, in ``output_names`` order."""
+        return [self.shapes[o] for o in self.output_names]
+
+    def replace(self, **changes) -> Graph:
+        """A copy with fields replaced (``outputs`` carried over unless given): rebuild graphs with this."""
+        return dataclasses.replace(self, **changes)
 
     def node(self, name: str) -> Node:
         for n in self.nodes:
@@ -149,7 +194,8 @@ class Graph:
     def released(self) -> dict[str, tuple[str, ...]]:
         """Per node, the values (its inputs) that no later node reads: executors free them after it."""
         last_use = {i: n.name for n in self.nodes for i in n.inputs}
-        return {n.name: tuple(i for i in dict.fromkeys(n.inputs) if last_use[i] == n.name and i != self.output)
+        keep = set(self.output_names)
+        return {n.name: tuple(i for i in dict.fromkeys(n.inputs) if last_use[i] == n.name and i not in keep)
                 for n in self.nodes}
 
     @cached_property
@@ -160,7 +206,8 @@ class Graph:
     def walk(self, x, step, keep_all: bool = False):
         """Run ``step(node, inputs) -> value`` over the schedule from the input value ``x``.
 
-        Returns the output value, or with ``keep_all`` every node's value by name (nothing freed).
+        Returns the output value (a list of them for a graph with ``outputs``), or with ``keep_all`` every
+        node's value by name (nothing freed).
         """
         values = {INPUT: x}
         for node, free in self.schedule:
@@ -171,7 +218,9 @@ class Graph:
         if keep_all:
             del values[INPUT]
             return values
-        return values[self.output]
+        if self.outputs is not None:
+            return [values[o] for o in self.outputs]
+        return values[self.nodes[-1].name]
 
     @cached_property
     def params(self) -> tuple[ops.ParamSpec, ...]:
@@ -190,9 +239,11 @@ class Graph:
 
     # --- serialisation -----------------------------------------------------------------------
     def to_json(self) -> str:
-        return json.dumps({"format": "lightnets.graph", "version": FORMAT_VERSION, "name": self.name,
-                           "input_shape": list(self.input_shape), "meta": dict(self.meta),
-                           "nodes": [n.to_json() for n in self.nodes]}, indent=1)
+        d = {"format": "lightnets.graph", "version": FORMAT_VERSION, "name": self.name,
+             "input_shape": list(self.input_shape), "meta": dict(self.meta), "nodes": [n.to_json() for n in self.nodes]}
+        if self.outputs is not None:
+            d["outputs"] = list(self.outputs)
+        return json.dumps(d, indent=1)
 
     @classmethod
     def from_json(cls, text: str) -> Graph:
@@ -210,7 +261,9 @@ class Graph:
             meta = dict(d.get("meta", {}))
             if d["version"] == 1 and meta.get("padding") == "keras":  # TF pads were baked for the build size
                 meta["fixed_size"] = True
-            return cls(d["name"], tuple(d["input_shape"]), tuple(nodes), meta)
+            outputs = d.get("outputs")
+            return cls(d["name"], tuple(d["input_shape"]), tuple(nodes), meta,
+                       None if outputs is None else _inputs(outputs))
         except (KeyError, TypeError) as e:
             raise SpecError(f"graph JSON is malformed (missing or mistyped field {e}); every node needs "
                             "name, op, inputs and attrs") from None
@@ -282,5 +335,5 @@ class GraphBuilder:
             x = self.add("head.dropout", "dropout", x, rate=dropout)
         return self.add("head.fc", "linear", x, out_features=num_classes, bias=True)
 
-    def build(self) -> Graph:
-        return Graph(self.name, self.input_shape, tuple(self.nodes), self.meta)
+    def build(self, outputs: tuple[str, ...] | None = None) -> Graph:
+        return Graph(self.name, self.input_shape, tuple(self.nodes), self.meta, outputs)

@@ -184,9 +184,9 @@ def _fits(graph: Graph, size: int) -> bool:
 def train_forward(graph: Graph, weights: dict[str, np.ndarray], x: np.ndarray):
     """Training-mode forward (BN on batch statistics, dropout off) in float64.
 
-    Returns the output and the updated running statistics ``{"<bn>.mean": ..., "<bn>.var": ...}``
-    after one step, torch convention: ``new = (1 - m) * old + m * batch`` with the unbiased batch
-    variance (normalisation itself uses the biased variance).
+    Returns the output (a list for a graph with ``outputs``) and the updated running statistics
+    ``{"<bn>.mean": ..., "<bn>.var": ...}`` after one step, torch convention: ``new = (1 - m) * old + m * batch``
+    with the unbiased batch variance (normalisation itself uses the biased variance).
     """
     check_input(graph, x)
     x = np.asarray(x, F)
@@ -208,9 +208,10 @@ def train_forward(graph: Graph, weights: dict[str, np.ndarray], x: np.ndarray):
 
 
 def run(graph: Graph, weights: dict[str, np.ndarray], x: np.ndarray,
-        return_all: bool = False) -> np.ndarray | dict[str, np.ndarray]:
+        return_all: bool = False) -> np.ndarray | list[np.ndarray] | dict[str, np.ndarray]:
     """Run ``graph`` on the NCHW batch ``x`` in float64 at any input size the graph allows (``padding="same"``
-    pads follow the size); ``return_all`` gives every node's output."""
+    pads follow the size): the output, or the list of outputs of a graph with ``outputs`` (a feature graph);
+    ``return_all`` gives every node's output."""
     check_input(graph, x)
     x = np.asarray(x, F)
     shapes = graph.shapes_at(*x.shape[2:])

@@ -23,9 +23,10 @@ FOLDABLE = ("conv2d",)  # batch_norm takes feature maps only, so a linear is nev
 def foldable_batch_norms(graph: Graph) -> dict[str, str]:
     """``{bn_name: producer_name}`` for every batch_norm that ``fold_batch_norm`` folds.
 
-    A BN folds when its single input is a conv2d node that nothing else reads.
+    A BN folds when its single input is a conv2d node that nothing else reads (a graph output is read).
     """
     reads = Counter(i for n in graph.nodes for i in n.inputs)
+    reads.update(graph.output_names if graph.multi_output else ())
     ops = {n.name: n.op for n in graph.nodes}
     return {n.name: n.inputs[0] for n in graph.nodes
             if n.op == "batch_norm" and n.inputs[0] != INPUT and ops[n.inputs[0]] in FOLDABLE
@@ -63,7 +64,8 @@ def fold_batch_norm(graph: Graph, weights: Mapping[str, np.ndarray]) -> tuple[Gr
         nodes.append(Node(node.name, node.op, inputs, attrs) if changed else node)
     meta = {**graph.meta, "bn_folded": True,
             "bn_folded_into": {**graph.meta.get("bn_folded_into", {}), **folds}}
-    folded = Graph(graph.name, graph.input_shape, tuple(nodes), meta)
+    outputs = None if graph.outputs is None else tuple(folds.get(o, o) for o in graph.outputs)
+    folded = graph.replace(nodes=tuple(nodes), meta=meta, outputs=outputs)
     return folded, {p.name: w[p.name] for p in folded.params}
 
 

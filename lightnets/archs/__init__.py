@@ -1,7 +1,9 @@
 """Architectures as paper tables plus one builder per family.
 
 Each family module defines ``FAMILY``, ``build(name, num_classes, input_size, include_top, **variant)``
-and ``VARIANTS`` (model id -> the variant's keyword arguments); the registry reads them.
+and ``VARIANTS`` (model id -> the variant's keyword arguments); the registry reads them. ``FEATURES`` and
+``features(meta)`` (the graph's meta -> its ``common.FeaturePoint`` tuple) mark where each stage ends: the
+backbone outputs of ``lightnets.build(..., features=True)`` (``lightnets.features``).
 """
 
 from . import ghostnet, mobilenet_v1, mobilenet_v2, mobilenet_v3, shufflenet_v1, shufflenet_v2

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import NamedTuple
+
 from ..errors import SpecError
 
 
@@ -36,3 +38,16 @@ def pads_for(padding: str, kernel: int, stride: int, kind: str = "same"):
     if kind == "pad01":
         return (0, 1, 0, 1)
     raise SpecError(f"unknown keras padding kind {kind!r}")
+
+
+class FeaturePoint(NamedTuple):
+    """One feature map a family offers as a backbone output (``lightnets.features``).
+
+    ``module``: the stage's name (timm's module name for the families timm has, else the zoo twin's or
+    the paper's); ``node``: the IR node whose output it is, or a node-name prefix (a block) whose last
+    node is; ``stage``: the stage number (timm's where timm reports one; 0 is the stem).
+    """
+
+    module: str
+    node: str
+    stage: int

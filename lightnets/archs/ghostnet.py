@@ -17,7 +17,7 @@ import math
 from typing import NamedTuple
 
 from ..graph import Graph, GraphBuilder
-from .common import make_divisible
+from .common import FeaturePoint, make_divisible
 
 
 class Bneck(NamedTuple):
@@ -111,3 +111,18 @@ VARIANTS = {
     "ghostnet_100": dict(width=1.0),
     "ghostnet_130": dict(width=1.3),
 }
+
+# Backbone outputs, as timm ghostnet_* (features_only; GhostNet v1): its stages are BLOCKS rows 0, 1, 2, 3, 4, 5,
+# 6-10, 11, 12-15 (blocks.0..8) and it taps the stem conv BEFORE its BN ("conv_stem") and the output of each stage
+# that holds a stride-2 row (blocks.1/3/5/7 = rows 1, 3, 5, 11): the first block at each stride, not the last.
+FEATURES = (
+    FeaturePoint("conv_stem", "stem.conv", 0),
+    FeaturePoint("blocks.1", "blocks.1", 2),
+    FeaturePoint("blocks.3", "blocks.3", 4),
+    FeaturePoint("blocks.5", "blocks.5", 6),
+    FeaturePoint("blocks.7", "blocks.11", 8),
+)
+
+
+def features(meta) -> tuple[FeaturePoint, ...]:
+    return FEATURES

@@ -5,7 +5,7 @@ from __future__ import annotations
 from typing import NamedTuple
 
 from ..graph import Graph, GraphBuilder
-from .common import pads_for
+from .common import FeaturePoint, pads_for
 
 
 class DWSep(NamedTuple):
@@ -62,3 +62,17 @@ VARIANTS = {
     "mobilenet_v1_075_keras": dict(width=0.75, **KERAS),
     "mobilenet_v1_100_keras": dict(width=1.0, **KERAS),
 }
+
+# Backbone outputs: timm mobilenetv1_100 (features_only) groups LAYERS into stages blocks.0-4 of 1, 2, 2, 6, 2
+# layers and taps the end of each, one per stride 2/4/8/16/32; the stem (stride 2 too) is not one.
+FEATURES = (
+    FeaturePoint("blocks.0", "blocks.0", 1),
+    FeaturePoint("blocks.1", "blocks.2", 2),
+    FeaturePoint("blocks.2", "blocks.4", 3),
+    FeaturePoint("blocks.3", "blocks.10", 4),
+    FeaturePoint("blocks.4", "blocks.12", 5),
+)
+
+
+def features(meta) -> tuple[FeaturePoint, ...]:
+    return FEATURES

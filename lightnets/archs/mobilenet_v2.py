@@ -5,7 +5,7 @@ from __future__ import annotations
 from typing import NamedTuple
 
 from ..graph import Graph, GraphBuilder
-from .common import make_divisible, pads_for
+from .common import FeaturePoint, make_divisible, pads_for
 
 
 class Stage(NamedTuple):
@@ -84,3 +84,13 @@ VARIANTS = {
     "mobilenet_v2_130_keras": dict(width=1.3, **KERAS),
     "mobilenet_v2_140_keras": dict(width=1.4, **KERAS),
 }
+
+# Backbone outputs: timm mobilenetv2_* (features_only) has one stage blocks.<row> per row of STAGES and taps the
+# last row at each stride 2/4/8/16/32: rows 0, 1, 2, 4, 6 (the 1280 head conv is not one).
+FEATURE_ROWS = (0, 1, 2, 4, 6)
+FEATURES = tuple(FeaturePoint(f"blocks.{r}", f"blocks.{sum(st.n for st in STAGES[:r + 1]) - 1}", r + 1)
+                 for r in FEATURE_ROWS)
+
+
+def features(meta) -> tuple[FeaturePoint, ...]:
+    return FEATURES

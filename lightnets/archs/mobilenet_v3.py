@@ -19,7 +19,7 @@ from typing import NamedTuple
 
 from ..errors import SpecError
 from ..graph import Graph, GraphBuilder
-from .common import make_divisible, pads_for
+from .common import FeaturePoint, make_divisible, pads_for
 
 
 class Bneck(NamedTuple):
@@ -140,3 +140,29 @@ VARIANTS = {
     "mobilenet_v3_small_075_keras": dict(size="small", width=0.75, **KERAS),
     "mobilenet_v3_small_100_keras": dict(size="small", width=1.0, **KERAS),
 }
+
+# Backbone outputs: timm mobilenetv3_* (features_only) groups the rows into stages blocks.0..5 (its arch_def) and
+# makes the last 1x1 conv (head.conv here) stage blocks.6 (large) / blocks.5 (small); it taps the last stage at
+# each stride 2/4/8/16/32, the stem ("bn1": conv + BN + hardswish) where the first row already has stride 2.
+# Stage ends as rows of LARGE / SMALL:  large [0] [1-2] [3-5] [6-9] [10-11] [12-14];  small [0] [1-2] [3-5]
+# [6-7] [8-10].
+FEATURES = {
+    "large": (
+        FeaturePoint("blocks.0", "blocks.0", 1),
+        FeaturePoint("blocks.1", "blocks.2", 2),
+        FeaturePoint("blocks.2", "blocks.5", 3),
+        FeaturePoint("blocks.4", "blocks.11", 5),
+        FeaturePoint("blocks.6", "head.conv", 7),
+    ),
+    "small": (
+        FeaturePoint("bn1", "stem", 0),
+        FeaturePoint("blocks.0", "blocks.0", 1),
+        FeaturePoint("blocks.1", "blocks.2", 2),
+        FeaturePoint("blocks.3", "blocks.7", 4),
+        FeaturePoint("blocks.5", "head.conv", 6),
+    ),
+}
+
+
+def features(meta) -> tuple[FeaturePoint, ...]:
+    return FEATURES[meta["size"]]

@@ -22,7 +22,7 @@ from typing import NamedTuple
 
 from ..errors import SpecError
 from ..graph import Graph, GraphBuilder
-from .common import make_divisible
+from .common import FeaturePoint, make_divisible
 
 
 class Stage(NamedTuple):
@@ -123,3 +123,17 @@ VARIANTS = {
     "shufflenet_v1_g8_150_megvii": dict(groups=8, width=1.5, shuffle="megvii"),
     "shufflenet_v1_g8_200_megvii": dict(groups=8, width=2.0, shuffle="megvii"),
 }
+
+# Backbone outputs (timm has no ShuffleNet; rule of lightnets, paper names): conv1 (stem conv + BN + ReLU,
+# stride 2), maxpool (stride 4) and the last unit of Stage2/3/4 (strides 8/16/32).
+FEATURES = (
+    FeaturePoint("conv1", "stem.act", 1),
+    FeaturePoint("maxpool", "stem.pool", 1),
+    FeaturePoint("stage2", "stages.2", 2),
+    FeaturePoint("stage3", "stages.3", 3),
+    FeaturePoint("stage4", "stages.4", 4),
+)
+
+
+def features(meta) -> tuple[FeaturePoint, ...]:
+    return FEATURES
