@@ -15,7 +15,9 @@ from .errors import BackendNotInstalledError, LightnetsError, UnknownBackendErro
 
 # backend name -> (framework import name, pip extra)
 BACKENDS: dict[str, tuple[str, str]] = {"torch": ("torch", "torch"), "keras": ("keras", "keras"),
-                                        "paddle": ("paddle", "paddle"), "onnxruntime": ("onnxruntime", "onnx")}
+                                        "paddle": ("paddle", "paddle"), "onnxruntime": ("onnxruntime", "onnx"),
+                                        # keras models converted by tensorflow's TFLite converter, run by LiteRT
+                                        "tflite": ("tensorflow", "tflite")}
 # backend name -> its module under lightnets.backends, where the two differ (backends/onnx.py also exports ONNX)
 MODULES: dict[str, str] = {"onnxruntime": "onnx"}
 

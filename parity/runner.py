@@ -1,8 +1,9 @@
 """The parity matrix: every case in every target (one subprocess each), compared with the reference.
 
 Targets are backends in a given environment: ``torch``, ``keras`` (on tensorflow), ``keras-torch``
-(keras with ``KERAS_BACKEND=torch``), ``paddle`` and ``onnxruntime`` (ONNX written from the IR; inference
-only, so it is never asked for train-mode BN or gradients: ``INFERENCE_ONLY``). Inputs, weights and
+(keras with ``KERAS_BACKEND=torch``), ``paddle``, ``onnxruntime`` (ONNX written from the IR) and ``tflite``
+(the keras model converted to TFLite, run by LiteRT); the last two are inference only, so they are never
+asked for train-mode BN or gradients: ``INFERENCE_ONLY``. Inputs, weights and
 graphs go to the workers through files; outputs come back the same way. When a case exceeds its
 tolerance the runner asks for every node's output and names the first node that diverges.
 
@@ -39,9 +40,12 @@ TARGETS: dict[str, tuple[str, dict[str, str]]] = {
     "paddle": ("paddle", {}),
     # ONNX emitted from the IR (backends/onnx.py), run by onnxruntime's CPU provider; inference only
     "onnxruntime": ("onnxruntime", {}),
+    # the keras lowering converted by tf.lite.TFLiteConverter, run by the LiteRT interpreter (backends/tflite.py);
+    # inference only, float32 only (a float64 case computes in float32: tolerances.EFFECTIVE_DTYPE)
+    "tflite": ("tflite", {"KERAS_BACKEND": "tensorflow"}),
 }
 # targets without train-mode BN or gradients: the runner asks them for eval outputs only and judges no train kinds
-INFERENCE_ONLY = frozenset({"onnxruntime"})
+INFERENCE_ONLY = frozenset({"onnxruntime", "tflite"})
 MODES = ("train", "inference")
 THREAD_ENV = {"OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1", "OPENBLAS_NUM_THREADS": "1",
               "TF_NUM_INTRAOP_THREADS": "1", "TF_NUM_INTEROP_THREADS": "1", "TF_CPP_MIN_LOG_LEVEL": "3",
