@@ -15,7 +15,9 @@ from pathlib import Path
 from . import registry
 from .errors import LightnetsError
 
-PARITY_TARGETS = ("torch", "keras", "keras-torch", "paddle", "onnxruntime")
+PARITY_TARGETS = ("torch", "keras", "keras-torch", "paddle", "onnxruntime", "tflite")
+# tflite converts every model with the TFLite converter (~5-30 s each): asked for by name, not run by default
+DEFAULT_PARITY_TARGETS = tuple(t for t in PARITY_TARGETS if t != "tflite")
 DTYPES = ("float32", "float64")
 BENCH_BACKENDS = ("torch", "keras", "paddle")
 BENCH_MODELS = ("mobilenet_v2_100", "mobilenet_v3_large_100", "shufflenet_v2_100", "ghostnet_100")
@@ -298,9 +300,30 @@ def _id_or_file(text: str) -> str:
 
 def cmd_export(args) -> int:
     from . import formats
-    from .export import export, onnx_module  # (lightnets.export, the attribute, is the function)
+    from .export import export, export_tflite, onnx_module  # (lightnets.export, the attribute, is the function)
 
+    if args.quantize and args.to != "tflite":
+        print(f"lightnets export: error: --quantize is a TFLite option; add --to tflite (got --to {args.to})",
+              file=sys.stderr)
+        return 2
     out = formats.check_writable(args.out, args.force)  # before any work: nothing is written on refusal
+    if args.to == "tflite":
+        if args.dtype != "float32":
+            print("lightnets export: error: TFLite export is float32 (LiteRT has no float64 kernels); drop "
+                  "--dtype float64, or add --quantize int8", file=sys.stderr)
+            return 2
+        path, rep = export_tflite(args.source, out, overwrite=args.force, quantize=args.quantize,
+                                  input_size=args.size, dynamic_hw=False if args.static else None)
+        kind = "int8 (float32 input/output)" if args.quantize else "float32"
+        print(f"exported {args.source} -> tflite {path} ({path.stat().st_size:,} bytes, {kind}, input {rep['input']}; "
+              f"graph and provenance card in {formats.sidecar_of(path).name})")
+        if args.quantize:
+            print(f"int8: top-1 agreement with the float64 reference {rep['agreeing']}/{rep['images']} = "
+                  f"{rep['top1_agreement']:.1%} (N(0, 1) images, seed {rep['agreement_seed']}); calibration: "
+                  f"{rep['calibration']}")
+        else:
+            print(f"probe rel error against the float64 reference: {rep['probe_rel_error']:.1e}")
+        return 0
     path = export(args.source, to=args.to, path=out, overwrite=args.force, dtype=args.dtype, input_size=args.size,
                   dynamic_hw=False if args.static else None)
     dims = ", ".join(map(str, onnx_module().input_dims(path)))
@@ -325,7 +348,7 @@ def make_parser() -> argparse.ArgumentParser:
 
     s = sub.add_parser("parity", help="the cross-framework parity matrix against the numpy reference")
     s.add_argument("--models", type=_csv(), default=["all"], help="ids, family names or 'all' (comma separated)")
-    s.add_argument("--backends", type=_csv(PARITY_TARGETS), default=list(PARITY_TARGETS))
+    s.add_argument("--backends", type=_csv(PARITY_TARGETS), default=list(DEFAULT_PARITY_TARGETS))
     s.add_argument("--dtype", type=_csv(DTYPES), default=list(DTYPES))
     s.add_argument("--train", action="store_true", help="also train-mode BN and gradients")
     s.add_argument("--mode", choices=("train", "inference"), default="train",
@@ -369,10 +392,13 @@ def make_parser() -> argparse.ArgumentParser:
     s.add_argument("--format", help="format name when the suffix is ambiguous (e.g. torch for .safetensors)")
     s.set_defaults(func=cmd_info)
 
-    s = sub.add_parser("export", help="write a model (id or weights file) as an ONNX file, emitted from the graph IR")
+    s = sub.add_parser("export", help="write a model (id or weights file) as an ONNX file (emitted from the graph IR) "
+                       "or a TFLite file (the keras model, converted)")
     s.add_argument("source", metavar="ID_OR_FILE", type=_id_or_file,
                    help="model id (its deterministic initial weights) or weights file of any format")
-    s.add_argument("--to", choices=("onnx",), default="onnx", help="export format")
+    s.add_argument("--to", choices=("onnx", "tflite"), default="onnx", help="export format")
+    s.add_argument("--quantize", choices=("int8",), help="TFLite: post-training full-integer int8 (float32 "
+                   "input/output), calibrated on 32 seeded N(0, 1) images; reports top-1 agreement")
     s.add_argument("--out", required=True, help="output file")
     s.add_argument("--force", action="store_true", help="overwrite --out if it exists")
     s.add_argument("--size", type=_positive_int(16), help="input size the graph is built for (default: the file's "

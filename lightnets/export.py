@@ -1,4 +1,4 @@
-"""Export a lightnets model to a deployment format: ONNX, written from the graph IR itself.
+"""Export a lightnets model to a deployment format: ONNX (written from the graph IR itself) or TFLite.
 
 ``lightnets.export(source, to="onnx", path="m.onnx")`` takes
 
@@ -14,7 +14,21 @@ initializers named after the canonical weights, and the file carries the graph J
 ``onnx.checker.check_model(full_check=True)`` and, when onnxruntime is installed, one probe image run
 against the float64 numpy reference (``PROBE_REL``).
 
-This module imports no framework: ``onnx`` is imported when an export runs.
+``to="tflite"`` goes through the keras backend: the keras model of the graph is converted by
+``tf.lite.TFLiteConverter.from_keras_model`` (``lightnets.backends.tflite``), float32, input NHWC with a
+dynamic batch, height and width (``dynamic_hw=False``: fixed to the build size). ``quantize="int8"`` is
+post-training full-integer quantization: int8 weights and activations, every op an int8 TFLite builtin, and
+float32 input/output (the interpreter quantizes the image and dequantizes the logits, so the file takes the
+same input as the float one). Its representative dataset is ``calibration`` (NCHW images, preprocessed as the
+model expects) or, by default, ``CALIBRATION_IMAGES`` N(0, 1) images drawn like the parity inputs
+(``numpy.random.default_rng(CALIBRATION_SEED)``). The check is then the top-1 agreement with the float64
+reference on ``AGREEMENT_IMAGES`` other seeded images (no error bound: int8 logits are not float logits), written
+into the card's notes. The flat buffer has no field the TFLite converter fills with the graph and the
+provenance card, so they go in the ``<file>.lightnets.json`` sidecar that ``lightnets.formats`` writes beside
+native files (``lightnets info model.tflite`` reads it); the file and the sidecar are written atomically
+together.
+
+This module imports no framework: ``onnx`` / ``tensorflow`` are imported when an export runs.
 """
 
 from __future__ import annotations
@@ -24,6 +38,7 @@ import importlib.util
 import os
 from collections.abc import Mapping
 from pathlib import Path
+from typing import NamedTuple
 
 import numpy as np
 
@@ -32,11 +47,15 @@ from . import weights as W
 from .errors import BackendNotInstalledError, LightnetsError
 from .graph import Graph
 
-TARGETS = {"onnx": ".onnx"}  # export target -> suffix
+TARGETS = {"onnx": ".onnx", "tflite": ".tflite"}  # export target -> suffix
 DTYPES = ("float32", "float64")
 # the probe's bound: parity's float32 whole-network bound (parity/tolerances.py MODEL_REL); a float64 ONNX
 # graph runs its convs in float32 in onnxruntime (no double Conv kernel), so the same bound applies
 PROBE_REL = 1e-4
+QUANTIZE = ("int8",)  # TFLite post-training quantization schemes
+# int8: the default representative dataset and the top-1 agreement set (N(0, 1) NCHW images, as parity's inputs)
+CALIBRATION_IMAGES, CALIBRATION_SEED = 32, 1
+AGREEMENT_IMAGES, AGREEMENT_SEED = 64, 2
 
 
 def onnx_module():
@@ -105,16 +124,116 @@ def probe(model, graph: Graph, weights, seed: int = 0) -> float | None:
     return rel_error(got, run(graph, weights, x))
 
 
+# --- TFLite ------------------------------------------------------------------------------------------
+def tflite_module():
+    """``lightnets.backends.tflite`` (needs tensorflow with keras; ``ai-edge-litert`` runs the files, else
+    ``tf.lite.Interpreter``)."""
+    if importlib.util.find_spec("tensorflow") is None or importlib.util.find_spec("keras") is None:
+        raise BackendNotInstalledError("exporting to TFLite needs tensorflow and keras (the TFLite converter "
+                                       "converts the keras model), which are not installed; run: "
+                                       "pip install 'lightnets[tflite]'")
+    return importlib.import_module("lightnets.backends.tflite")
+
+
+def seeded_images(graph: Graph, n: int, seed: int) -> np.ndarray:
+    """``n`` N(0, 1) NCHW images for ``graph`` from ``default_rng(seed)`` (how parity draws its inputs)."""
+    return np.random.default_rng(seed).standard_normal((n, *graph.input_shape))
+
+
+def to_tflite(source, quantize: str | None = None, calibration=None, dynamic_hw: bool | None = None,
+              input_size: int | None = None, seed: int = 0):
+    """The TFLite model of ``source`` (``lightnets.backends.tflite.TFLiteModel``, converted on first use), its
+    graph and canonical weights (nothing written)."""
+    if quantize is not None and quantize not in QUANTIZE:
+        raise LightnetsError(f"quantize={quantize!r} is not supported; use None (float32) or one of {QUANTIZE}")
+    TL = tflite_module()  # noqa: N806
+    graph, weights = source_graph_and_weights(source, input_size, seed, "float32")
+    if dynamic_hw and graph.fixed_size:
+        raise LightnetsError(f"graph {graph.name!r} is fixed to its {graph.input_shape[1]}x{graph.input_shape[2]} "
+                             "input (meta fixed_size); export it with static height/width (dynamic_hw=False)")
+    model = TL.TFLiteModel(graph, "float32", static_hw=dynamic_hw is False)
+    TL.set_weights(model, weights)
+    if quantize == "int8":
+        if calibration is None:
+            calibration = seeded_images(graph, CALIBRATION_IMAGES, CALIBRATION_SEED)
+        model = TL.quantize_int8(model, np.asarray(calibration))
+    return model, graph, weights
+
+
+def top1_agreement(model, graph: Graph, weights, images: np.ndarray, chunk: int = 8) -> tuple[int, int]:
+    """``(agreeing, total)``: images whose top-1 class in ``model`` (a TFLiteModel) is the float64 reference's."""
+    from .reference import run
+
+    TL = tflite_module()  # noqa: N806
+    agree = 0
+    for i in range(0, len(images), chunk):
+        x = images[i: i + chunk]
+        agree += int(np.sum(TL.run(model, x).argmax(1) == run(graph, weights, x).argmax(1)))
+    return agree, len(images)
+
+
+class TFLiteExport(NamedTuple):
+    """A written TFLite export: its path and what its check measured (also in the card's notes)."""
+
+    path: Path
+    report: dict
+
+
+def export_tflite(source, path, overwrite: bool = False, quantize: str | None = None, calibration=None,
+                  dynamic_hw: bool | None = None, input_size: int | None = None, seed: int = 0,
+                  check: bool = True) -> TFLiteExport:
+    """Write ``source`` as a ``.tflite`` file (float32, or int8 with ``quantize="int8"``) with its graph and card in
+    the ``<path>.lightnets.json`` sidecar; returns the path and the check's report (see the module doc)."""
+    from . import formats
+
+    path = formats.check_writable(path, overwrite)
+    model, graph, weights = to_tflite(source, quantize, calibration, dynamic_hw, input_size, seed)
+    TL = tflite_module()  # noqa: N806
+    runner = model.runner()  # converts: a converter failure leaves nothing written
+    dims = [name if d == -1 else str(d) for name, d in zip("NHWC", runner.signature, strict=True)]
+    report = {"quantize": quantize or "none", "input": f"NHWC float32 ({', '.join(dims)})", **TL.versions()}
+    if quantize == "int8":
+        report["calibration"] = (f"{len(model.calibration)} images (the caller's)" if calibration is not None else
+                                 f"{CALIBRATION_IMAGES} N(0, 1) NCHW images, seed {CALIBRATION_SEED}")
+        note = (f"TFLite int8 post-training full-integer quantization (int8 weights/activations, float32 "
+                f"input/output); representative dataset: {report['calibration']}")
+        if check:
+            agree, n = top1_agreement(model, graph, weights, seeded_images(graph, AGREEMENT_IMAGES, AGREEMENT_SEED))
+            report.update(top1_agreement=agree / n, agreeing=agree, images=n, agreement_seed=AGREEMENT_SEED)
+            note += (f"; top-1 agreement with the float64 reference {agree}/{n} = {agree / n:.1%} on N(0, 1) "
+                     f"images, seed {AGREEMENT_SEED}")
+    else:
+        note = "TFLite float32 export (tf.lite.TFLiteConverter.from_keras_model)"
+        if check:
+            from .numerics import rel_error
+            from .reference import run
+
+            x = np.random.default_rng(seed).standard_normal((1, *graph.input_shape))
+            rel = rel_error(TL.run(model, x), run(graph, weights, x))
+            if not rel <= PROBE_REL:
+                raise LightnetsError(f"the TFLite export of {graph.name!r} gives {rel:.2e} relative error against "
+                                     f"the float64 reference on a probe image (bound {PROBE_REL:g}); nothing "
+                                     "written. Please report it with the model id")
+            report["probe_rel_error"] = rel
+            note += f"; probe rel error {rel:.1e} against the float64 reference"
+    card = PV.card_of(graph) or PV.dict_card(graph)
+    model.graph = PV.with_card(graph, {**card, "notes": [*card.get("notes", []), note]})
+    formats.save_weights(model, path, format="tflite", overwrite=overwrite)
+    return TFLiteExport(Path(path), report)
+
+
 def export(source, to: str = "onnx", path=None, overwrite: bool = False, dtype: str = "float32",
            dynamic_hw: bool | None = None, input_size: int | None = None, seed: int = 0,
-           check: bool = True) -> Path:
+           check: bool = True, quantize: str | None = None, calibration=None) -> Path:
     """Write ``source`` (a lightnets model of any backend, a weights file, ``(graph, weights)`` or a model id)
-    as an ONNX file at ``path``; returns the path.
+    as an ONNX or TFLite file at ``path``; returns the path.
 
     ``dtype``: the ONNX tensor type ("float32" default; "float64" keeps double where onnxruntime has
-    kernels). ``dynamic_hw``: symbolic height/width (default: unless the graph is fixed to its size; the
-    batch is always dynamic). ``input_size``: the graph's build size (static dims and doc). ``check``:
-    probe the export in onnxruntime against the float64 reference before writing (when installed).
+    kernels); TFLite is float32 only. ``dynamic_hw``: symbolic height/width (default: unless the graph is
+    fixed to its size; the batch is always dynamic). ``input_size``: the graph's build size (static dims and
+    doc). ``check``: probe the export (onnxruntime when installed / the LiteRT interpreter) against the float64
+    reference before writing; int8 TFLite: measure its top-1 agreement instead. ``quantize="int8"`` and
+    ``calibration`` (TFLite only): see the module doc; :func:`export_tflite` also returns the check's report.
     """
     from .formats import check_writable
 
@@ -122,6 +241,14 @@ def export(source, to: str = "onnx", path=None, overwrite: bool = False, dtype: 
         raise LightnetsError(f"unknown export target {to!r}; choose one of {', '.join(TARGETS)}")
     if path is None:
         raise LightnetsError(f"export needs path=, the {TARGETS[to]} file to write")
+    if to != "tflite" and (quantize is not None or calibration is not None):
+        raise LightnetsError(f"quantize= and calibration= are TFLite options; use to='tflite' (got to={to!r})")
+    if to == "tflite":
+        if dtype != "float32":
+            raise LightnetsError(f"TFLite export is float32 (the LiteRT interpreter has no float64 kernels), not "
+                                 f"{dtype!r}; use dtype='float32', or quantize='int8'")
+        return export_tflite(source, path, overwrite, quantize, calibration, dynamic_hw, input_size, seed,
+                             check).path
     path = check_writable(path, overwrite)
     model, graph, weights = to_onnx(source, dtype, dynamic_hw, input_size, seed)
     if check:

@@ -67,3 +67,11 @@ def effective_dtype(target: str, dtype: str) -> str:
 # Known divergences: (case, target, dtype) -> reason. A listed case that passes fails the run,
 # so this list can only shrink.
 EXPECTED_FAILURES: dict[tuple[str, str, str], str] = {}
+
+# int8 TFLite exports are judged by top-1 agreement with the float64 reference (no error bound: int8 logits are
+# not float logits): (id, input size) -> the floor. Measured (lightnets.export.export_tflite defaults: 1000 classes,
+# init seed 0, 32 N(0, 1) calibration images seed 1, 64 agreement images seed 2; tensorflow 2.21 converter,
+# ai-edge-litert 2.3.0 XNNPACK int8 kernels): mobilenet_v2_050 at 96 px agrees on 33/64 = 51.6%; floor 29/64.
+# Random-weight nets amplify the int8 rounding with depth (per-node error 1.4% after the stem, O(1) by block 12)
+# and 1000 random logits have small top-1 margins: the same net with 10 classes agrees on 63/64.
+INT8_TOP1_FLOOR: dict[tuple[str, int], float] = {("mobilenet_v2_050", 96): 29 / 64}

@@ -1,0 +1,205 @@
+"""TFLite: the keras lowering converted by the TFLite converter and run by the LiteRT interpreter, as a backend,
+a parity target and an export (float32, and int8 post-training quantization).
+
+Every op case and four ids run against the float64 numpy reference; the int8 export of mobilenet_v2_050 is
+judged by its top-1 agreement with the reference (a measured floor, parity/tolerances.py INT8_TOP1_FLOOR).
+tensorflow is imported inside tests only and this module never imports paddle (tensorflow before paddle in
+one process segfaults; conftest runs the paddle tests first). Skipped without tensorflow/keras.
+"""
+
+import importlib.util
+import json
+import os
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+
+import lightnets
+from lightnets import cli, formats, reference, registry
+from lightnets import provenance as PV
+from lightnets import weights as W
+from lightnets.backends import tflite as TL  # imports no framework
+from lightnets.errors import FileFormatError, InputShapeError, LightnetsError
+from lightnets.export import AGREEMENT_IMAGES, AGREEMENT_SEED, export_tflite, seeded_images
+from lightnets.frameworks import load_backend
+from lightnets.graph import INPUT, GraphBuilder
+from lightnets.numerics import rel_error
+from lightnets.parity import cases as C
+from lightnets.parity import runner
+from lightnets.parity import tolerances as T
+
+pytestmark = [
+    pytest.mark.skipif(importlib.util.find_spec("tensorflow") is None or importlib.util.find_spec("keras") is None,
+                       reason="tensorflow/keras are not installed"),
+    pytest.mark.skipif(os.environ.get("KERAS_BACKEND", "tensorflow") != "tensorflow",
+                       reason="the TFLite converter needs keras on tensorflow"),
+    pytest.mark.filterwarnings("ignore::DeprecationWarning", "ignore::UserWarning"),
+]
+
+BE = load_backend("tflite")
+OP_CASES = C.op_cases()
+# (id, input size): "same" padding at an odd size for the keras-padded id
+MODELS = [("mobilenet_v2_050", 64), ("mobilenet_v3_small_075_keras", 65), ("shufflenet_v2_050", 64),
+          ("ghostnet_050", 64)]
+MEASURED: dict[str, float] = {}
+
+
+@pytest.fixture(scope="module", autouse=True)
+def _report():
+    yield
+    if MEASURED:
+        print("\ntflite measured:", json.dumps({k: float(f"{v:.3g}") for k, v in sorted(MEASURED.items())}))
+
+
+def _note(key: str, value: float) -> float:
+    MEASURED[key] = max(MEASURED.get(key, 0.0), value)
+    return value
+
+
+def _built(graph, weights, dtype="float32"):
+    m = BE.build(graph, dtype)
+    BE.set_weights(m, weights)
+    return m
+
+
+# --- ops and models against the reference ---------------------------------------------------------------
+@pytest.mark.parametrize("case", OP_CASES, ids=[c.id for c in OP_CASES])
+def test_op_case_matches_the_reference(case):
+    w = W.init_weights(case.graph, seed=3)
+    x = C.make_input(case.graph, case.batch, seed=3)
+    y32 = BE.run(_built(case.graph, w), x)
+    assert y32.dtype == np.float32
+    assert _note("op float32", rel_error(y32, reference.run(case.graph, w, x))) <= T.OP_REL["float32"]
+    # float64 asks for float64 arrays; LiteRT computes them in float32 (the same flat buffer: no conversion)
+    y64 = BE.run(_built(case.graph, w, "float64"), x)
+    assert y64.dtype == np.float64 and np.array_equal(y64, y32)
+    assert T.effective_dtype("tflite", "float64") == "float32"
+
+
+@pytest.mark.parametrize("model_id, size", MODELS, ids=[m[0] for m in MODELS])
+def test_model_matches_the_reference_at_any_batch_and_size(model_id, size):
+    graph = registry.get_spec(model_id, num_classes=10, input_size=size)
+    w = W.init_weights(graph, seed=1)
+    m = _built(graph, w)
+    x = np.random.default_rng(0).standard_normal((2, *graph.input_shape))
+    assert _note(f"{model_id}@{size}", rel_error(BE.run(m, x), reference.run(graph, w, x))) <= T.MODEL_REL["float32"]
+    # the same interpreter, resized: one image at another height/width ("same" pads follow the size)
+    x1 = np.random.default_rng(1).standard_normal((1, 3, size + 9, size - 7))
+    assert rel_error(BE.run(m, x1), reference.run(graph, w, x1)) <= T.MODEL_REL["float32"]
+    assert len(m._buffers) == 1  # converted once
+
+
+def test_return_all_gives_every_node_by_name():
+    """The parity locator's view: a keras model with every node's output named, converted on its own."""
+    g = GraphBuilder("all_nodes", (6, 9, 8))
+    cv = g.add("stem.conv", "conv2d", INPUT, out_channels=6, kernel=3, stride=2, padding="same")
+    bn = g.add("stem.bn", "batch_norm", cv)
+    act = g.add("stem.act", "activation", bn, kind="hardswish")
+    sh = g.add("shuffle", "channel_shuffle", act, groups=3)
+    sl = g.add("half", "slice_channels", sh, start=0, stop=3)
+    cat = g.add("cat", "concat", [sl, sh])
+    mp = g.add("pool", "max_pool2d", cat, kernel=3, stride=2, pads=1)
+    gp = g.add("gap", "global_avg_pool", mp)
+    fl = g.add("flat", "flatten", gp)
+    g.add("fc", "linear", fl, out_features=5, bias=True)
+    graph = g.build()
+    w = W.init_weights(graph, seed=2)
+    m = _built(graph, w)
+    x = C.make_input(graph, 2, seed=2)
+    got = BE.run(m, x, return_all=True)
+    ref = reference.run(graph, w, x, return_all=True)
+    assert list(got) == [n.name for n in graph.nodes] and mp in got
+    errs = {k: rel_error(v, ref[k]) for k, v in got.items()}
+    assert _note("return_all node", max(errs.values())) <= T.MODEL_REL["float32"]
+    # another flat buffer (fewer fusions: every node is an output), so not bit-equal to the output of run
+    assert _note("return_all vs run", rel_error(got["fc"], BE.run(m, x))) <= T.MODEL_REL["float32"]
+
+
+def test_parity_target_is_inference_only():
+    assert runner.TARGETS["tflite"] == ("tflite", {"KERAS_BACKEND": "tensorflow"})
+    assert "tflite" in runner.INFERENCE_ONLY and "tflite" in cli.PARITY_TARGETS
+    assert "tflite" not in cli.DEFAULT_PARITY_TARGETS  # a conversion per model: asked for by name
+    assert BE.name == "tflite" and BE.framework == "tensorflow" and lightnets.load_backend("tflite") is BE
+    graph = registry.get_spec("mobilenet_v1_025", num_classes=10, input_size=32)
+    m = lightnets.build(graph, backend="tflite", seed=1)  # no conversion until it runs
+    assert lightnets.api.backend_of(m) is BE and BE.bn_eps(m) == {1e-5} and not m._buffers
+    x = np.zeros((1, 3, 32, 32), np.float32)
+    for call in (lambda: BE.train_forward(m, x), lambda: BE.gradients(m, x, np.zeros((1, 10)))):
+        with pytest.raises(LightnetsError, match="not supported by TFLite"):
+            call()
+
+
+# --- export ------------------------------------------------------------------------------------------
+def test_int8_export_agrees_with_the_float_model_on_top1(tmp_path):
+    path = tmp_path / "q.tflite"
+    written, rep = export_tflite("mobilenet_v2_050", path, quantize="int8", input_size=96)
+    assert written == path and rep["images"] == AGREEMENT_IMAGES
+    agreement = _note("int8 top-1 agreement mobilenet_v2_050@96", rep["top1_agreement"])
+    assert agreement >= T.INT8_TOP1_FLOOR[("mobilenet_v2_050", 96)]
+    # the file alone: int8 inside, float32 input/output, and the agreement it reports
+    interp = TL.make_interpreter(path.read_bytes())
+    kinds = {np.dtype(d["dtype"]) for d in interp.get_tensor_details()}
+    assert np.dtype(np.int8) in kinds
+    assert [np.dtype(d["dtype"]) for d in interp.get_input_details() + interp.get_output_details()] == [np.float32] * 2
+    graph = registry.get_spec("mobilenet_v2_050", input_size=96)
+    x = seeded_images(graph, AGREEMENT_IMAGES, AGREEMENT_SEED)
+    w = W.init_weights(graph, 0)
+    agree = sum(int(np.sum(BE.forward(path, x[i: i + 16]).argmax(1) == reference.run(graph, w, x[i: i + 16]).argmax(1)))
+                for i in range(0, len(x), 16))
+    assert agree == rep["agreeing"]
+    card = formats.describe(path)["card"]
+    assert card["source"] == {"kind": "init", "seed": 0}
+    assert any(f"top-1 agreement with the float64 reference {agree}/64" in n for n in card["notes"])
+
+
+def test_float_export_keeps_the_card_and_refuses_an_existing_file(tmp_path):
+    graph = registry.get_spec("mobilenet_v1_025", num_classes=10, input_size=32)
+    model = lightnets.build(graph, backend="tflite", seed=4)  # init card in graph.meta
+    x = np.random.default_rng(7).standard_normal((2, 3, 32, 32))
+    want = BE.run(model, x)
+    path = tmp_path / "m.tflite"
+    path.write_bytes(b"keep")
+    with pytest.raises(FileFormatError, match="exists; pass overwrite=True"):
+        lightnets.export(model, to="tflite", path=path)
+    assert path.read_bytes() == b"keep" and sorted(p.name for p in tmp_path.iterdir()) == ["m.tflite"]
+    assert lightnets.export(model, to="tflite", path=path, overwrite=True) == path
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["m.tflite", "m.tflite.lightnets.json"]
+    assert np.array_equal(BE.forward(path, x), want)  # the file alone runs the same flat buffer
+    assert rel_error(want, reference.run(graph, BE.get_weights(model), x)) <= T.MODEL_REL["float32"]
+    info = formats.describe(path)
+    card = PV.card_of(BE.graph_of(model))
+    assert info["format"] == "tflite" and info["graph_from"] == "sidecar m.tflite.lightnets.json"
+    assert info["card"]["source"] == card["source"] == {"kind": "init", "seed": 4}
+    assert info["card"]["notes"][:-1] == card["notes"] and "TFLite float32 export" in info["card"]["notes"][-1]
+    side = json.loads(formats.sidecar_of(path).read_text())
+    assert lightnets.Graph.from_json(json.dumps(side["graph"])).nodes == graph.nodes
+    with pytest.raises(FileFormatError, match="do not map back to canonical weights"):
+        lightnets.build(path, backend="tflite")
+    with pytest.raises(LightnetsError, match="float32"):
+        lightnets.export(model, to="tflite", path=tmp_path / "d.tflite", dtype="float64")
+    with pytest.raises(LightnetsError, match="TFLite options"):
+        lightnets.export(model, to="onnx", path=tmp_path / "d.onnx", quantize="int8")
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["m.tflite", "m.tflite.lightnets.json"]
+
+
+def test_cli_export_tflite(tmp_path, capsys):
+    out = tmp_path / "s.tflite"
+    args = ["export", "mobilenet_v1_025", "--to", "tflite", "--out", str(out), "--size", "32"]
+    assert cli.main([*args, "--static"]) == 0
+    printed = capsys.readouterr().out
+    assert "-> tflite" in printed and "input NHWC float32 (N, 32, 32, 3)" in printed and "probe rel error" in printed
+    assert BE.forward(out, np.zeros((3, 3, 32, 32))).shape == (3, 1000)  # the batch stays dynamic
+    with pytest.raises(InputShapeError, match="fixed height/width"):
+        BE.forward(out, np.zeros((1, 3, 40, 32)))
+    assert cli.main(args) == 1 and "exists" in capsys.readouterr().err
+    assert cli.main([*args[:3], "onnx", *args[4:], "--quantize", "int8", "--force"]) == 2
+    assert "--quantize is a TFLite option" in capsys.readouterr().err
+
+
+def test_backend_module_imports_no_framework():
+    code = ("import sys, lightnets.backends.tflite, lightnets.export; "
+            "print([m for m in ('tensorflow', 'keras', 'ai_edge_litert') if m in sys.modules])")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
+    assert out.strip() == "[]"
