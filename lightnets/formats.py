@@ -11,7 +11,6 @@ format               suffixes              backend   graph + provenance card
 ``keras-model``      ``.keras``            keras     sidecar
 ``paddle``           ``.pdparams``         paddle    sidecar
 ``onnx``             ``.onnx``             onnxrt    sidecar (the initializers are the canonical weights)
-``tflite``           ``.tflite``           tflite    sidecar (written only: converted weights do not read back)
 ==================== ===================== ========= ===========================================
 
 Adding a format is adding a row to :data:`FORMATS` (native rows are read and written by their
@@ -46,6 +45,7 @@ from typing import Any, NamedTuple
 
 import numpy as np
 
+from . import features as FT
 from . import provenance as PV
 from . import registry
 from . import weights as W
@@ -147,7 +147,6 @@ FORMATS: dict[str, Format] = {f.name: f for f in (
     Format("keras-model", (".keras",), "keras", **_NATIVE),
     Format("paddle", (".pdparams",), "paddle", **_NATIVE),
     Format("onnx", (".onnx",), "onnxruntime", **_NATIVE),
-    Format("tflite", (".tflite",), "tflite", **_NATIVE),
 )}
 CANONICAL = tuple(n for n, f in FORMATS.items() if f.backend is None)
 # short names accepted for ``format=``: resolved by the file's suffix
@@ -289,7 +288,7 @@ def at_size(graph: Graph, input_size: int | None) -> Graph:
     if input_size is None or graph.input_shape[1:] == (input_size, input_size):
         return graph
     graph.shapes_at(input_size, input_size)  # SpecError for fixed-size graphs or too small inputs
-    return Graph(graph.name, (graph.input_shape[0], input_size, input_size), graph.nodes, graph.meta)
+    return graph.replace(input_shape=(graph.input_shape[0], input_size, input_size))
 
 
 class _GraphFor:
@@ -336,6 +335,9 @@ def resolve_graph(path, file_graph: Graph, arch: str | Graph | None = None, num_
         want = registry.get_spec(arch, num_classes=num_classes or PV.num_classes_of(file_graph) or 1000,
                                  input_size=input_size or file_graph.input_shape[1], include_top=top)
         label = f"{arch} builds"
+        if FT.META_KEY in file_graph.meta:  # a backbone file (build(features=True)): the id's same maps
+            want = FT.feature_graph(want, [d["index"] for d in file_graph.meta[FT.META_KEY]])
+            label = f"{arch} (features) builds"
     else:
         want, label = None, ""
         file_n = PV.num_classes_of(file_graph)

@@ -43,11 +43,20 @@ class Source(NamedTuple):
     notes: tuple[str, ...] = ()
 
 
-def run_source(source: Source, x: np.ndarray) -> tuple[np.ndarray, str]:
-    """The source's output on the probe batch ``x`` and what it was (the source model, or the reference)."""
+def outputs_of(graph: Graph, y) -> list[np.ndarray]:
+    """A forward's result as a list of float64 arrays, one per graph output."""
+    return [np.asarray(v, np.float64) for v in (y if graph.multi_output else [y])]
+
+
+def run_source(source: Source, x: np.ndarray) -> tuple[list[np.ndarray], str]:
+    """The source's outputs on the probe batch ``x`` and what they came from (the source model, or the
+    float64 reference for a canonical file)."""
     if source.model is None:
-        return reference.run(source.graph, source.weights, x.astype(np.float64)), "float64 reference"
-    return np.asarray(source.backend.forward(source.model, x), np.float64), "source"
+        return outputs_of(source.graph, reference.run(source.graph, source.weights, x.astype(np.float64))), \
+            "float64 reference"
+    be, model = source.backend, source.model
+    y = be.run(model, x) if be.owns(model) else be.forward(model, x)  # a lightnets model, or a zoo model
+    return outputs_of(source.graph, y), "source"
 
 
 def load_in_safe_order(*names: str | None) -> None:
@@ -136,12 +145,14 @@ def port(model_or_file, to: str = "keras", arch: str | None = None, from_format:
     target = be.build(graph, dtype)
     be.set_weights(target, source.weights)
     x = np.random.default_rng(PROBE_SEED).standard_normal((2, *graph.input_shape)).astype(dtype)
-    got = np.asarray(be.run(target, x), np.float64)
+    got = outputs_of(graph, be.run(target, x))
     want, against = run_source(source, x)
-    if got.shape != want.shape or got.shape[1:] != tuple(graph.output_shape):
-        raise WeightsError(f"port to {to}: output shape {got.shape} differs from the {against}'s {want.shape} "
-                           f"(graph output {graph.output_shape}); the port is wrong")
-    abs_err, rel = float(np.max(np.abs(got - want))), rel_error(got, want)
+    shapes = [tuple(v.shape) for v in got]
+    if shapes != [tuple(v.shape) for v in want] or [s[1:] for s in shapes] != [tuple(s) for s in graph.output_shapes]:
+        raise WeightsError(f"port to {to}: output shapes {shapes} differ from the {against}'s "
+                           f"{[tuple(v.shape) for v in want]} (graph outputs {graph.output_shapes}); the port is wrong")
+    abs_err = max(float(np.max(np.abs(g - w))) for g, w in zip(got, want, strict=True))
+    rel = max(rel_error(g, w) for g, w in zip(got, want, strict=True))
     if not rel <= PROBE_TOLERANCE:
         raise WeightsError(f"port to {to}: probe output differs from the {against} by {rel:.2e} relative "
                            f"(> {PROBE_TOLERANCE}); not returning a wrong model")

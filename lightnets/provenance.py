@@ -139,7 +139,7 @@ def with_card(graph: Graph, card: Mapping[str, Any] | None) -> Graph:
     """``graph`` with ``card`` in ``meta["provenance"]`` (the same graph if it already holds it)."""
     if card is None or graph.meta.get(KEY) == card:
         return graph
-    return Graph(graph.name, graph.input_shape, graph.nodes, {**graph.meta, KEY: plain(dict(card))})
+    return graph.replace(meta={**graph.meta, KEY: plain(dict(card))})
 
 
 def sha256_file(path) -> str:
@@ -178,10 +178,13 @@ def graph_diff(have: Graph, want: Graph, have_label: str = "file", want_label: s
             if a.attrs.get(k) != b.attrs.get(k):
                 return f"node {a.name!r} attr {k}: {have_label} {_fmt(a.attrs.get(k))}, {want_label} " \
                        f"{_fmt(b.attrs.get(k))}"
+    if len(have.nodes) == len(want.nodes) and have.outputs != want.outputs:
+        return f"outputs: {have_label} {_fmt(have.outputs)}, {want_label} {_fmt(want.outputs)}"
     if len(have.nodes) != len(want.nodes):
-        longer, label = (have, have_label) if len(have.nodes) > len(want.nodes) else (want, want_label)
+        longer = have if len(have.nodes) > len(want.nodes) else want
         extra = [n.name for n in longer.nodes[min(len(have.nodes), len(want.nodes)):]]
-        return f"nodes: {label} has {len(extra)} more: {extra[:4]}"
+        return (f"node count: {have_label} {len(have.nodes)}, {want_label} {len(want.nodes)} (the longer one goes on "
+                f"with {extra[:4]})")
     return None
 
 

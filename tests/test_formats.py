@@ -263,7 +263,8 @@ def test_stale_sidecar_is_ignored_not_trusted(tmp_path):
 @pytest.mark.parametrize("kwargs,problem", [
     (dict(arch=ID, num_classes=1000), "node 'head.fc' attr out_features: file 10, mobilenet_v1_025 builds 1000"),
     (dict(arch="mobilenet_v1_050"), "model id: file 'mobilenet_v1_025', mobilenet_v1_050 builds"),
-    (dict(arch=ID, include_top=False), "nodes: file has 1 more: ['head.fc']"),
+    (dict(arch=ID, include_top=False), "node count: file 84, mobilenet_v1_025 builds 83 (the longer one goes "
+                                       "on with ['head.fc'])"),
     (dict(num_classes=5), "with 10 classes, not 5"),
 ])
 def test_caller_disagreeing_with_the_files_graph_is_refused(tmp_path, kwargs, problem):
@@ -288,6 +289,22 @@ def test_input_size_only_matters_where_it_changes_the_graph(tmp_path):
     assert lightnets.build(tmp_path / "fixed.safetensors").graph.meta["fixed_size"] is True
     with pytest.raises(LightnetsError, match="fixed to 32x32 inputs"):
         lightnets.build(tmp_path / "fixed.safetensors", input_size=64)
+
+
+def test_backbone_files_keep_their_outputs_and_ports_probe_every_map_paddle(tmp_path):
+    m = lightnets.build("mobilenet_v2_050", input_size=64, features=True, seed=2)
+    text = m.graph.to_json()
+    p, info = lightnets.port(m, to="paddle", return_info=True)
+    assert info["max_rel_diff"] <= P.PROBE_TOLERANCE and p.graph.to_json() == text
+    for name in ("a.safetensors", "a.pdparams"):
+        lightnets.save_weights(p, tmp_path / name)
+        assert lightnets.build(tmp_path / name).graph.to_json() == text
+        back = lightnets.build("mobilenet_v2_050", weights=tmp_path / name)  # the id's same maps agree
+        assert back.graph.outputs == m.graph.outputs
+        _, info = lightnets.port(tmp_path / name, to="torch", return_info=True)
+        assert info["max_rel_diff"] <= P.PROBE_TOLERANCE
+    with pytest.raises(WeightsError, match="mobilenet_v1_050"):
+        lightnets.build("mobilenet_v1_050", weights=tmp_path / "a.safetensors")
 
 
 def test_provenance_of_builds(tmp_path):
