@@ -266,7 +266,7 @@ def to_onnx(graph: Graph, weights: Mapping[str, np.ndarray], dtype: str = "float
         dims = [BATCH, shape[0], *(([None, None] if dynamic_hw else list(shape[1:])) if len(shape) == 3 else [])]
         return helper.make_tensor_value_info(name, em.elem, dims)
 
-    outputs = [n.name for n in graph.nodes] if return_all else [graph.output]
+    outputs = [n.name for n in graph.nodes] if return_all else list(graph.output_names)
     og = helper.make_graph(em.nodes, graph.name, [helper.make_tensor_value_info(INPUT, em.elem, [BATCH, c, *hw])],
                            [info(o) for o in outputs], list(em.inits.values()), doc_string=doc_of(graph))
     model = helper.make_model(og, opset_imports=[helper.make_opsetid("", OPSET)], ir_version=IR_VERSION,
@@ -392,13 +392,14 @@ def get_weights(model: OnnxModel) -> dict[str, np.ndarray]:
 
 
 def run(model: OnnxModel, x: np.ndarray, return_all: bool = False):
-    """Eval forward of the NCHW numpy batch ``x``; ``return_all`` gives every node's output."""
+    """Eval forward of the NCHW numpy batch ``x`` (a list of outputs for a graph with ``outputs``);
+    ``return_all`` gives every node's output."""
     check_input(model.graph, x)
     sess = model.session(return_all)
     outs = sess.run(None, {INPUT: np.ascontiguousarray(x, DTYPES[model.dtype][0])})
     if return_all:
         return {o.name: v for o, v in zip(sess.get_outputs(), outs, strict=True)}
-    return outs[0]
+    return list(outs) if model.graph.multi_output else outs[0]
 
 
 def _inference_only(what: str):
@@ -456,7 +457,8 @@ class OnnxBackend(Backend):
         sess = make_session(proto.SerializeToString(), _default_threads())
         elem = proto.graph.input[0].type.tensor_type.elem_type
         dtype = np.float64 if elem == TensorProto.DOUBLE else np.float32
-        return sess.run(None, {sess.get_inputs()[0].name: np.ascontiguousarray(x, dtype)})[0]
+        outs = sess.run(None, {sess.get_inputs()[0].name: np.ascontiguousarray(x, dtype)})
+        return outs[0] if len(outs) == 1 else list(outs)
 
     def _cast_native(self, model, dtype):
         if isinstance(model, onnx.ModelProto):
