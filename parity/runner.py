@@ -16,17 +16,13 @@ from __future__ import annotations
 
 import itertools
 import json
-import os
-import subprocess
-import sys
-import threading
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 import numpy as np
 
-from lightnets import reference
+from lightnets import reference, workers
 from lightnets import weights as W
 from lightnets.transforms import foldable_batch_norms
 
@@ -47,9 +43,7 @@ TARGETS: dict[str, tuple[str, dict[str, str]]] = {
 # targets without train-mode BN or gradients: the runner asks them for eval outputs only and judges no train kinds
 INFERENCE_ONLY = frozenset({"onnxruntime", "tflite"})
 MODES = ("train", "inference")
-THREAD_ENV = {"OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1", "OPENBLAS_NUM_THREADS": "1",
-              "TF_NUM_INTRAOP_THREADS": "1", "TF_NUM_INTEROP_THREADS": "1", "TF_CPP_MIN_LOG_LEVEL": "3",
-              "GLOG_minloglevel": "2", "PYTHONWARNINGS": "ignore"}
+THREAD_ENV = workers.thread_env(1)  # every parity worker runs single-threaded (lightnets.workers)
 
 
 @dataclass
@@ -115,50 +109,29 @@ class Matrix:
 
     # --- workers ------------------------------------------------------------------------------
     def launch(self, target: str, case_ids: list[str], dtypes: list[str], tag: str, return_all=False,
-               train=False) -> tuple[subprocess.Popen, Path]:
+               train=False) -> workers.Worker:
+        """Start the parity worker of ``target`` on ``case_ids`` (the shared launcher: one thread, pinned env)."""
         backend, env = TARGETS[target]
         out = self.workdir / "out" / tag / target
-        out.mkdir(parents=True, exist_ok=True)
         if train and self.mode != "train":
             raise ValueError("train-mode BN and gradients need mode='train' (folded models have no batch norms)")
         train = train and target not in INFERENCE_ONLY
-        request = {"backend": backend, "dtypes": dtypes, "out": str(out), "train": train, "mode": self.mode,
+        request = {"backend": backend, "dtypes": dtypes, "train": train, "mode": self.mode,
                    "cases": [{**self.files[c], "return_all": return_all} for c in case_ids]}
-        (out / "request.json").write_text(json.dumps(request, indent=1))
-        proc = subprocess.Popen([sys.executable, "-m", "lightnets.parity.worker", str(out / "request.json")],
-                                env={**os.environ, **THREAD_ENV, **env}, stdout=subprocess.PIPE,
-                                stderr=subprocess.STDOUT, text=True)
-        return proc, out
+        return workers.start("lightnets.parity.worker", request, out, threads=1, env=env)
 
     def run_workers(self, targets: list[str], case_ids: list[str], dtypes: list[str], tag: str, jobs: int = 2,
                     on_done: Callable[[str], None] | None = None, **kw) -> dict[str, Path]:
         """Run one worker per target, ``jobs`` at a time; return each target's output directory."""
-        outs: dict[str, Path] = {}
-        pending = list(targets)
-        lock = threading.Lock()
+        def done(target: str, w: workers.WorkerDone) -> None:
+            if w.returncode != 0 and not (w.out / "status.json").exists():
+                (w.out / "status.json").write_text(json.dumps({"__worker__": {
+                    "ok": False, "error": f"worker exited with {w.returncode}: {w.log.strip()[-800:]}"}}))
+            if on_done:
+                on_done(target)
 
-        def work():
-            while True:
-                with lock:
-                    if not pending:
-                        return
-                    target = pending.pop(0)
-                proc, out = self.launch(target, case_ids, dtypes, tag, **kw)
-                log = proc.communicate()[0]
-                (out / "worker.log").write_text(log)
-                if proc.returncode != 0 and not (out / "status.json").exists():
-                    (out / "status.json").write_text(json.dumps({"__worker__": {
-                        "ok": False, "error": f"worker exited with {proc.returncode}: {log.strip()[-800:]}"}}))
-                outs[target] = out
-                if on_done:
-                    on_done(target)
-
-        threads = [threading.Thread(target=work) for _ in range(max(1, jobs))]
-        for t in threads:
-            t.start()
-        for t in threads:
-            t.join()
-        return outs
+        jobs_ = [(t, lambda t=t: self.launch(t, case_ids, dtypes, tag, **kw)) for t in targets]
+        return {t: w.out for t, w in workers.run_all(jobs_, parallel=jobs, on_done=done).items()}
 
     # --- comparison ---------------------------------------------------------------------------
     @staticmethod
