@@ -16,6 +16,7 @@ Native I/O (any model of the framework: lightnets models and zoo models alike):
 
 from __future__ import annotations
 
+import contextlib
 import os
 from collections.abc import Mapping
 from pathlib import Path
@@ -24,9 +25,19 @@ import numpy as np
 
 from lightnets.errors import FileFormatError, LightnetsError, WeightsError
 from lightnets.frameworks import BACKENDS
-from lightnets.weights import _few, atomic_write
+from lightnets.layouts import to_canonical, to_native
+from lightnets.reference import check_input
+from lightnets.weights import atomic_write, few
 
 DTYPES = ("float32", "float64")
+
+
+def native_op(node, in_channels: int) -> str:
+    """The key of ``node`` in ``NATIVE_NAMES``/``NATIVE_LAYOUTS``: its op, or "depthwise_conv2d" for a conv2d
+    with groups == in_channels > 1 (a layer kind of its own in keras)."""
+    if node.op == "conv2d" and node.attrs["groups"] == in_channels > 1:
+        return "depthwise_conv2d"
+    return node.op
 
 
 def unreadable(path, what: str, e: BaseException) -> FileFormatError:
@@ -42,8 +53,10 @@ class Backend:
     # native format name -> the suffix its files carry
     FORMATS: dict[str, str] = {}
     # {op: {canonical suffix: native leaf}}; "depthwise_conv2d" is a conv2d with groups == in_channels
-    # (keras stores it as a DepthwiseConv2D, whose kernel leaf is "depthwise_kernel")
+    # (keras stores it as a DepthwiseConv2D, whose kernel leaf is "depthwise_kernel"); see native_op
     NATIVE_NAMES: dict[str, dict[str, str]] = {}
+    # {op: {canonical suffix: layout name of lightnets.layouts}}; absent entries are "id"
+    NATIVE_LAYOUTS: dict[str, dict[str, str]] = {}
     # state-dict leaves that may be absent from a file (torch BN's num_batches_tracked)
     OPTIONAL_KEYS: tuple[str, ...] = ()
 
@@ -55,29 +68,130 @@ class Backend:
     def __repr__(self) -> str:
         return f"<lightnets backend {self.name!r}>"
 
-    # --- contract: lightnets models ---------------------------------------------------------------
+    # --- contract: lightnets models, written once over the hooks below ----------------------------
     def build(self, graph, dtype: str = "float32"):
+        """The native model of ``graph`` in eval mode, weights in ``dtype``, carrying ``graph``."""
         raise NotImplementedError
 
     def owns(self, model) -> bool:
+        """Whether ``model`` is a lightnets model of this backend."""
         raise NotImplementedError
 
     def graph_of(self, model):
         raise NotImplementedError
 
+    def params(self, model):
+        """``(canonical name, native variable, layout, in_channels)`` for every canonical parameter: THE
+        canonical <-> native mapping (names from ``NATIVE_NAMES``, layouts from ``NATIVE_LAYOUTS``)."""
+        graph = self.graph_of(model)
+        nodes = {n.name: n for n in graph.nodes}
+        for p in graph.params:
+            node_name, suffix = p.name.rsplit(".", 1)
+            node = nodes[node_name]
+            c = graph.shapes[node.inputs[0]][0]
+            op = native_op(node, c)
+            yield (p.name, self._variable(model, node, self.NATIVE_NAMES[op][suffix]),
+                   self.NATIVE_LAYOUTS.get(op, {}).get(suffix, "id"), c)
+
     def set_weights(self, model, weights) -> None:
-        raise NotImplementedError
+        """Assign canonical weights (already checked against the graph), cast to the model's dtype."""
+        for name, var, layout, c in self.params(model):
+            self._assign_variable(var, np.ascontiguousarray(to_native(np.asarray(weights[name]), layout, c)))
 
     def get_weights(self, model) -> dict[str, np.ndarray]:
-        raise NotImplementedError
+        """Canonical weights as numpy arrays in the model's dtype."""
+        return {name: np.ascontiguousarray(to_canonical(self._value(var), layout, c))
+                for name, var, layout, c in self.params(model)}
+
+    def _checked(self, model, x) -> np.ndarray:
+        x = np.asarray(x)
+        check_input(self.graph_of(model), x)
+        return x
 
     def run(self, model, x, return_all: bool = False):
-        raise NotImplementedError
+        """Eval forward of the NCHW numpy batch ``x`` (any train/eval mode is restored after); NCHW out,
+        ``(N, C)`` for vectors; ``return_all`` gives every node's output by node name."""
+        x = self._checked(model, x)
+        with self._evaluating(model):
+            y = self._call(model, self._input(model, x), return_all)
+        if return_all:
+            return {k: self._output(model, v) for k, v in y.items()}
+        return self._outputs(model, y)
 
     def train_forward(self, model, x):
-        raise NotImplementedError
+        """One training-mode forward (BN on batch statistics, running statistics updated with the IR
+        momentum in the framework's convention and the unbiased batch variance, dropout off) ->
+        ``(output, {"<bn>.mean": ..., "<bn>.var": ...})``. Leaves the model in eval mode."""
+        x = self._checked(model, x)
+        y = self._train_call(model, self._input(model, x))
+        stats = {k: v for k, v in self.get_weights(model).items() if k.endswith((".mean", ".var"))}
+        return self._outputs(model, y), stats
 
     def gradients(self, model, x, probe) -> dict[str, np.ndarray]:
+        """Eval-mode gradients of ``sum(output * probe)`` (summed over the outputs of a multi-output graph,
+        ``probe`` then a list) w.r.t. every trainable canonical parameter (canonical names and layouts) and
+        ``"input"`` (NCHW)."""
+        x = self._checked(model, x)
+        trainable = {p.name for p in self.graph_of(model).params if p.trainable}
+        params = [p for p in self.params(model) if p[0] in trainable]
+        probe = ([self._probe(model, np.asarray(p)) for p in probe] if self.graph_of(model).multi_output
+                 else self._probe(model, np.asarray(probe)))
+        g_input, grads = self._backward(model, self._input(model, x), probe, [p[1] for p in params])
+        out = {name: np.ascontiguousarray(to_canonical(g, layout, c))
+               for (name, _, layout, c), g in zip(params, grads, strict=True)}
+        return {**out, "input": self._output(model, g_input)}
+
+    # hooks of the contract (lightnets models)
+    def _variable(self, model, node, leaf: str):
+        """The native variable ``leaf`` of ``node``'s layer."""
+        raise NotImplementedError
+
+    def _value(self, var) -> np.ndarray:
+        """A variable's value, a numpy copy."""
+        raise NotImplementedError
+
+    def _assign_variable(self, var, value: np.ndarray) -> None:
+        raise NotImplementedError
+
+    def _input(self, model, x: np.ndarray):
+        """The native input of a checked NCHW numpy batch, in the model's dtype."""
+        raise NotImplementedError
+
+    def _probe(self, model, probe: np.ndarray):
+        """The native tensor of an output-shaped NCHW (or (N, C)) probe."""
+        return self._input(model, probe)
+
+    def _output(self, model, y) -> np.ndarray:
+        """A native output as numpy, NCHW, in the model's dtype."""
+        raise NotImplementedError
+
+    def _outputs(self, model, y):
+        """The model's native output(s) as numpy: a list for a graph with ``outputs``."""
+        return [self._output(model, v) for v in y] if isinstance(y, (list, tuple)) else self._output(model, y)
+
+    @staticmethod
+    def probe_loss(y, probe, reduce_sum=lambda t: t.sum()):
+        """``sum(output * probe)`` summed over every output (lists for a graph with ``outputs``): the
+        scalar the gradients are taken of."""
+        if isinstance(y, (list, tuple)):
+            return sum(reduce_sum(a * p) for a, p in zip(y, probe, strict=True))
+        return reduce_sum(y * probe)
+
+    def _evaluating(self, model):
+        """Context: eval mode and no autograd; the previous mode is restored after."""
+        return contextlib.nullcontext()
+
+    def _call(self, model, x, return_all: bool):
+        """The eval forward: the output, or ``{node name: output}`` with ``return_all``."""
+        raise NotImplementedError
+
+    def _train_call(self, model, x):
+        """The training-mode forward (see :meth:`train_forward`); leaves eval mode."""
+        raise NotImplementedError
+
+    def _backward(self, model, x, probe, variables) -> tuple[np.ndarray, list[np.ndarray]]:
+        """Eval-mode gradients of ``sum(model(x) * probe)``: (w.r.t. ``x``, [w.r.t. each variable]) as
+        numpy arrays in native layout."""
         raise NotImplementedError
 
     # --- native I/O ----------------------------------------------------------------------------
@@ -146,13 +260,13 @@ class Backend:
                     and np.asarray(self.to_numpy(got[k])).dtype.kind != "f"]
         problems = []
         if missing:
-            problems.append(f"missing keys {_few(missing)}")
+            problems.append(f"missing keys {few(missing)}")
         if extra:
-            problems.append(f"unexpected keys {_few(extra)}")
+            problems.append(f"unexpected keys {few(extra)}")
         if bad:
             problems.append("; ".join(bad[:8]) + (f" ... ({len(bad) - 8} more)" if len(bad) > 8 else ""))
         if nonfloat:
-            problems.append(f"non-float tensors {_few(nonfloat)}")
+            problems.append(f"non-float tensors {few(nonfloat)}")
         if problems:
             raise WeightsError(f"{self.name} state dict does not fit the {what}: " + "; ".join(problems)
                                + ". Check the model id, the class count and that the weights were saved "

@@ -28,6 +28,7 @@ from .base import Backend, unreadable
 
 _GRAPH = "_lightnets_graph"  # attribute of the model holding the Graph
 _ALL = "_lightnets_all"  # cached keras.Model over every node's output (return_all)
+_FAST = "_lightnets_fast"  # set by optimize: whether the model runs under XLA
 _LAYERS = None  # the custom layer classes, defined on first use (keras is imported lazily)
 
 
@@ -292,7 +293,8 @@ def build(graph: Graph, dtype: str = "float32"):
     for node in graph.nodes:
         values[node.name] = CONVERTERS[node.op](keras, node, [values[i] for i in node.inputs],
                                                 graph.in_shapes(node), layer_name(node.name), dtype)
-    model = keras.Model(inp, values[graph.output], name=graph.name)
+    outputs = [values[o] for o in graph.outputs] if graph.multi_output else values[graph.output]
+    model = keras.Model(inp, outputs, name=graph.name)
     setattr(model, _GRAPH, graph)
     return model
 
@@ -318,55 +320,6 @@ def graph_of(model) -> Graph:
     return getattr(model, _GRAPH)
 
 
-def _params(model):
-    """(canonical name, keras variable, node, suffix, in_channels) for every canonical parameter."""
-    graph = graph_of(model)
-    for p in graph.params:
-        node_name, suffix = p.name.rsplit(".", 1)
-        node = graph.node(node_name)
-        layer = model.get_layer(_param_layer_name(node))
-        yield p.name, getattr(layer, _VARS[suffix]), node, suffix, graph.in_shapes(node)[0][0]
-
-
-_VARS = {"weight": "kernel", "bias": "bias", "gamma": "gamma", "beta": "beta", "mean": "moving_mean",
-         "var": "moving_variance"}
-
-
-def _to_native(node: Node, suffix: str, in_channels: int, w: np.ndarray) -> np.ndarray:
-    """THE canonical -> keras layout mapping (``_to_canonical`` is its inverse)."""
-    if suffix != "weight":
-        return w
-    if node.op == "linear":
-        return w.T  # (out, in) -> (in, out)
-    if _is_depthwise(node, in_channels):  # (C*m, 1, kh, kw) -> (kh, kw, C, m)
-        return w.reshape(in_channels, -1, *w.shape[2:]).transpose(2, 3, 0, 1)
-    return w.transpose(2, 3, 1, 0)  # OIHW -> (kh, kw, I/g, O)
-
-
-def _to_canonical(node: Node, suffix: str, in_channels: int, w: np.ndarray) -> np.ndarray:
-    """The inverse of ``_to_native``."""
-    if suffix != "weight":
-        return w
-    if node.op == "linear":
-        return w.T
-    if _is_depthwise(node, in_channels):
-        kh, kw = w.shape[:2]
-        return w.transpose(2, 3, 0, 1).reshape(-1, 1, kh, kw)
-    return w.transpose(3, 2, 0, 1)
-
-
-def set_weights(model, weights) -> None:
-    """Assign canonical weights (already checked against the graph) in the model's dtype."""
-    for name, var, node, suffix, c in _params(model):
-        var.assign(np.asarray(_to_native(node, suffix, c, np.asarray(weights[name])), var.dtype))
-
-
-def get_weights(model) -> dict[str, np.ndarray]:
-    """Canonical weights, in the model's dtype."""
-    return {name: np.ascontiguousarray(_to_canonical(node, suffix, c, var.numpy()))
-            for name, var, node, suffix, c in _params(model)}
-
-
 def _to_nchw(y, dtype) -> np.ndarray:
     """NHWC -> NCHW, in the model's dtype (keras on torch may return float32 from a float64 model)."""
     y = np.asarray(y, dtype)
@@ -388,86 +341,6 @@ def _nhwc(model, x) -> np.ndarray:
 
 def _dtype(model) -> np.dtype:
     return np.dtype(model.inputs[0].dtype)
-
-
-def run(model, x, return_all: bool = False):
-    """Eval forward of the NCHW numpy batch ``x``; NCHW out (``(N, C)`` for vectors)."""
-    x_nhwc, dtype = _nhwc(model, x), _dtype(model)
-    if not return_all:
-        return _to_nchw(model.predict_on_batch(x_nhwc), dtype)
-    every = getattr(model, _ALL, None)
-    if every is None:  # built once; shares the model's layers and weights
-        import keras
-
-        outputs = {n.name: model.get_layer(layer_name(n.name)).output for n in graph_of(model).nodes}
-        every = keras.Model(model.inputs[0], outputs, name=f"{model.name}__all")
-        object.__setattr__(model, _ALL, every)
-    return {k: _to_nchw(v, dtype) for k, v in every.predict_on_batch(x_nhwc).items()}
-
-
-def train_forward(model, x):
-    """One training-mode forward (BN on batch statistics, dropout off); output and updated BN stats.
-
-    Keras updates the moving variance with the biased batch variance; the IR pins the unbiased one
-    (torch convention), so the batch term of each update is rescaled by n / (n - 1) afterwards.
-    """
-    import keras
-
-    graph, x_nhwc, dtype = graph_of(model), _nhwc(model, x), _dtype(model)
-    bns = [(n, model.get_layer(layer_name(n.name))) for n in graph.nodes if n.op == "batch_norm"]
-    old = {n.name: layer.moving_variance.numpy() for n, layer in bns}
-    dropouts = [la for la in model.layers if isinstance(la, keras.layers.Dropout)]
-    rates = [la.rate for la in dropouts]
-    try:
-        for la in dropouts:
-            la.rate = 0.0
-        out = keras.ops.convert_to_numpy(model(x_nhwc, training=True))
-    finally:
-        for la, rate in zip(dropouts, rates, strict=True):
-            la.rate = rate
-    for node, layer in bns:
-        _, h, w = graph.in_shapes(node)[0]
-        n, keep = x_nhwc.shape[0] * h * w, layer.momentum
-        kept = keep * old[node.name]
-        layer.moving_variance.assign(kept + (layer.moving_variance.numpy() - kept) * (n / (n - 1)))
-    stats = {k: v for k, v in get_weights(model).items() if k.endswith((".mean", ".var"))}
-    return _to_nchw(out, dtype), stats
-
-
-def gradients(model, x, probe) -> dict[str, np.ndarray]:
-    """Eval-mode gradients of ``sum(output * probe)`` w.r.t. every trainable parameter and ``input``.
-
-    Canonical names and layouts; ``input`` in NCHW. Supports keras on tensorflow and on torch.
-    """
-    import keras
-
-    x_nhwc, dtype = _nhwc(model, x), _dtype(model)
-    probe = np.asarray(probe, dtype)
-    probe = probe.transpose(0, 2, 3, 1) if probe.ndim == 4 else probe
-    trainable = {p.name for p in graph_of(model).params if p.trainable}
-    params = [p for p in _params(model) if p[0] in trainable]
-    variables = [p[1] for p in params]
-    backend = keras.backend.backend()
-    if backend == "tensorflow":
-        import tensorflow as tf
-
-        xt = tf.constant(x_nhwc)
-        with tf.GradientTape() as tape:
-            tape.watch(xt)
-            loss = tf.reduce_sum(model(xt, training=False) * probe)
-        grads = [g.numpy() for g in tape.gradient(loss, [xt, *variables])]
-    elif backend == "torch":
-        import torch
-
-        xt = torch.tensor(x_nhwc, requires_grad=True)
-        loss = (model(xt, training=False) * torch.as_tensor(probe)).sum()
-        grads = torch.autograd.grad(loss, [xt, *(v.value for v in variables)])
-        grads = [g.detach().cpu().numpy() for g in grads]
-    else:
-        raise LightnetsError(f"gradients are implemented for keras on tensorflow and torch, not {backend!r}")
-    out = {name: np.ascontiguousarray(_to_canonical(node, suffix, c, np.asarray(g, dtype)))
-           for (name, _, node, suffix, c), g in zip(params, grads[1:], strict=True)}
-    return {**out, "input": _to_nchw(grads[0], dtype)}
 
 
 # --- the backend object ---------------------------------------------------------------------------
@@ -496,10 +369,13 @@ def _state_key(layer, weight) -> str:
     return f"{layer.name}.{leaf}"
 
 
+# THE canonical suffix -> keras leaf table, per op ("depthwise_kernel" is the state-dict leaf of a
+# DepthwiseConv2D's kernel, whose attribute keras 3 calls "kernel"), and the layouts (lightnets.layouts)
 NATIVE_NAMES = {"conv2d": {"weight": "kernel", "bias": "bias"},
                 "depthwise_conv2d": {"weight": "depthwise_kernel", "bias": "bias"},
                 "linear": {"weight": "kernel", "bias": "bias"},
                 "batch_norm": {"gamma": "gamma", "beta": "beta", "mean": "moving_mean", "var": "moving_variance"}}
+NATIVE_LAYOUTS = {"conv2d": {"weight": "khwio"}, "depthwise_conv2d": {"weight": "khwcm"}, "linear": {"weight": "T"}}
 
 
 class KerasBackend(Backend):
@@ -509,16 +385,114 @@ class KerasBackend(Backend):
     FORMATS = {"keras-weights": ".weights.h5", "keras-model": ".keras"}
     NATIVE_NAMES = NATIVE_NAMES
 
+    NATIVE_LAYOUTS = NATIVE_LAYOUTS
+
     build = staticmethod(build)
     owns = staticmethod(owns)
     graph_of = staticmethod(graph_of)
-    set_weights = staticmethod(set_weights)
-    get_weights = staticmethod(get_weights)
-    run = staticmethod(run)
-    train_forward = staticmethod(train_forward)
-    gradients = staticmethod(gradients)
     custom_objects = staticmethod(custom_objects)
     layer_name = staticmethod(layer_name)
+
+    # hooks of the contract
+    def _variable(self, model, node, leaf):
+        layer = model.get_layer(_param_layer_name(node))
+        return getattr(layer, "kernel" if leaf == NATIVE_NAMES["depthwise_conv2d"]["weight"] else leaf)
+
+    def _value(self, var):
+        return np.array(var.numpy())
+
+    def _assign_variable(self, var, value):
+        var.assign(np.asarray(value, var.dtype))
+
+    def _input(self, model, x):
+        return _nhwc(model, x)
+
+    def _probe(self, model, probe):
+        probe = np.asarray(probe, _dtype(model))
+        return probe.transpose(0, 2, 3, 1) if probe.ndim == 4 else probe
+
+    def _output(self, model, y):
+        return _to_nchw(y, _dtype(model))
+
+    def _call(self, model, x, return_all):
+        if not return_all:
+            return model.predict_on_batch(x)
+        every = getattr(model, _ALL, None)
+        if every is None:  # built once; shares the model's layers and weights
+            import keras
+
+            outputs = {n.name: model.get_layer(layer_name(n.name)).output for n in graph_of(model).nodes}
+            every = keras.Model(model.inputs[0], outputs, name=f"{model.name}__all")
+            object.__setattr__(model, _ALL, every)
+        return every.predict_on_batch(x)
+
+    def _train_call(self, model, x):
+        """Keras updates the moving variance with the biased batch variance; the IR pins the unbiased one
+        (torch convention), so the batch term of each update is rescaled by n / (n - 1) afterwards."""
+        import keras
+
+        graph = graph_of(model)
+        shapes = graph.shapes_at(x.shape[1], x.shape[2])
+        bns = [(n, model.get_layer(layer_name(n.name))) for n in graph.nodes if n.op == "batch_norm"]
+        old = {n.name: layer.moving_variance.numpy() for n, layer in bns}
+        dropouts = [la for la in model.layers if isinstance(la, keras.layers.Dropout)]
+        rates = [la.rate for la in dropouts]
+        try:
+            for la in dropouts:
+                la.rate = 0.0
+            out = model(x, training=True)
+            out = ([keras.ops.convert_to_numpy(y) for y in out] if isinstance(out, (list, tuple))
+                   else keras.ops.convert_to_numpy(out))
+        finally:
+            for la, rate in zip(dropouts, rates, strict=True):
+                la.rate = rate
+        for node, layer in bns:
+            _, h, w = shapes[node.inputs[0]]
+            n, keep = x.shape[0] * h * w, layer.momentum
+            kept = keep * old[node.name]
+            layer.moving_variance.assign(kept + (layer.moving_variance.numpy() - kept) * (n / (n - 1)))
+        return out
+
+    def _backward(self, model, x, probe, variables):
+        """keras on tensorflow (GradientTape), torch (autograd) or jax (jax.grad of ``model.stateless_call``)."""
+        import keras
+
+        backend = keras.backend.backend()
+        if backend == "tensorflow":
+            import tensorflow as tf
+
+            xt = tf.constant(x)
+            with tf.GradientTape() as tape:
+                tape.watch(xt)
+                loss = self.probe_loss(model(xt, training=False), probe, tf.reduce_sum)
+            grads = [g.numpy() for g in tape.gradient(loss, [xt, *variables])]
+        elif backend == "torch":
+            import torch
+
+            xt = torch.tensor(x, requires_grad=True)
+            pt = [torch.as_tensor(p) for p in probe] if isinstance(probe, list) else torch.as_tensor(probe)
+            loss = self.probe_loss(model(xt, training=False), pt)
+            grads = torch.autograd.grad(loss, [xt, *(v.value for v in variables)])
+            grads = [g.detach().cpu().numpy() for g in grads]
+        elif backend == "jax":
+            import jax
+
+            trainable = model.trainable_variables
+            position = {id(v): i for i, v in enumerate(trainable)}
+            missing = [v.path for v in variables if id(v) not in position]
+            if missing:
+                raise LightnetsError(f"keras-jax gradients: {missing[:3]} are not trainable variables of the model")
+            fixed = [v.value for v in model.non_trainable_variables]
+
+            def loss(xv, values):
+                y, _ = model.stateless_call(values, fixed, xv, training=False)
+                return self.probe_loss(y, probe)
+            g_x, g_vars = jax.grad(loss, argnums=(0, 1))(jax.numpy.asarray(x), [v.value for v in trainable])
+            grads = [np.asarray(g_x)] + [np.asarray(g_vars[position[id(v)]]) for v in variables]
+        else:
+            raise LightnetsError(f"gradients are implemented for keras on tensorflow, torch and jax, not {backend!r}")
+        dtype = _dtype(model)
+        return grads[0], [np.asarray(g, dtype) for g in grads[1:]]
 
     # native I/O
     @staticmethod
@@ -607,8 +581,10 @@ class KerasBackend(Backend):
         x = np.asarray(x)
         dtype = np.dtype(model.inputs[0].dtype) if getattr(model, "inputs", None) else x.dtype
         # predict_on_batch: inference mode, the same compiled path as run()
-        y = np.asarray(model.predict_on_batch(np.ascontiguousarray(x.transpose(0, 2, 3, 1), dtype=dtype)))
-        return np.ascontiguousarray(y.transpose(0, 3, 1, 2)) if y.ndim == 4 else y
+        y = model.predict_on_batch(np.ascontiguousarray(x.transpose(0, 2, 3, 1), dtype=dtype))
+        ys = [np.asarray(v) for v in y] if isinstance(y, (list, tuple)) else [np.asarray(y)]
+        ys = [np.ascontiguousarray(v.transpose(0, 3, 1, 2)) if v.ndim == 4 else v for v in ys]
+        return ys if isinstance(y, (list, tuple)) else ys[0]
 
     def _cast_native(self, model, dtype):
         import keras
@@ -654,9 +630,146 @@ class KerasBackend(Backend):
         if keras.backend.backend() == "tensorflow":
             import tensorflow as tf
 
-            fn = tf.function(lambda x: model(x, training=False), reduce_retracing=True)
+            fn = tf.function(lambda x: model(x, training=False), reduce_retracing=True,
+                             jit_compile=getattr(model, _FAST, None))  # optimize(compile=True): XLA
             return (lambda x: tf.constant(to_input(x))), (lambda x: fn(x).numpy())
         return to_input, (lambda x: keras.ops.convert_to_numpy(model(x, training=False)))
+
+    # --- training: the IR's loss, optimizers and schedule (lightnets.optim) ----------------------------
+    def optimizer(self, spec, dtype: str = "float32"):
+        """The keras optimizer of a ``lightnets.optim`` spec, its lr variable in ``dtype`` (keras makes it in
+        floatx). SGD gets no ``weight_decay`` (keras' is decoupled): :meth:`train_steps` adds the IR's coupled
+        L2 to the gradients, rescales the velocities when the lr changes and sets AdamW's epsilon per step.
+
+        Hyperparameters are numpy float64 scalars (still ``float`` instances): keras 3.15 on tensorflow applies
+        ``ops.cast(self.momentum, variable.dtype)`` (also beta_1/beta_2, weight_decay), and ``tf.cast`` of a
+        Python float makes a float32 tensor first - a float64 run would use momentum 0.8999999762 (measured:
+        weights off by 3.7e-9 relative after 2 SGD steps)."""
+        import keras
+
+        f64 = np.float64
+        previous = keras.config.floatx()
+        keras.config.set_floatx(str(dtype))
+        try:
+            if spec.kind == "sgd":
+                return keras.optimizers.SGD(learning_rate=f64(spec.lr), momentum=f64(spec.momentum),
+                                            nesterov=spec.nesterov)
+            return keras.optimizers.AdamW(learning_rate=f64(spec.lr), weight_decay=f64(spec.weight_decay),
+                                          beta_1=f64(spec.betas[0]), beta_2=f64(spec.betas[1]), epsilon=f64(spec.eps))
+        finally:
+            keras.config.set_floatx(previous)
+
+    @staticmethod
+    def loss(dtype: str = "float32"):
+        """The IR loss as keras' own: categorical cross-entropy on logits with label smoothing
+        ``optim.LABEL_SMOOTHING`` (on one-hot targets), batch mean, computed in ``dtype``."""
+        import keras
+
+        from lightnets.optim import LABEL_SMOOTHING
+
+        return keras.losses.CategoricalCrossentropy(from_logits=True, label_smoothing=LABEL_SMOOTHING,
+                                                    dtype=str(dtype))
+
+    @staticmethod
+    def correct_bn_variance(model, old: dict, batch: int, hw: dict) -> None:
+        """Keras updates a moving variance with the BIASED batch variance; rescale the batch term of the update
+        by n / (n - 1) (the IR's unbiased update). ``old``: layer name -> moving variance before the step;
+        ``hw``: layer name -> spatial size of the BN input."""
+        for name, before in old.items():
+            layer = model.get_layer(name)
+            n = batch * hw[name]
+            kept = layer.momentum * before
+            layer.moving_variance.assign(kept + (layer.moving_variance.numpy() - kept) * (n / (n - 1)))
+
+    def train_steps(self, model, batches, labels, optimizer, schedule=None):
+        """Optimizer steps on ``model`` in place, one per batch, with the IR's loss, ``optimizer`` spec and
+        ``schedule`` (``lightnets.optim``; keras semantics mapped as its module doc says), BN in train mode,
+        dropout off -> ``optim.Trace``. Keras on tensorflow (GradientTape) or on torch (autograd)."""
+        import math
+
+        import keras
+
+        from lightnets import optim
+
+        graph = graph_of(model)
+        batches, labels, lrs = optim.check_run(graph, batches, labels, optimizer, schedule)
+        names = set(optim.trainable_names(graph))
+        variables = [var for name, var, _, _ in self.params(model) if name in names]
+        dtype = _dtype(model)
+        opt = self.optimizer(optimizer, dtype.name)
+        opt.build(variables)
+        k = graph.output_shape[0]
+        bns = [n for n in graph.nodes if n.op == "batch_norm"]
+        dropouts = [la for la in model.layers if isinstance(la, keras.layers.Dropout)]
+        rates = [la.rate for la in dropouts]
+        trace = optim.Trace()
+        try:
+            for la in dropouts:
+                la.rate = 0.0
+            loss_and_grads = self._loss_and_grads_fn(model, self.loss(dtype.name), variables)
+            for t, (x, y, lr) in enumerate(zip(batches, labels, lrs, strict=True), start=1):
+                xn = self._input(model, x)
+                shapes = graph.shapes_at(xn.shape[1], xn.shape[2])
+                hw = {layer_name(n.name): shapes[n.inputs[0]][1] * shapes[n.inputs[0]][2] for n in bns}
+                old = {name: model.get_layer(name).moving_variance.numpy() for name in hw}
+                if optimizer.kind == "sgd" and optimizer.momentum and t > 1:  # keras' velocity carries lr
+                    for m in opt.momentums:
+                        m.assign(m * (lr / trace.lrs[-1]))
+                if optimizer.kind == "adamw":  # keras adds eps to sqrt of the uncorrected v
+                    opt.epsilon = np.float64(optimizer.eps * math.sqrt(1.0 - optimizer.betas[1] ** t))
+                opt.learning_rate = lr
+                target = np.eye(k, dtype=dtype)[y]
+                loss, grads = loss_and_grads(xn, target)
+                if optimizer.kind == "sgd" and optimizer.weight_decay:  # the IR's coupled L2
+                    grads = [g + optimizer.weight_decay * v.value for g, v in zip(grads, variables, strict=True)]
+                opt.apply_gradients(zip(grads, variables, strict=True))
+                self.correct_bn_variance(model, old, xn.shape[0], hw)
+                trace.weights.append(self.get_weights(model))
+                trace.losses.append(float(loss))
+                trace.lrs.append(lr)
+        finally:
+            for la, rate in zip(dropouts, rates, strict=True):
+                la.rate = rate
+        return trace
+
+    @staticmethod
+    def _loss_and_grads_fn(model, loss_fn, variables):
+        """``(x, target) -> (loss, gradients w.r.t. variables)`` of a train-mode forward: one tf.function on
+        tensorflow (traced once per input shape; the optimizer runs eagerly), torch autograd on torch."""
+        import keras
+
+        backend = keras.backend.backend()
+        if backend == "tensorflow":
+            import tensorflow as tf
+
+            @tf.function(reduce_retracing=True)
+            def step(x, target):
+                with tf.GradientTape() as tape:
+                    loss = loss_fn(target, model(x, training=True))
+                return loss, tape.gradient(loss, [v.value for v in variables])
+
+            def run(x, target):
+                loss, grads = step(tf.constant(x), tf.constant(target))
+                return loss.numpy(), grads
+            return run
+        if backend == "torch":
+            import torch
+
+            def run(x, target):
+                loss = loss_fn(torch.as_tensor(target), model(torch.as_tensor(x), training=True))
+                return loss.detach().cpu().numpy(), list(torch.autograd.grad(loss, [v.value for v in variables]))
+            return run
+        raise LightnetsError(f"train_steps is implemented for keras on tensorflow and torch, not {backend!r}")
+
+    # fast inference path (lightnets.optimize folds the batch norms first)
+    def optimize(self, model, compile=False):
+        """The fast eval form of ``model`` (a fresh lightnets model, or any keras model), changed in place:
+        ``model.compile(jit_compile=compile)``, so that ``predict_on_batch`` (``lightnets.run``) and the
+        bench's ``tf.function`` (``timed_call``) run with XLA exactly when ``compile`` (keras turns XLA off on
+        CPU-only machines unless asked)."""
+        model.compile(jit_compile=bool(compile))
+        object.__setattr__(model, _FAST, bool(model.jit_compile))
+        return model
 
 
 BACKEND = KerasBackend()

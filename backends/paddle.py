@@ -7,6 +7,7 @@ The backend object is ``BACKEND`` (``lightnets.backends.base.Backend``).
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import sys
 
@@ -26,8 +27,7 @@ from paddle import nn  # noqa: E402
 
 from lightnets import ops  # noqa: E402
 from lightnets.errors import LightnetsError  # noqa: E402
-from lightnets.graph import INPUT, Graph, Node  # noqa: E402
-from lightnets.reference import check_input  # noqa: E402
+from lightnets.graph import Graph, Node  # noqa: E402
 
 from .base import Backend, unreadable  # noqa: E402
 
@@ -169,13 +169,13 @@ CONVERTERS = {
     "dropout": lambda a, s: nn.Dropout(a["rate"]),
 }
 
-# The one canonical <-> native mapping: op -> canonical suffix -> (paddle attribute, transpose).
-NATIVE = {
-    "conv2d": {"weight": ("weight", False), "bias": ("bias", False)},  # OIHW in both
-    "linear": {"weight": ("weight", True), "bias": ("bias", False)},  # (out, in) <-> paddle (in, out)
-    "batch_norm": {"gamma": ("weight", False), "beta": ("bias", False),
-                   "mean": ("_mean", False), "var": ("_variance", False)},
-}
+# THE canonical suffix -> paddle attribute table, per op, and the layouts that differ from canonical
+NATIVE_NAMES = {"conv2d": {"weight": "weight", "bias": "bias"},  # OIHW in both
+                "depthwise_conv2d": {"weight": "weight", "bias": "bias"},
+                "linear": {"weight": "weight", "bias": "bias"},
+                "batch_norm": {"gamma": "weight", "beta": "bias", "mean": "_mean", "var": "_variance"}}
+NATIVE_LAYOUTS = {"linear": {"weight": "T"}}  # (out, in) <-> paddle (in, out)
+_NUMPY_DTYPES = {paddle.float32: np.float32, paddle.float64: np.float64}
 
 
 class GraphLayer(nn.Layer):
@@ -185,6 +185,7 @@ class GraphLayer(nn.Layer):
         super().__init__()
         self.graph, self.lightnets_dtype = graph, dtype
         self._nodes: list[tuple[Node, nn.Layer]] = []
+        self._layer_of: dict[str, nn.Layer] = {}
         for node in graph.nodes:
             layer = CONVERTERS[node.op](node.attrs, graph.in_shapes(node))
             *path, leaf = node.name.split(".")
@@ -195,19 +196,12 @@ class GraphLayer(nn.Layer):
                 parent = parent._sub_layers[part]
             parent.add_sublayer(leaf, layer)
             self._nodes.append((node, layer))
+            self._layer_of[node.name] = layer
 
     def forward(self, x, return_all: bool = False):
-        values = {INPUT: x}
-        released = self.graph.released
-        for node, layer in self._nodes:
-            values[node.name] = layer(*[values[i] for i in node.inputs])
-            if not return_all:  # free what no later node reads, so memory is reused
-                for i in released[node.name]:
-                    del values[i]
-        if return_all:
-            del values[INPUT]
-            return values
-        return values[self.graph.output]
+        # graph.walk frees what no later node reads (memory reuse) unless every output is kept
+        layers = self._layer_of
+        return self.graph.walk(x, lambda node, xs: layers[node.name](*xs), keep_all=return_all)
 
 
 def build(graph: Graph, dtype: str = "float32") -> GraphLayer:
@@ -230,97 +224,69 @@ def graph_of(model: GraphLayer) -> Graph:
     return model.graph
 
 
-def _native(model: GraphLayer):
-    """Yield (canonical name, paddle parameter, transpose) for every canonical parameter."""
-    for node, layer in model._nodes:
-        for suffix, (attr, transpose) in NATIVE.get(node.op, {}).items():
-            param = getattr(layer, attr)
-            if param is not None:
-                yield f"{node.name}.{suffix}", param, transpose
-
-
-def set_weights(model: GraphLayer, weights) -> None:
-    """Assign canonical weights (already validated against the graph)."""
-    for name, param, transpose in _native(model):
-        w = np.asarray(weights[name], dtype=model.lightnets_dtype)
-        param.set_value(np.ascontiguousarray(w.T if transpose else w))
-
-
-def get_weights(model: GraphLayer) -> dict[str, np.ndarray]:
-    """Canonical weights as numpy arrays in the model's dtype."""
-    out = {}
-    for name, param, transpose in _native(model):
-        w = param.numpy()
-        out[name] = np.ascontiguousarray(w.T if transpose else w)
-    return out
-
-
-def run(model: GraphLayer, x, return_all: bool = False):
-    """Eval forward of the NCHW numpy batch ``x``; ``return_all`` gives every node's output."""
-    x = np.asarray(x)
-    check_input(model.graph, x)
-    training = model.training
-    model.eval()
-    try:
-        with paddle.no_grad():
-            y = model(paddle.to_tensor(x.astype(model.lightnets_dtype)), return_all=return_all)
-    finally:
-        if training:
-            model.train()
-    if return_all:
-        return {k: v.numpy() for k, v in y.items()}
-    return y.numpy()
-
-
-def train_forward(model: GraphLayer, x):
-    """One training-mode forward (BN on batch statistics, dropout off); returns output and new BN stats."""
-    x = np.asarray(x)
-    check_input(model.graph, x)
-    model.eval()
-    bns = [layer for _, layer in model._nodes if isinstance(layer, nn.BatchNorm2D)]
-    try:
-        for layer in bns:
-            layer.train()
-        with paddle.no_grad():
-            out = model(paddle.to_tensor(x.astype(model.lightnets_dtype))).numpy()
-    finally:
-        model.eval()
-    stats = {k: v for k, v in get_weights(model).items() if k.endswith((".mean", ".var"))}
-    return out, stats
-
-
-def gradients(model: GraphLayer, x, probe) -> dict[str, np.ndarray]:
-    """Eval-mode gradients of ``sum(output * probe)`` w.r.t. every trainable parameter and the input."""
-    x = np.asarray(x)
-    check_input(model.graph, x)
-    model.eval()
-    xt = paddle.to_tensor(x.astype(model.lightnets_dtype), stop_gradient=False)
-    model.clear_gradients()
-    (model(xt) * paddle.to_tensor(np.asarray(probe, model.lightnets_dtype))).sum().backward()
-    trainable = {p.name for p in model.graph.params if p.trainable}
-    grads = {name: (param.grad.numpy().T if transpose else param.grad.numpy())
-             for name, param, transpose in _native(model) if name in trainable}
-    model.clear_gradients()
-    return {**{k: np.ascontiguousarray(v) for k, v in grads.items()}, "input": xt.grad.numpy()}
-
-
 # --- the backend object ---------------------------------------------------------------------------
 class PaddleBackend(Backend):
     """PaddlePaddle: ``paddle.nn.Layer`` models, NCHW, state dicts of tensors."""
 
     name = "paddle"
     FORMATS = {"paddle": ".pdparams"}
-    NATIVE_NAMES = {op: {suffix: attr for suffix, (attr, _) in table.items()} for op, table in NATIVE.items()}
-    NATIVE_NAMES["depthwise_conv2d"] = NATIVE_NAMES["conv2d"]
+    NATIVE_NAMES = NATIVE_NAMES
+    NATIVE_LAYOUTS = NATIVE_LAYOUTS
 
     build = staticmethod(build)
     owns = staticmethod(owns)
     graph_of = staticmethod(graph_of)
-    set_weights = staticmethod(set_weights)
-    get_weights = staticmethod(get_weights)
-    run = staticmethod(run)
-    train_forward = staticmethod(train_forward)
-    gradients = staticmethod(gradients)
+
+    # hooks of the contract
+    def _variable(self, model, node, leaf):
+        return getattr(model._layer_of[node.name], leaf)
+
+    def _value(self, var):
+        return var.numpy()
+
+    def _assign_variable(self, var, value):
+        var.set_value(value.astype(_NUMPY_DTYPES[var.dtype], copy=False))
+
+    def _input(self, model, x):
+        return paddle.to_tensor(x.astype(model.lightnets_dtype))
+
+    def _output(self, model, y):
+        return y if isinstance(y, np.ndarray) else y.numpy()
+
+    @contextlib.contextmanager
+    def _evaluating(self, model):
+        training = model.training
+        model.eval()
+        try:
+            with paddle.no_grad():
+                yield
+        finally:
+            if training:
+                model.train()
+
+    def _call(self, model, x, return_all):
+        return model(x, return_all=return_all)
+
+    def _train_call(self, model, x):
+        model.eval()
+        try:
+            for _, layer in model._nodes:
+                if isinstance(layer, nn.BatchNorm2D):
+                    layer.train()
+            with paddle.no_grad():
+                return model(x)
+        finally:
+            model.eval()
+
+    def _backward(self, model, x, probe, variables):
+        model.eval()
+        x.stop_gradient = False
+        model.clear_gradients()
+        self.probe_loss(model(x), probe).backward()
+        grads = [v.grad.numpy() for v in variables]
+        g_input = x.grad.numpy()
+        model.clear_gradients()
+        return g_input, grads
 
     # native I/O
     def _read(self, path, fmt):
@@ -352,7 +318,8 @@ class PaddleBackend(Backend):
         model.eval()
         try:
             with paddle.no_grad():
-                return model(paddle.to_tensor(np.asarray(x)).astype(dtype)).numpy()
+                y = model(paddle.to_tensor(np.asarray(x)).astype(dtype))
+                return [t.numpy() for t in y] if isinstance(y, (list, tuple)) else y.numpy()
         finally:
             if was_training:
                 model.train()
@@ -378,6 +345,65 @@ class PaddleBackend(Backend):
             with paddle.no_grad():
                 return model(x).numpy()
         return (lambda x: paddle.to_tensor(np.ascontiguousarray(x))), call
+
+    # --- training: the IR's loss, optimizers and schedule (lightnets.optim) ----------------------------
+    def optimizer(self, params, spec):
+        """The paddle optimizer of a ``lightnets.optim`` spec: ``Momentum`` with the L2Decay regulariser
+        (coupled: the IR's SGD) and ``AdamW`` (decoupled decay; its kernel's eps placement is the IR's)."""
+        if spec.kind == "sgd":
+            from paddle.regularizer import L2Decay
+
+            return paddle.optimizer.Momentum(learning_rate=spec.lr, momentum=spec.momentum, parameters=params,
+                                             use_nesterov=spec.nesterov,
+                                             weight_decay=L2Decay(spec.weight_decay) if spec.weight_decay else None)
+        return paddle.optimizer.AdamW(learning_rate=spec.lr, beta1=spec.betas[0], beta2=spec.betas[1],
+                                      epsilon=spec.eps, parameters=params, weight_decay=spec.weight_decay)
+
+    @staticmethod
+    def loss(logits, labels):
+        """The IR loss: paddle's soft-label cross-entropy on the IR's smoothed targets, batch mean.
+        (``F.cross_entropy(label_smoothing=)`` smooths a float32 one-hot with a float32 epsilon before casting
+        to the logits' dtype: float64 losses off by ~2e-8 relative, measured; so the targets come from
+        ``optim.one_hot_smoothed`` in the logits' dtype.)"""
+        from lightnets.optim import one_hot_smoothed
+
+        labels = np.asarray(labels.numpy() if hasattr(labels, "numpy") else labels)
+        target = paddle.to_tensor(one_hot_smoothed(labels, logits.shape[-1])).astype(logits.dtype)
+        return F.cross_entropy(logits, target, soft_label=True, reduction="mean")
+
+    @contextlib.contextmanager
+    def training(self, model):
+        """Context: train mode (BN on batch statistics) with every dropout off; eval mode after."""
+        model.train()
+        for layer in model.sublayers():
+            if isinstance(layer, nn.Dropout):
+                layer.eval()
+        try:
+            yield model
+        finally:
+            model.eval()
+
+    def train_steps(self, model, batches, labels, optimizer, schedule=None):
+        """Optimizer steps on ``model`` in place, one per batch, with the IR's loss, ``optimizer`` spec and
+        ``schedule`` (``lightnets.optim``), BN in train mode, dropout off -> ``optim.Trace``."""
+        from lightnets import optim
+
+        graph = self.graph_of(model)
+        batches, labels, lrs = optim.check_run(graph, batches, labels, optimizer, schedule)
+        names = set(optim.trainable_names(graph))
+        opt = self.optimizer([var for name, var, _, _ in self.params(model) if name in names], optimizer)
+        trace = optim.Trace()
+        with self.training(model):
+            for x, y, lr in zip(batches, labels, lrs, strict=True):
+                opt.set_lr(lr)
+                loss = self.loss(model(self._input(model, x)), y)
+                loss.backward()
+                opt.step()
+                opt.clear_grad()
+                trace.weights.append(self.get_weights(model))
+                trace.losses.append(float(loss.numpy()))
+                trace.lrs.append(lr)
+        return trace
 
 
 BACKEND = PaddleBackend()

@@ -8,6 +8,7 @@ Zoo models are the frameworks' own MobileNetV2 (torchvision, paddle.vision, kera
 random weights, never downloaded.
 """
 
+import functools
 import importlib.util
 import re
 from pathlib import Path
@@ -17,12 +18,22 @@ import pytest
 
 import lightnets
 import lightnets.backends as backends_pkg
-from lightnets.errors import FileFormatError, LightnetsError, WeightsError
-from lightnets.frameworks import BACKENDS, load_backend
+from lightnets import reference
+from lightnets import weights as W
+from lightnets.errors import FileFormatError, InputShapeError, LightnetsError, WeightsError
+from lightnets.frameworks import BACKENDS, backend_of, load_backend
+from lightnets.graph import INPUT, GraphBuilder
 from lightnets.numerics import rel_error
-from lightnets.parity.tolerances import MODEL_REL
+from lightnets.parity.cases import make_input, op_cases
+from lightnets.parity.tolerances import MODEL_REL, OP_REL
+
+pytestmark = [  # keras' own model.save converts tf.Variables with np.array(): a numpy 2 warning not ours
+    pytest.mark.filterwarnings("ignore:__array__ implementation doesn't accept:DeprecationWarning")]
 
 SIZE, CLASSES = 32, 10
+DTYPES = ("float64", "float32")
+OPS = op_cases()
+MODELS = [m for m in lightnets.list_models() if m.startswith(("mobilenet_v1_", "mobilenet_v2_"))]
 
 
 def collect_test_backends() -> list[str]:
@@ -72,6 +83,186 @@ def _same_state(a: dict, b: dict) -> None:
     assert sorted(a) == sorted(b)  # (a safetensors file keeps its keys sorted)
     for k in a:
         assert a[k].shape == b[k].shape and np.array_equal(a[k], b[k]), k
+
+
+def _input(graph, batch=2, seed=0):
+    x = make_input(graph, batch, seed)
+    return x - 3.0 if "max_pool" in graph.name else x  # all-negative windows: zero pads would win a max
+
+
+def _built(name, graph, dtype, seed=0):
+    be = load_backend(name)
+    w = W.init_weights(graph, seed)
+    model = be.build(graph, dtype)
+    be.set_weights(model, w)
+    return be, model, w
+
+
+# --- the contract on lightnets models: numbers against the float64 numpy reference ------------------
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("case", OPS, ids=[c.id for c in OPS])
+def test_op_matches_reference(name, case, dtype):
+    be, model, w = _built(name, case.graph, dtype, seed=1)
+    x = _input(case.graph, case.batch)
+    y = be.run(model, x.astype(dtype))
+    assert y.dtype == np.dtype(dtype)
+    err = rel_error(y, reference.run(case.graph, w, x))
+    assert err <= OP_REL[dtype], f"{case.id} {dtype}: rel error {err:.3g}"
+
+
+@functools.cache
+def _model_case(model_id):
+    graph = lightnets.get_spec(model_id, num_classes=CLASSES, input_size=64)
+    w = W.init_weights(graph, seed=0)
+    x = make_input(graph, 2)
+    return graph, w, x, reference.run(graph, w, x)
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("model_id", MODELS)
+def test_model_matches_reference(name, model_id, dtype):
+    graph, w, x, ref = _model_case(model_id)
+    be = load_backend(name)
+    model = be.build(graph, dtype)
+    be.set_weights(model, w)
+    y = be.run(model, x.astype(dtype))
+    assert y.shape == (2, CLASSES) and y.dtype == np.dtype(dtype)
+    err = rel_error(y, ref)
+    assert err <= MODEL_REL[dtype], f"{model_id} {dtype}: rel error {err:.3g}"
+
+
+def test_return_all_gives_every_node_in_nchw(name):
+    graph, w, x, _ = _model_case("mobilenet_v2_035")
+    be, model, _ = _built(name, graph, "float64")
+    every = be.run(model, x, return_all=True)
+    ref = reference.run(graph, w, x, return_all=True)
+    assert list(every) == [n.name for n in graph.nodes] == list(ref)
+    for node, y in every.items():
+        assert y.shape == ref[node].shape and rel_error(y, ref[node]) <= MODEL_REL["float64"], node
+    assert np.array_equal(be.run(model, x, return_all=True)[graph.output], every[graph.output])
+    # (keras: the every-node model is another compiled function than run's: equal within summation order)
+    assert rel_error(be.run(model, x), every[graph.output]) <= MODEL_REL["float64"]
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_train_forward_matches_reference(name, dtype):
+    graph, w, x, _ = _model_case("mobilenet_v2_035")  # has a dropout (off in train_forward)
+    be, model, _ = _built(name, graph, dtype)
+    out, stats = be.train_forward(model, x.astype(dtype))
+    ref_out, ref_stats = reference.train_forward(graph, w, x)
+    assert set(stats) == set(ref_stats) and out.dtype == np.dtype(dtype)
+    err = max(rel_error(out, ref_out), *(rel_error(stats[k], v) for k, v in ref_stats.items()))
+    assert err <= MODEL_REL[dtype], err
+    now = be.get_weights(model)
+    assert all(np.array_equal(now[k], v) for k, v in stats.items())  # the model holds the new statistics
+    y = be.run(model, x.astype(dtype))  # and is back in eval mode
+    assert rel_error(y, reference.run(graph, {**w, **ref_stats}, x)) <= MODEL_REL[dtype]
+
+
+def _grad_graph():
+    g = GraphBuilder("grad", (4, 6, 6))
+    x = g.conv_bn_act("a", INPUT, 8, 3, stride=2, groups=2, act="hardswish")
+    y = g.add("dw", "conv2d", x, out_channels=8, kernel=3, pads=1, groups=8, bias=True)
+    s = g.add("se", "activation", g.add("sq", "global_avg_pool", y), kind="hardsigmoid")
+    y = g.add("scale", "mul", [y, s])
+    g.classifier(y, 3, dropout=0.5)
+    return g.build()
+
+
+def _finite_difference_errors(graph, w, x, probe, grads, h=1e-6, picks=3):
+    """Max relative error of ``grads`` against central differences of the reference, per key."""
+    def f(w, x):
+        return float(np.sum(reference.run(graph, w, x) * probe))
+    rng, errs = np.random.default_rng(0), {}
+    for key in [*(p.name for p in graph.params if p.trainable), "input"]:
+        base = x if key == "input" else w[key]
+        got, scale = grads[key], np.max(np.abs(grads[key])) or 1.0
+        worst = 0.0
+        for i in rng.choice(base.size, min(picks, base.size), replace=False):
+            plus, minus = base.copy(), base.copy()
+            plus.flat[i] += h
+            minus.flat[i] -= h
+            fp = f(w, plus) if key == "input" else f({**w, key: plus}, x)
+            fm = f(w, minus) if key == "input" else f({**w, key: minus}, x)
+            worst = max(worst, abs((fp - fm) / (2 * h) - got.flat[i]) / scale)
+        errs[key] = worst
+    return errs
+
+
+def test_gradients_match_finite_differences(name):
+    graph = _grad_graph()
+    be, model, w = _built(name, graph, "float64", seed=4)
+    x = make_input(graph, 2)
+    probe = np.random.default_rng(5).standard_normal((2, 3))
+    before = be.get_weights(model)
+    grads = be.gradients(model, x, probe)
+    assert set(grads) == {p.name for p in graph.params if p.trainable} | {"input"}
+    assert all(grads[k].shape == w[k].shape for k in grads if k != "input") and grads["input"].shape == x.shape
+    errs = _finite_difference_errors(graph, w, x, probe, grads)
+    assert max(errs.values()) <= 1e-6, errs
+    after = be.get_weights(model)
+    assert all(np.array_equal(after[k], v) for k, v in before.items())  # eval mode: nothing updated
+    assert all(np.array_equal(g, grads[k]) for k, g in be.gradients(model, x, probe).items())  # no accumulation
+
+
+# --- weights, ownership, inputs --------------------------------------------------------------------
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_weights_round_trip_bit_exact(name, dtype):
+    graph = lightnets.get_spec("mobilenet_v1_025", num_classes=CLASSES, input_size=SIZE)
+    be, model, w = _built(name, graph, dtype, seed=3)
+    out = be.get_weights(model)
+    assert list(out) == [p.name for p in graph.params]
+    for k, v in out.items():
+        assert v.dtype == np.dtype(dtype) and v.shape == w[k].shape and np.array_equal(v, w[k].astype(dtype)), k
+    fresh = be.build(graph, dtype)
+    be.set_weights(fresh, out)
+    again = be.get_weights(fresh)
+    assert all(np.array_equal(again[k], v) for k, v in out.items())
+    x = make_input(graph, 2)
+    assert np.array_equal(be.run(fresh, x), be.run(model, x))
+
+
+def test_canonical_file_round_trip(name, tmp_path):
+    a = _lightnets_model(name, seed=1)
+    b = _lightnets_model(name, seed=2)
+    lightnets.save_weights(a, tmp_path / "w.safetensors")
+    lightnets.load_weights(b, tmp_path / "w.safetensors")
+    x = _x()
+    assert np.array_equal(lightnets.run(b, x), lightnets.run(a, x))
+
+
+def test_ownership_and_build_by_id(name):
+    be = load_backend(name)
+    model = lightnets.build("mobilenet_v1_025", backend=name, num_classes=7, input_size=SIZE)
+    assert be.owns(model) and not be.owns(object()) and backend_of(model) is be
+    assert not be.owns(_zoo_model(name))
+    assert be.graph_of(model).name == "mobilenet_v1_025"
+    y = lightnets.run(model, make_input(be.graph_of(model), 3))
+    assert y.shape == (3, 7) and y.dtype == np.float32
+
+
+@pytest.mark.parametrize("shape, message", [
+    ((3, 32, 32), "4-D NCHW"), ((1, 32, 32, 3), "is it in NCHW layout"), ((1, 1, 32, 32), "the model expects 3")])
+def test_bad_input_raises_input_shape_error(name, shape, message):
+    be = load_backend(name)
+    model = _lightnets_model(name)
+    for call in (be.run, be.train_forward):
+        with pytest.raises(InputShapeError, match=message):
+            call(model, np.zeros(shape, np.float32))
+
+
+def test_run_is_eval_even_in_train_mode_and_restores_it(name):
+    be = load_backend(name)
+    model = _lightnets_model(name, dtype="float64")
+    x = make_input(be.graph_of(model), 2).astype("float64")
+    y = be.run(model, x)
+    if hasattr(model, "train"):  # torch / paddle layers have a train/eval switch; keras runs inference
+        model.train()
+        assert np.array_equal(be.run(model, x), y) and model.training
+        model.train()
+        be.train_forward(model, x)
+        assert not model.training  # train_forward leaves eval mode
+    assert np.array_equal(be.run(model, x), be.run(model, x))
 
 
 # --- shape of the surface ---------------------------------------------------------------------------

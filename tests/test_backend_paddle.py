@@ -1,6 +1,6 @@
-"""The paddle backend against the float64 numpy reference, plus its weights, I/O and import-order rules."""
+"""Quirks of the paddle backend only (the shared contract is tests/test_backend_contract.py): asymmetric
+pools, parameter counts against paddle.vision, state-dict names, dtype/BN momentum, import order."""
 
-import functools
 import os
 import subprocess
 import sys
@@ -11,18 +11,14 @@ import pytest
 
 import lightnets
 from lightnets import reference
-from lightnets import weights as W
-from lightnets.errors import InputShapeError
 from lightnets.graph import GraphBuilder
-from lightnets.parity.cases import make_input, op_cases
-from lightnets.parity.tolerances import MODEL_REL, OP_REL, rel_error
+from lightnets.parity.cases import make_input
+from lightnets.parity.tolerances import OP_REL, rel_error
 
 paddle = pytest.importorskip("paddle")
 P = lightnets.load_backend("paddle")
 
 DTYPES = ("float64", "float32")
-OPS = {c.id: c for c in op_cases()}
-MODELS = [m for m in lightnets.list_models() if m.startswith(("mobilenet_v1_", "mobilenet_v2_"))]
 MEASURED: dict[str, float] = {}  # "op float32" -> worst rel error seen, reported at the end
 
 
@@ -46,25 +42,7 @@ def _trainable(model) -> int:
     return sum(int(np.prod(p.shape)) for p in model.parameters() if not p.stop_gradient)
 
 
-def _built(graph, dtype, seed=0):
-    w = W.init_weights(graph, seed)
-    model = P.build(graph, dtype)
-    P.set_weights(model, w)
-    return model, w
-
-
 # --- conformance -----------------------------------------------------------------------------
-
-
-@pytest.mark.parametrize("dtype", DTYPES)
-@pytest.mark.parametrize("case_id", list(OPS))
-def test_op_case_matches_reference(case_id, dtype):
-    case = OPS[case_id]
-    model, w = _built(case.graph, dtype)
-    x = make_input(case.graph, case.batch)
-    y = P.run(model, x)
-    assert y.dtype == np.dtype(dtype)
-    assert _measure(f"op {dtype}", rel_error(y, reference.run(case.graph, w, x))) <= OP_REL[dtype]
 
 
 def _pool_graph(op, shape, **attrs):
@@ -84,37 +62,6 @@ def test_asymmetric_pools(op, attrs, dtype):
     x = make_input(graph) - 5.0  # all negative: zero padding would win a max
     y = P.run(P.build(graph, dtype), x)
     assert _measure(f"op {dtype}", rel_error(y, reference.run(graph, {}, x))) <= OP_REL[dtype]
-
-
-@functools.cache
-def _model_reference(model_id):
-    graph = lightnets.spec(model_id, num_classes=10, input_size=64)
-    w = W.init_weights(graph, 0)
-    x = make_input(graph, 2)
-    return graph, w, x, reference.run(graph, w, x)
-
-
-@pytest.mark.parametrize("dtype", DTYPES)
-@pytest.mark.parametrize("model_id", MODELS)
-def test_model_matches_reference(model_id, dtype):
-    graph, w, x, ref = _model_reference(model_id)
-    model = P.build(graph, dtype)
-    P.set_weights(model, w)
-    assert _trainable(model) == graph.num_params()
-    y = P.run(model, x)
-    assert y.shape == (2, 10)
-    assert _measure(f"model {dtype}", rel_error(y, ref)) <= MODEL_REL[dtype]
-
-
-def test_return_all_gives_every_node():
-    graph, w, x, ref = _model_reference("mobilenet_v2_035")
-    model = P.build(graph, "float64")
-    P.set_weights(model, w)
-    out = P.run(model, x, return_all=True)
-    assert list(out) == [n.name for n in graph.nodes]
-    for name, v in out.items():
-        assert v.shape == (2, *graph.shapes[name]), name
-    assert rel_error(out[graph.output], ref) <= MODEL_REL["float64"]
 
 
 # --- structure -----------------------------------------------------------------------------
@@ -156,69 +103,6 @@ def test_layers_dtype_eval_and_bn_momentum():
     assert bn._momentum == pytest.approx(0.99) and bn._epsilon == 1e-3
     assert all(v.dtype == paddle.float64 for v in model.state_dict().values())
     assert tuple(model.fc.weight.shape) == (3, 2)  # paddle Linear is (in, out)
-
-
-# --- weights and I/O -----------------------------------------------------------------------
-
-
-@pytest.mark.parametrize("dtype", DTYPES)
-def test_weights_round_trip_bit_exact(dtype):
-    graph = lightnets.spec("mobilenet_v1_025", num_classes=10, input_size=32)
-    model, w = _built(graph, dtype, seed=3)
-    out = P.get_weights(model)
-    assert list(out) == [p.name for p in graph.params]
-    for k, v in out.items():
-        assert v.dtype == np.dtype(dtype) and v.shape == w[k].shape
-        np.testing.assert_array_equal(v, w[k].astype(dtype))
-    fresh = P.build(graph, dtype)
-    P.set_weights(fresh, out)
-    for k, v in P.get_weights(fresh).items():
-        np.testing.assert_array_equal(v, out[k])
-
-
-def test_build_through_api_and_port(tmp_path):
-    model = lightnets.build("mobilenet_v2_050", backend="paddle", num_classes=10, input_size=32, seed=1)
-    assert P.owns(model) and not P.owns(object())
-    graph = P.graph_of(model)
-    x = make_input(graph, 2)
-    y = lightnets.run(model, x)
-    np.testing.assert_allclose(y, reference.run(graph, W.init_weights(graph, 1), x),
-                               rtol=0, atol=MODEL_REL["float32"] * 10)
-    lightnets.save_weights(model, tmp_path / "w.safetensors")
-    other = lightnets.build("mobilenet_v2_050", backend="paddle", num_classes=10, input_size=32, seed=2)
-    lightnets.load_weights(other, tmp_path / "w.safetensors")
-    np.testing.assert_array_equal(lightnets.run(other, x), y)
-
-
-def test_paddle_save_load_state_dict(tmp_path):
-    graph = lightnets.spec("mobilenet_v1_050", num_classes=10, input_size=32)
-    model, _ = _built(graph, "float32", seed=4)
-    paddle.save(model.state_dict(), str(tmp_path / "m.pdparams"))
-    fresh = P.build(graph, "float32")
-    fresh.set_state_dict(paddle.load(str(tmp_path / "m.pdparams")))
-    x = make_input(graph, 2)
-    np.testing.assert_array_equal(P.run(fresh, x), P.run(model, x))
-
-
-def test_run_is_eval_and_keeps_train_mode():
-    graph = lightnets.spec("mobilenet_v2_035", num_classes=10, input_size=32)
-    model, _ = _built(graph, "float64")
-    x = make_input(graph, 2)
-    y = P.run(model, x)
-    model.train()
-    np.testing.assert_array_equal(P.run(model, x), y)
-    assert model.training
-
-
-def test_wrong_input_raises():
-    graph = lightnets.spec("mobilenet_v1_025", num_classes=10, input_size=32)
-    model = P.build(graph, "float32")
-    with pytest.raises(InputShapeError, match="4-D"):
-        P.run(model, np.zeros((3, 32, 32)))
-    with pytest.raises(InputShapeError, match="channels"):
-        P.run(model, np.zeros((1, 32, 32, 3)))  # NHWC
-    with pytest.raises(InputShapeError, match="channels"):
-        lightnets.run(model, np.zeros((1, 1, 32, 32)))
 
 
 # --- import order ------------------------------------------------------------------------------
