@@ -185,8 +185,8 @@ CATALOGUE = [
      "reads ['stem.nope']", "not the input or an earlier node"),
     ("json_duplicate_name", lambda: Graph.from_json(_json(nodes__1__name="stem.conv")), E.SpecError,
      "duplicate node name 'stem.conv'", "must be unique"),
-    ("json_unknown_attr", lambda: Graph.from_json(_json(nodes__0__attrs__padding="same")), E.SpecError,
-     "unknown attribute(s) ['padding']", "allowed:"),
+    ("json_unknown_attr", lambda: Graph.from_json(_json(nodes__0__attrs__pad="same")), E.SpecError,
+     "unknown attribute(s) ['pad']", "allowed:"),
     ("json_name_not_string", lambda: Graph.from_json(_json(name=5)), E.SpecError, "got 5",
      "name must be a string"),
     # --- inputs ---------------------------------------------------------------------------------
