@@ -221,6 +221,7 @@ class GraphModule(nn.Module):
         self.graph = graph
         steps, fast = [], []
         op_of = {n.name: n.op for n in graph.nodes}
+        viewed = {n.inputs[0] for n in graph.nodes if n.op in _ALIASING}  # a view of it may outlive its reader
         for node in graph.nodes:
             fn = CONVERTERS[node.op](node, graph.in_shapes(node))
             if isinstance(fn, nn.Module):
@@ -231,7 +232,8 @@ class GraphModule(nn.Module):
             # an activation that is the last reader of a node's output may overwrite it (as zoo models do),
             # unless that output may alias a live tensor (a view: slice, flatten, eval-mode dropout)
             if (node.op == "activation" and node.inputs[0] in drop and node.inputs[0] != INPUT
-                    and node.attrs["kind"] in _INPLACE and op_of[node.inputs[0]] not in _ALIASING):
+                    and node.attrs["kind"] in _INPLACE and op_of[node.inputs[0]] not in _ALIASING
+                    and node.inputs[0] not in viewed):
                 fast.append((node.name, _INPLACE[node.attrs["kind"]], node.inputs, drop))
             else:
                 fast.append(steps[-1])
@@ -263,6 +265,8 @@ class GraphModule(nn.Module):
             values[name] = fn(*[values[i] for i in inputs])
             for d in drop:
                 del values[d]
+        if self.graph.outputs is not None:  # a multi-output graph (a backbone): the list of its outputs
+            return [values[o] for o in self.graph.outputs]
         return values[self.graph.output]
 
     def forward_all(self, x: torch.Tensor) -> dict[str, torch.Tensor]:
@@ -335,9 +339,14 @@ def run(model: GraphModule, x: np.ndarray, return_all: bool = False):
         with torch.inference_mode():
             if return_all:
                 return {k: v.cpu().numpy() for k, v in model.forward_all(xt).items()}
-            return model(xt).cpu().numpy()
+            return _numpy(model(xt))
     finally:
         model.train(was_training)
+
+
+def _numpy(y):
+    """A model's output as numpy: one array, or a list of them (a multi-output graph)."""
+    return [t.detach().cpu().numpy() for t in y] if isinstance(y, (list, tuple)) else y.detach().cpu().numpy()
 
 
 def train_forward(model: GraphModule, x: np.ndarray):
@@ -350,7 +359,7 @@ def train_forward(model: GraphModule, x: np.ndarray):
         for m in bns:
             m.train()
         with torch.no_grad():
-            out = model(xt).numpy()
+            out = _numpy(model(xt))
     finally:
         model.eval()
     stats = {k: v.detach().numpy().copy() for k, v in _native_tensors(model).items()
@@ -364,7 +373,9 @@ def gradients(model: GraphModule, x: np.ndarray, probe: np.ndarray) -> dict[str,
     xt = torch.as_tensor(np.asarray(x), dtype=_dtype(model)).requires_grad_(True)
     model.eval()
     model.zero_grad(set_to_none=True)
-    (model(xt) * torch.as_tensor(probe, dtype=xt.dtype)).sum().backward()
+    probe = ([torch.as_tensor(p, dtype=xt.dtype) for p in probe] if model.graph.multi_output
+             else torch.as_tensor(probe, dtype=xt.dtype))
+    Backend.probe_loss(model(xt), probe).backward()
     trainable = {p.name for p in model.graph.params if p.trainable}
     grads = {k: t.grad.numpy().copy() for k, t in _native_tensors(model).items() if k in trainable}
     model.zero_grad(set_to_none=True)
@@ -521,7 +532,7 @@ class TorchBackend(Backend):
         model.eval()
         try:
             with torch.inference_mode():
-                return model(torch.as_tensor(np.asarray(x), dtype=dtype)).cpu().numpy()
+                return _numpy(model(torch.as_tensor(np.asarray(x), dtype=dtype)))
         finally:
             model.train(was_training)
 
