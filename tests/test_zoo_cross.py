@@ -66,7 +66,7 @@ import json, sys
 import numpy as np
 import lightnets
 from lightnets.graph import Graph
-from lightnets.parity.tolerances import rel_error
+from lightnets.numerics import rel_error
 out = {}
 for case in json.load(open(sys.argv[1])):
     try:
@@ -114,7 +114,7 @@ import keras
 import numpy as np
 import lightnets
 from lightnets import zoo
-from lightnets.parity.tolerances import rel_error
+from lightnets.numerics import rel_error
 out = {}
 for name, size in json.loads(sys.argv[1]):
     try:
@@ -127,7 +127,7 @@ for name, size in json.loads(sys.argv[1]):
                 layer.set_weights([rng.uniform(0.5, 1.5, c), rng.normal(0, 0.1, c), rng.normal(0, 0.1, c),
                                    rng.uniform(0.5, 1.5, c)])
         x = np.random.default_rng(3).standard_normal((2, 3, size, size)).astype(np.float32)
-        want = zoo._forward(model, x, "keras")
+        want = zoo.zoo_forward("keras", model, x)
         assert want.shape == (2, 10), want.shape
         graph, w, info = zoo.import_zoo("keras", name, model, input_size=size, probe_size=size)
         assert info["probe_rel_error"] <= 1e-4, info["probe_rel_error"]

@@ -18,7 +18,7 @@ import pytest
 import lightnets
 from lightnets import zoo
 from lightnets.errors import WeightsError
-from lightnets.parity.tolerances import rel_error
+from lightnets.numerics import rel_error
 
 NUM_CLASSES = 10
 TOL = 1e-4
@@ -75,13 +75,15 @@ def test_import_runs_like_the_keras_model_in_keras_and_torch_and_exports_back(ke
     e = zoo.ZOO[("keras", name)]
     model = _keras_model(keras, name, size)
     x = _x(size)
-    want = zoo._forward(model, x, "keras")
+    want = zoo.zoo_forward("keras", model, x)
     assert want.shape == (2, NUM_CLASSES)
     source = model if CASES.index((name, size)) % 2 == 0 else zoo.keras_state_dict(model)
     graph, w, info = zoo.import_zoo("keras", name, source, input_size=size, probe_size=size)
     assert info["arch"] == e.arch and e.arch.endswith("_keras") and info["num_classes"] == NUM_CLASSES
-    assert info["probe_rel_error"] <= TOL
-    assert info["preprocessing"]["rescale"] == (1 / 127.5, -1.0) and info["zoo_classifier_activation"] == "softmax"
+    assert info["probe"]["dtype"] == "float64" and info["probe_rel_error"] <= zoo.PROBE_FLOAT64
+    assert info["probe"]["float32_rel_error"] <= TOL
+    assert info["preprocessing"]["rescale"] == [1 / 127.5, -1.0]
+    assert info["zoo"]["default_classifier_activation"] == "softmax"
     assert all(n.attrs["eps"] == 1e-3 and n.attrs["momentum"] == e.bn_momentum
                for n in graph.nodes if n.op == "batch_norm")
     for backend in ("keras", "torch"):
@@ -93,7 +95,7 @@ def test_import_runs_like_the_keras_model_in_keras_and_torch_and_exports_back(ke
     # export back into a fresh keras model of other random weights
     fresh = _keras_model(keras, name, size, seed=7)
     zoo.load_native(fresh, zoo.export_zoo("keras", name, w), "keras")
-    err = rel_error(zoo._forward(fresh, x, "keras"), want)
+    err = rel_error(zoo.zoo_forward("keras", fresh, x), want)
     print(f"ZOOERR keras {name}@{size} -> export: {err:.2e}")
     assert err <= 1e-6
 
@@ -127,7 +129,7 @@ def test_name_map_layouts_and_every_key_once():
     assert sorted(k for k, _ in nmap.values()) == sorted(shapes)
     assert set(nmap) == {p.name for p in zoo.zoo_graph("keras", "MobileNetV3Small").params}
     assert nmap["stem.conv.weight"] == ("conv.kernel", "khwio")
-    assert nmap["blocks.0.dw.conv.weight"] == ("expanded_conv_depthwise.depthwise_kernel", "khwc1")
+    assert nmap["blocks.0.dw.conv.weight"] == ("expanded_conv_depthwise.depthwise_kernel", "khwcm")
     assert nmap["head.hidden.weight"] == ("conv_2.kernel", "k11io")
     assert nmap["head.fc.weight"] == ("logits.kernel", "k11io")
     assert nmap["stem.bn.var"] == ("conv_bn.moving_variance", "id")
@@ -135,14 +137,20 @@ def test_name_map_layouts_and_every_key_once():
     assert zoo.name_map("keras", "MobileNet")["head.fc.weight"] == ("conv_preds.kernel", "k11io")
 
 
+def _pads(g, name):
+    """The pads a node applies at the graph's input size (``padding="same"`` resolved for that size)."""
+    node = g.node(name)
+    return lightnets.ops.effective_pads(node.attrs, g.in_shapes(node)[0][1:])
+
+
 def test_keras_ids_carry_tf_padding_from_the_input_size():
     g = lightnets.get_spec("mobilenet_v3_small_100_keras", input_size=96)
-    assert g.node("stem.conv").attrs["pads"] == (0, 1, 0, 1)  # TF same, stride 2, even input
-    assert g.node("blocks.3.dw.conv").attrs["pads"] == (1, 2, 1, 2)  # correct_pad, k=5 on 12x12
+    assert _pads(g, "stem.conv") == (0, 1, 0, 1)  # TF same, stride 2, even input
+    assert _pads(g, "blocks.3.dw.conv") == (1, 2, 1, 2)  # correct_pad, k=5 on 12x12
     g = lightnets.get_spec("mobilenet_v3_small_100_keras", input_size=99)
-    assert g.node("stem.conv").attrs["pads"] == (1, 1, 1, 1)
+    assert _pads(g, "stem.conv") == (1, 1, 1, 1)
     g = lightnets.get_spec("mobilenet_v1_100_keras", input_size=99)
-    assert g.node("blocks.3.dw.conv").attrs["pads"] == (0, 1, 0, 1)  # MobileNet pads (0, 1) always
+    assert _pads(g, "blocks.3.dw.conv") == (0, 1, 0, 1)  # MobileNet pads (0, 1) always
     assert g.node("blocks.0.dw.act").attrs["kind"] == "relu6"
     assert lightnets.get_spec("mobilenet_v1_100").node("stem.conv").attrs["pads"] == (1, 1, 1, 1)
 
@@ -152,8 +160,8 @@ def test_default_keras_model_with_preprocessing_and_softmax_imports(keras):
     model = _randomise(_make_with(keras, "MobileNetV3Small", 96), 1)
     graph, w, info = zoo.import_zoo("keras", "MobileNetV3Small", model, input_size=96)
     assert info["classifier_activation"] == "softmax"
-    assert info["model_rescaling"] == pytest.approx((1 / 127.5, -1.0))
-    assert info["probe_rel_error"] <= TOL
+    assert info["zoo"]["model_rescaling"] == pytest.approx((1 / 127.5, -1.0))
+    assert info["probe"]["dtype"] == "float64" and info["probe_rel_error"] <= zoo.PROBE_FLOAT64
     assert info["preprocessing"]["in_model"].startswith("Rescaling")
 
 
@@ -188,7 +196,7 @@ import paddle  # first: tensorflow is never imported in this process
 import numpy as np
 import lightnets
 from lightnets.graph import Graph
-from lightnets.parity.tolerances import rel_error
+from lightnets.numerics import rel_error
 out = {}
 for case in json.load(open(sys.argv[1])):
     graph = Graph.from_json(open(case["graph"]).read())
@@ -210,7 +218,7 @@ def test_imported_weights_run_in_the_third_backend_in_a_fresh_subprocess(keras, 
         stem = tmp_path / name
         (stem.with_suffix(".json")).write_text(graph.to_json())
         np.savez(stem.with_suffix(".w.npz"), **w)
-        np.savez(stem.with_suffix(".io.npz"), x=x, want=zoo._forward(model, x, "keras"))
+        np.savez(stem.with_suffix(".io.npz"), x=x, want=zoo.zoo_forward("keras", model, x))
         cases.append({"name": f"{name}@{size}", "graph": str(stem.with_suffix(".json")),
                       "weights": str(stem.with_suffix(".w.npz")), "io": str(stem.with_suffix(".io.npz"))})
     (tmp_path / "cases.json").write_text(json.dumps(cases))
@@ -225,3 +233,101 @@ def test_imported_weights_run_in_the_third_backend_in_a_fresh_subprocess(keras, 
         ERRORS[f"{k} -> paddle"] = err
         print(f"ZOOERR keras {k} -> paddle: {err:.2e}")
         assert err <= TOL, (k, err)
+
+
+# --- keras.applications files port to every backend (issue 12.4) --------------------------------------
+FILES_CHECK = r"""
+import json, sys
+import paddle  # first: tensorflow after paddle is fine, the other order segfaults
+import keras
+import numpy as np
+import lightnets
+from lightnets import zoo
+from lightnets.numerics import rel_error
+tmp, out = sys.argv[1], {}
+for name, size in (("MobileNetV2", 96), ("MobileNetV3Small", 96)):
+    keras.utils.set_random_seed(0)
+    # keras' own defaults (MobileNetV3: Rescaling inside the model), logits head
+    model = getattr(keras.applications, name)(weights=None, classes=10, input_shape=(size, size, 3),
+                                              classifier_activation=None)
+    rng = np.random.default_rng(1)
+    for layer in model.layers:  # randomised BN statistics
+        if type(layer).__name__ == "BatchNormalization":
+            c = layer.gamma.shape[0]
+            layer.set_weights([rng.uniform(0.5, 1.5, c), rng.normal(0, 0.1, c), rng.normal(0, 0.1, c),
+                               rng.uniform(0.5, 1.5, c)])
+    raw = rng.uniform(0, 255, (2, 3, size, size)).astype("float32")
+    x = (raw / 127.5 - 1).astype("float32")  # what the graph sees (keras preprocess_input / Rescaling)
+    fed = raw if name.startswith("MobileNetV3") else x
+    want = np.asarray(model.predict_on_batch(fed.transpose(0, 2, 3, 1)))
+    arch = zoo.entry("keras", name).arch
+    paths = {".keras": f"{tmp}/{name}.keras", ".weights.h5": f"{tmp}/{name}.weights.h5"}
+    model.save(paths[".keras"])
+    model.save_weights(paths[".weights.h5"])
+    for suffix, path in paths.items():
+        source, graph, w, card = zoo.read_checkpoint(path, "keras", name, input_size=size)
+        out[f"{name}{suffix} card"] = [card["source"]["format"], card["probe"]["dtype"], card["probe"]["rel_error"]]
+        out[f"{name}{suffix} detect"] = [list(k) for k in zoo.detect(
+            lightnets.frameworks.load_backend("keras").read_state_dict(path, card["source"]["format"]), "keras",
+            arch=arch, fmt=card["source"]["format"])]
+        for to in ("torch", "paddle"):
+            ours = lightnets.build(graph, backend=to, weights=w)
+            out[f"read_checkpoint {name}{suffix} -> {to}"] = rel_error(lightnets.run(ours, x), want)
+            for ff in (f"keras:{name}", None):
+                key = f"port {name}{suffix} from_format={ff} -> {to}"
+                try:
+                    target = lightnets.port(path, to=to, arch=arch, from_format=ff, input_size=size)
+                    out[key] = rel_error(lightnets.run(target, x), want)
+                except Exception as e:  # report every case
+                    out[key] = f"{type(e).__name__}: {e}"[:400]
+    keras.backend.clear_session()
+print(json.dumps(out))
+"""
+
+
+@pytest.fixture(scope="module")
+def keras_files(tmp_path_factory):
+    """One subprocess (paddle imported first) over .keras and .weights.h5 files written by keras.applications
+    MobileNetV2 / MobileNetV3Small (keras' defaults, so V3 rescales inside the model, logits head):
+    read_checkpoint, detect and lightnets.port (with from_format "keras:<name>" and without) to torch and
+    paddle, each judged against keras' own logits."""
+    pytest.importorskip("torch")
+    tmp = tmp_path_factory.mktemp("keras_files")
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "KERAS_BACKEND": "tensorflow", "TF_CPP_MIN_LOG_LEVEL": "3"}
+    r = subprocess.run([sys.executable, "-c", FILES_CHECK, str(tmp)], capture_output=True, text=True,
+                       timeout=900, env=env)
+    if r.returncode != 0 and "No module named 'paddle'" in r.stderr:
+        pytest.skip("paddle is not installed")
+    assert r.returncode == 0, r.stderr[-3000:]
+    out = json.loads(r.stdout.strip().splitlines()[-1])
+    for k, v in out.items():
+        print(f"ZOOERR {k}: {v:.2e}" if isinstance(v, float) else f"ZOOERR {k}: {v}")
+    return out
+
+
+def _bad(out, prefix, cases):
+    errs = {k: v for k, v in out.items() if k.startswith(prefix) and any(c in k for c in cases)}
+    assert errs
+    return errs, {k: v for k, v in errs.items() if not (isinstance(v, float) and v <= 1e-5)}
+
+
+def test_keras_applications_files_port_to_torch_and_the_third_backend_in_a_subprocess(keras_files):
+    # the keras zoo entry reads both files (float64 probe) and detects them; torch and paddle reproduce
+    # keras' logits in float32 (<= 1e-5; measured <= 1.5e-6)
+    out = keras_files
+    for name in ("MobileNetV2", "MobileNetV3Small"):
+        assert out[f"{name}.keras card"][:2] == ["keras-model", "float64"]
+        assert out[f"{name}.weights.h5 card"][:2] == ["keras-weights", "float64"]
+        assert all(out[f"{name}{s} card"][2] <= zoo.PROBE_FLOAT64 for s in (".keras", ".weights.h5"))
+        assert out[f"{name}.keras detect"] == out[f"{name}.weights.h5 detect"] == [["keras", name]]
+    errs, bad = _bad(out, "read_checkpoint", [" -> "])
+    assert len(errs) == 2 * 2 * 2 and not bad, bad
+    errs, bad = _bad(out, "port", ["from_format=keras:"])
+    assert len(errs) == 2 * 2 * 2 and not bad, bad
+
+
+@pytest.mark.xfail(reason="lightnets.port does not yet ask lightnets.zoo.detect which zoo wrote a file "
+                          "without from_format (helper C1's side)", strict=False)
+def test_keras_applications_files_port_without_from_format(keras_files):
+    errs, bad = _bad(keras_files, "port", ["from_format=None"])
+    assert len(errs) == 2 * 2 * 2 and not bad, bad

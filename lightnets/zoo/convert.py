@@ -1,0 +1,383 @@
+"""Zoo import / export, the import probe, checkpoint files and source detection.
+
+Every framework step goes through the backend object of the zoo's framework
+(``lightnets.frameworks.load_backend(entry.framework)``: ``state_dict``, ``load_state_dict``,
+``forward``, ``cast``, ``bn_eps``, ``in_model_preprocessing``, ``classifier_activation``,
+``read_state_dict``, ``load_file``); this module imports no framework and never asks which one it has.
+
+The probe (:func:`probe`) runs the zoo model itself, cast to float64, and the float64 reference
+executor of the imported graph on a fixed random batch: in float64 both sides compute the same
+function up to summation order, so the probe judges the mapping, not float32 rounding (a zoo model
+with BN variances ~1e-3 amplifies float32 noise to ~1e-3 relative, more than a float32 bound could
+tell from a wrong mapping). Only a model that cannot compute in float64 is probed in float32, against
+a bound derived from the float32 noise of the same graph in the same framework.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from .. import layouts as L
+from .. import provenance, reference
+from .. import weights as W
+from ..errors import LightnetsError, WeightsError
+from ..frameworks import load_backend
+from ..graph import Graph
+from ..numerics import rel_error, softmax
+from .entries import FRAMEWORKS, ZOO, ZooEntry, entry
+from .matcher import classifier_param, in_channels, match, zoo_graph
+from .matcher import template as _template
+
+# --- THE probe tolerances (relative to max |output|) -------------------------------------------------
+# float64 zoo model vs the float64 reference: summation order only. Measured over every torchvision, timm
+# and keras.applications entry (64 px; keras 96/99 px) <= 2.3e-14 with random weights and randomised BN
+# statistics, and <= 1.9e-11 with BN statistics calibrated on 0.05*randn images (running variances ~1e-3;
+# timm mobilenetv3_large_100 at 1000 classes). A planted mapping error (two same-shape conv weights
+# swapped) measured 9.8e-5 (torchvision shufflenet_v2_x0_5), 3.2e-5 (paddle mobilenet_v2_x0_5): under the
+# old float32 bound of 1e-4, four orders of magnitude over this one.
+PROBE_FLOAT64 = 1e-9
+# float32 (a model that cannot compute in float64) and float64 of zoos whose float64 kernels are not
+# exact (ZooEntry.float64_exact=False: paddle.vision) are bounded by the float32 noise of the same graph
+# in the same framework (the lightnets model in float32 vs the reference) times a factor:
+# - float32: the zoo model's float32 error / that noise, measured 0.25..2.3 over every entry (torch
+#   entries 1.00: same kernels), random and calibrated BN -> factor 10;
+# - inexact float64: paddle.vision float64 error / that noise, measured <= 0.055 (calibrated BN: 1.2e-5
+#   vs 8.8e-4 on mobilenet_v3_small_x0_75) -> factor 1.
+# Neither bound goes below FLOAT32_FLOOR (or PROBE_FLOAT64).
+FLOAT32_NOISE_FACTOR = 10.0
+INEXACT_FLOAT64_FACTOR = 1.0
+FLOAT32_FLOOR = 1e-6
+PROBE_SIZE = 64
+PROBE_SEED = 0
+
+
+def _backend(e: ZooEntry):
+    return load_backend(e.framework)
+
+
+def _optional(be, key: str) -> bool:
+    return key.endswith(tuple(getattr(be, "OPTIONAL_KEYS", ())))
+
+
+# --- state dicts ---------------------------------------------------------------------------------
+def _state_dict_of(be, source, zoo: str, name: str) -> tuple[dict[str, np.ndarray], Any]:
+    """(numpy state dict, the model or None) of a zoo model object or a state dict."""
+    if isinstance(source, Mapping):
+        return {str(k): be.to_numpy(v) for k, v in source.items()}, None
+    try:
+        return be.state_dict(source), source
+    except LightnetsError as ex:
+        raise WeightsError(f"source must be a {zoo} {name} model or its state dict, got "
+                           f"{type(source).__name__} ({ex})") from None
+
+
+def keras_state_dict(model) -> dict[str, np.ndarray]:
+    """``{f"{layer.name}.{leaf}": array}`` of a keras model, in ``model.layers`` order."""
+    return load_backend("keras").state_dict(model)
+
+
+def _num_classes(template: Mapping[str, tuple], shapes: Mapping[str, tuple], classes: int = 1000) -> int | None:
+    """The class count of ``shapes``, given ``template`` (the same model at ``classes`` classes).
+
+    Keys both hold may differ only in dims where the template has ``classes``, and those dims must
+    agree: their value is the count. None if the shapes differ otherwise (another model)."""
+    found = set()
+    for k, t in template.items():
+        if k not in shapes:
+            continue
+        s = tuple(shapes[k])
+        if len(s) != len(t):
+            return None
+        for a, b in zip(t, s, strict=True):
+            if a != b:
+                if a != classes:
+                    return None
+                found.add(int(b))
+    if len(found) > 1:
+        return None
+    return found.pop() if found else classes
+
+
+def _fit(zoo: str, name: str, shapes: Mapping[str, tuple], fmt: str | None = None) -> int | None:
+    """The class count if ``shapes`` are exactly a ``(zoo, name)`` model's (``fmt``: as read from a
+    file of that native format), else None."""
+    be = _backend(entry(zoo, name))
+    t1000, _ = _template(zoo, name, 1000, fmt)
+    keys = {k for k in t1000 if not _optional(be, k)}
+    if keys - set(shapes) or set(shapes) - set(t1000):
+        return None
+    nc = _num_classes(t1000, shapes)
+    if nc is None or nc < 1:
+        return None
+    t, _ = _template(zoo, name, nc, fmt)
+    return nc if all(tuple(shapes[k]) == t[k] for k in shapes) else None
+
+
+def _check_fit(be, zoo: str, name: str, sd: Mapping[str, np.ndarray]) -> int:
+    """The class count of a state dict of a ``(zoo, name)`` model; WeightsError naming every missing,
+    unexpected and mis-shaped key otherwise."""
+    shapes = {k: tuple(np.shape(v)) for k, v in sd.items()}
+    t1000, _ = _template(zoo, name, 1000)
+    nc = _num_classes(t1000, shapes) or 1000
+    want, _ = _template(zoo, name, nc)
+    be.check_state_dict(want, sd, f"{zoo} {name} model")
+    return nc
+
+
+# --- the probe -----------------------------------------------------------------------------------
+def _float64_copy(be, model):
+    """(the model in float64, None) or (None, why it cannot compute in float64)."""
+    try:
+        return be.cast(model, "float64"), None
+    except (LightnetsError, NotImplementedError, TypeError, ValueError, RuntimeError) as ex:
+        return None, f"cast to float64 failed ({type(ex).__name__}: {str(ex)[:200]})"
+
+
+def _run(be, model, x: np.ndarray, what: str) -> np.ndarray:
+    try:
+        return np.asarray(be.forward(model, x))
+    except LightnetsError:
+        raise
+    except Exception as ex:  # noqa: BLE001 -- the zoo model refused the probe batch
+        raise WeightsError(f"{what}: the zoo model failed on a probe batch of shape {x.shape} "
+                           f"({type(ex).__name__}: {str(ex)[:300]}); models built for one input size need "
+                           "input_size= (and probe_size=) equal to that size") from None
+
+
+def _float32_noise(be, graph: Graph, canonical, x: np.ndarray, want: np.ndarray, head) -> float:
+    """The float32 noise of ``graph`` in ``be``'s framework: the lightnets model in float32 vs the reference."""
+    model = be.build(graph, "float32")
+    be.set_weights(model, canonical)
+    return rel_error(head(np.asarray(be.run(model, x.astype(np.float32)), np.float64)), want)
+
+
+def probe(e: ZooEntry, model, graph: Graph, canonical: Mapping[str, np.ndarray], size: int = PROBE_SIZE,
+          seed: int = PROBE_SEED, what: str = "zoo model") -> dict:
+    """Run the zoo ``model`` and the float64 reference of ``graph`` with ``canonical`` on one fixed
+    random ``(1, 3, size, size)`` batch; WeightsError unless they agree (see the module doc).
+
+    The model's in-model rescaling is undone on its input and a softmax head is compared as
+    probabilities. Returns ``{"dtype", "rel_error", "tolerance", "shape", "float32_rel_error", "notes"}``.
+    """
+    be = _backend(e)
+    x = np.random.default_rng(seed).standard_normal((1, 3, size, size))
+    want = reference.run(graph, canonical, x)
+    act = be.classifier_activation(model)
+    if act not in ("linear", "softmax"):
+        raise WeightsError(f"{what}: the model's classifier activation is {act!r}; build it with logits "
+                           "(classifier_activation=None) or softmax")
+
+    def head(y):
+        return softmax(y) if act == "softmax" else y
+    want = head(want)
+    pre = be.in_model_preprocessing(model)
+    feed = x if pre is None else (x - pre[1]) / pre[0]  # raw pixels that the model's rescaling maps onto x
+    got32 = _run(be, model, feed.astype(np.float32), what)
+    if got32.shape != want.shape:
+        raise WeightsError(f"{what}: zoo output shape {got32.shape} != the imported graph's {want.shape}; "
+                           "the arch id or the class count is wrong")
+    err32 = rel_error(got32, want)
+    notes = []
+    m64, why = _float64_copy(be, model)
+    if m64 is not None:
+        got64 = _run(be, m64, feed, what)
+        if got64.dtype == np.float64:
+            dtype, err, tol = "float64", rel_error(got64, want), PROBE_FLOAT64
+        else:
+            why = f"the float64 copy computes in {got64.dtype}"
+    if why or not e.float64_exact:
+        noise = _float32_noise(be, graph, canonical, x, want, head)
+        if why:
+            dtype, err, tol = "float32", err32, max(FLOAT32_NOISE_FACTOR * noise, FLOAT32_FLOOR)
+            notes.append(f"probe in float32: {why}; bound {FLOAT32_NOISE_FACTOR:g} x the graph's float32 noise "
+                         f"{noise:.1e} in {be.name}")
+        else:
+            tol = max(INEXACT_FLOAT64_FACTOR * noise, PROBE_FLOAT64)
+            notes.append(f"the zoo's float64 kernels are not exact (float32 constants): bound "
+                         f"{INEXACT_FLOAT64_FACTOR:g} x the graph's float32 noise {noise:.1e} in {be.name}")
+    if not err <= tol:
+        raise WeightsError(f"{what}: probe output of the imported weights differs from the zoo model by "
+                           f"{err:.2e} relative in {dtype} (> {tol:.1e}); the mapping or the arch id is wrong")
+    return {"dtype": dtype, "rel_error": err, "tolerance": tol, "shape": [1, 3, size, size],
+            "float32_rel_error": err32, "notes": notes}
+
+
+# --- import / export -----------------------------------------------------------------------------
+def _import(zoo: str, name: str, sd: dict, model, nc: int, input_size: int, probe_size: int, probe_seed: int,
+            source: Mapping[str, Any], notes=()) -> tuple[Graph, W.Weights, dict, Any]:
+    e, be = entry(zoo, name), _backend(entry(zoo, name))
+    shapes = {k: tuple(np.shape(v)) for k, v in sd.items()}
+    nmap = match(zoo_graph(zoo, name, nc), shapes, e.framework, e.layouts)
+    graph = zoo_graph(zoo, name, nc, input_size)
+    canonical = W.check_weights(graph, {c: np.ascontiguousarray(L.to_canonical(sd[k], layout))
+                                        for c, (k, layout) in nmap.items()})
+    size = input_size if e.fixed_input else probe_size
+    if model is None:
+        model = e.make(nc, size)
+        be.load_state_dict(model, sd)
+    eps = {round(float(v), 12) for v in be.bn_eps(model)}
+    if eps and eps != {round(e.bn_eps, 12)}:
+        raise WeightsError(f"{zoo} {name}: the model's BatchNorm eps {sorted(eps)} differ from the importer's "
+                           f"{e.bn_eps}; the imported graph would compute different outputs")
+    result = probe(e, model, graph, canonical, size, probe_seed, f"{zoo} {name}")
+    pre = be.in_model_preprocessing(model)
+    act = be.classifier_activation(model)
+    card_notes = [f"imported from {zoo} {name}; probe {result['dtype']} rel error {result['rel_error']:.1e} "
+                  f"(<= {result['tolerance']:.0e}) vs the float64 reference, float32 "
+                  f"{result['float32_rel_error']:.1e}", *result["notes"], *notes]
+    if pre is not None:
+        card_notes.append(f"the zoo model rescales its input inside the model (scale {pre[0]:.9g}, offset "
+                          f"{pre[1]:g}); the graph does not: apply it before the graph")
+    if e.activations:
+        card_notes.append(f"activations as the zoo has them, not as the id {e.arch!r}: {dict(e.activations)}")
+    if act != "linear":
+        card_notes.append(f"the zoo model ends in {act}; the graph outputs logits")
+    card = provenance.make_card(graph, source, preprocessing=e.preprocessing, classifier_activation=act,
+                                padding=e.padding, notes=card_notes)
+    card["probe"] = provenance._plain({k: v for k, v in result.items() if k != "notes"})
+    card["zoo"] = {"zoo": zoo, "name": name, "framework": e.framework, "default_classifier_activation":
+                   e.classifier_activation, "model_rescaling": list(pre) if pre is not None else None}
+    graph = provenance.with_card(graph, card)
+    info = {**card, "name_map": nmap, "probe_rel_error": result["rel_error"]}
+    return graph, canonical, info, model
+
+
+def import_zoo(zoo: str, name: str, source, input_size: int = 224, probe_size: int = PROBE_SIZE,
+               probe_seed: int = PROBE_SEED) -> tuple[Graph, W.Weights, dict]:
+    """Import a zoo model (object or state dict) -> ``(graph, canonical_weights, info)``.
+
+    The graph carries the zoo's BN eps/momentum and its provenance card in ``meta["provenance"]``;
+    ``info`` is that card (source, preprocessing, padding, BN conventions, probe result under
+    ``"probe"``, zoo details under ``"zoo"``) plus the explicit ``"name_map"`` and ``"probe_rel_error"``.
+    Every key and shape is checked; then the zoo model (the given one, or a fresh one loaded strictly
+    with the given state dict) and the float64 reference run on a probe batch (:func:`probe`).
+    Models built for one input size (keras.applications) are probed at ``input_size``.
+    """
+    e = entry(zoo, name)
+    be = _backend(e)
+    sd, model = _state_dict_of(be, source, zoo, name)
+    nc = _check_fit(be, zoo, name, sd)
+    graph, canonical, info, _ = _import(zoo, name, sd, model, nc, input_size, probe_size, probe_seed,
+                                        {"kind": "zoo", "zoo": zoo, "name": name})
+    return graph, canonical, info
+
+
+def export_zoo(zoo: str, name: str, canonical: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
+    """Canonical weights -> the zoo model's native state dict (numpy arrays, native keys, layouts and dtypes).
+
+    Holds every key of the zoo model's state dict (torch ``num_batches_tracked`` = 0), so it loads
+    strictly with :func:`load_native` (the backend's ``load_state_dict``).
+    """
+    e = entry(zoo, name)
+    fc = classifier_param(zoo, name)
+    if fc not in canonical:
+        raise WeightsError(f"canonical weights lack the classifier weight {fc!r}; they are not {e.arch} weights")
+    num_classes = int(np.asarray(canonical[fc]).shape[0])
+    graph = zoo_graph(zoo, name, num_classes)
+    w = W.check_weights(graph, canonical)
+    shapes, dtypes = _template(zoo, name, num_classes)
+    nmap = match(graph, shapes, e.framework, e.layouts)
+    out: dict[str, np.ndarray] = {}
+    for cname, (zkey, layout) in nmap.items():
+        v = L.to_native(w[cname], layout, in_channels(graph, cname))
+        out[zkey] = np.ascontiguousarray(v.astype(dtypes[zkey]))
+    return {k: out[k] if k in out else np.zeros(shapes[k], dtype=dtypes[k]) for k in shapes}
+
+
+def load_native(model, native: Mapping[str, Any], zoo: str) -> None:
+    """Load an :func:`export_zoo` result into a zoo model of ``zoo``, strictly."""
+    if zoo not in FRAMEWORKS:
+        raise LightnetsError(f"unknown zoo {zoo!r}; zoos are {', '.join(FRAMEWORKS)}")
+    load_backend(FRAMEWORKS[zoo]).load_state_dict(model, native)
+
+
+def zoo_forward(zoo: str, model, x: np.ndarray) -> np.ndarray:
+    """Eval output of a zoo model on the NCHW batch ``x`` as the imported graph sees it: a rescaling
+    inside the model is undone on the input (so the model sees ``x``)."""
+    be = load_backend(FRAMEWORKS[zoo])
+    pre = be.in_model_preprocessing(model)
+    x = np.asarray(x)
+    return np.asarray(be.forward(model, x if pre is None else ((x - pre[1]) / pre[0]).astype(x.dtype)))
+
+
+# --- checkpoint files and detection --------------------------------------------------------------
+def _format_of(be, path: Path, fmt: str | None) -> str:
+    if fmt is not None:
+        return be.check_format(fmt)
+    by_suffix = sorted(((s, f) for f, s in be.FORMATS.items() if path.name.endswith(s)), key=lambda t: -len(t[0]))
+    return by_suffix[0][1] if by_suffix else next(iter(be.FORMATS))
+
+
+def detect(state_dict_shapes: Mapping[str, Any], framework: str, arch: str | None = None,
+           fmt: str | None = None) -> list[tuple[str, str]]:
+    """The ``(zoo, name)`` entries of ``framework`` (and of the lightnets id ``arch``) whose template
+    keys and shapes equal ``state_dict_shapes`` (``{key: shape or array}``) at some class count.
+
+    ``fmt``: the native format the keys were read from, for formats whose keys are not the state
+    dict's (keras ``.weights.h5`` stores variables by layer class and position); state-dict keys are
+    tried first. Builds (and caches) a template model of every candidate entry.
+    """
+    shapes = {str(k): tuple(np.shape(v)) if not isinstance(v, tuple) else v for k, v in state_dict_shapes.items()}
+    candidates = [k for k, e in ZOO.items() if e.framework == framework and (arch is None or e.arch == arch)]
+    found = [k for k in candidates if _fit(*k, shapes) is not None]
+    if not found and fmt is not None:
+        found = [k for k in candidates if _fit(*k, shapes, fmt) is not None]
+    return found
+
+
+def read_checkpoint(path, zoo: str, name: str, input_size: int = 224, *, fmt: str | None = None,
+                    state_dict: Mapping[str, Any] | None = None, probe_size: int = PROBE_SIZE):
+    """A zoo checkpoint file -> ``(source_model, graph, canonical, card)``.
+
+    ``fmt``: a native format of the zoo's framework (default: by the file's suffix among the backend's
+    ``FORMATS``, else its first). ``state_dict``: the file's contents if the caller read them already.
+    The file's keys must be the zoo model's (its state dict, or what that format stores, e.g. a keras
+    ``.weights.h5`` written by a keras.applications model). ``source_model`` is a fresh zoo model of
+    the file's class count holding its weights (float32, logits, no in-model preprocessing): it
+    computes what ``graph`` computes, so ``backend.forward(source_model, x)`` is the port probe's
+    source side. ``card`` (also in ``graph.meta["provenance"]``) has source kind "file" with the zoo.
+    """
+    e = entry(zoo, name)
+    be = _backend(e)
+    path = Path(path)
+    fmt = _format_of(be, path, fmt)
+    raw = dict(state_dict) if state_dict is not None else be.read_state_dict(path, fmt)
+    raw = {str(k): be.to_numpy(v) for k, v in raw.items()}
+    shapes = {k: tuple(np.shape(v)) for k, v in raw.items()}
+    size = input_size if e.fixed_input else probe_size
+    if _fit(zoo, name, shapes) is not None:  # the file holds the zoo model's state dict
+        sd, model = raw, None
+        nc = _check_fit(be, zoo, name, sd)
+    else:
+        nc = _fit(zoo, name, shapes, fmt)
+        if nc is None:  # neither: name every key problem against the state dict
+            _check_fit(be, zoo, name, raw)
+            raise WeightsError(f"{path} does not hold a {zoo} {name} model")
+        model = e.make(nc, size)
+        be.load_file(model, path, fmt)
+        sd = be.state_dict(model)
+    source = {"kind": "file", "path": str(path), "sha256": provenance.sha256_file(path), "format": fmt,
+              "zoo": zoo, "name": name}
+    graph, canonical, card, model = _import(zoo, name, sd, model, nc, input_size, probe_size, PROBE_SEED, source,
+                                            [f"read from the {fmt} file {path.name}"])
+    card.pop("name_map")
+    card.pop("probe_rel_error")
+    return model, graph, canonical, card
+
+
+# --- compatibility for callers of the old single-module zoo (lightnets.port until it moves) ---------
+def _forward(model, x, framework: str) -> np.ndarray:
+    zoo = next(z for z, f in FRAMEWORKS.items() if f == framework)
+    return zoo_forward(zoo, model, x)
+
+
+def _load_native(model, native, framework: str) -> None:
+    load_backend(framework).load_state_dict(model, native)
+
+
+def _native_values(sd, framework: str, model) -> dict:
+    return dict(sd)
