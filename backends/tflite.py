@@ -112,14 +112,16 @@ def keras_model(graph: Graph, weights: Mapping[str, np.ndarray], return_all: boo
     kb = load_backend("keras")
     model = kb.build(fixed_size_graph(graph) if static_hw else graph, "float32")
     kb.set_weights(model, {k: np.asarray(v, np.float32) for k, v in weights.items()})
-    if not return_all:
+    if not return_all and not graph.multi_output:
         return model
     import keras
 
     from .keras import layer_name
 
-    outputs = {n.name: model.get_layer(layer_name(n.name)).output for n in graph.nodes}
-    return keras.Model(model.inputs[0], outputs, name=f"{model.name}__all")
+    # named outputs (the signature's output names): every node, or a multi-output graph's outputs
+    names = [n.name for n in graph.nodes] if return_all else list(graph.outputs)
+    outputs = {name: model.get_layer(layer_name(name)).output for name in names}
+    return keras.Model(model.inputs[0], outputs, name=f"{model.name}__all" if return_all else model.name)
 
 
 def nhwc(x) -> np.ndarray:
@@ -322,6 +324,8 @@ def run(model: TFLiteModel, x: np.ndarray, return_all: bool = False):
     dtype = DTYPES[model.dtype]
     if return_all:
         return {n.name: _nchw(outs[n.name], dtype) for n in model.graph.nodes}
+    if model.graph.multi_output:  # a backbone: the list of its outputs, by name
+        return [_nchw(outs[o], dtype) for o in model.graph.outputs]
     return _nchw(outs[runner.output_names[0]], dtype)
 
 
