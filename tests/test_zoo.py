@@ -121,7 +121,7 @@ def test_name_map_uses_every_zoo_key_once_and_fills_every_canonical_key():
     nmap = zoo.name_map(*key)
     graph = zoo.zoo_graph(*key)
     assert set(nmap) == {p.name for p in graph.params}
-    shapes, _ = zoo._template(*key, 1000)
+    shapes, _ = zoo.template(*key, 1000)
     used = [k for k, _ in nmap.values()]
     assert sorted(used) == sorted(k for k in shapes if not k.endswith("num_batches_tracked"))
     assert nmap["head.hidden.weight"] == ("classifier.0.weight", "id")
@@ -316,6 +316,7 @@ def test_a_torch_zoo_checkpoint_file_reads_into_a_model_graph_and_card(tmp_path)
     model = _zoo_model(key)
     path = tmp_path / "shufflenet.pth"  # not a lightnets suffix: read as the framework's first format
     torch.save(model.state_dict(), path)
+    assert zoo.detect_file(path, "torch", arch="shufflenet_v2_050") == [key]
     source, graph, w, card = zoo.read_checkpoint(path, *key, input_size=64)
     assert card["source"]["kind"] == "file" and card["source"]["format"] == "torch"
     assert card["source"]["sha256"] == lightnets.provenance.sha256_file(path)

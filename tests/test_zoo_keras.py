@@ -116,7 +116,7 @@ def test_symmetric_padding_would_fail_the_probe(keras):
 
 @pytest.mark.parametrize("name", sorted(PARAMS))
 def test_params_equal_keras_applications_trainable_counts(name):
-    shapes, _ = zoo._template("keras", name, 1000)  # a fresh keras.applications model at 224
+    shapes, _ = zoo.template("keras", name, 1000)  # a fresh keras.applications model at 224
     trainable = sum(int(np.prod(s)) for k, s in shapes.items()
                     if not k.endswith((".moving_mean", ".moving_variance")))
     assert trainable == PARAMS[name]
@@ -125,7 +125,7 @@ def test_params_equal_keras_applications_trainable_counts(name):
 
 def test_name_map_layouts_and_every_key_once():
     nmap = zoo.name_map("keras", "MobileNetV3Small")
-    shapes, _ = zoo._template("keras", "MobileNetV3Small", 1000)
+    shapes, _ = zoo.template("keras", "MobileNetV3Small", 1000)
     assert sorted(k for k, _ in nmap.values()) == sorted(shapes)
     assert set(nmap) == {p.name for p in zoo.zoo_graph("keras", "MobileNetV3Small").params}
     assert nmap["stem.conv.weight"] == ("conv.kernel", "khwio")

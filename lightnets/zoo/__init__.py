@@ -17,10 +17,8 @@ from .convert import (  # noqa: F401
     PROBE_FLOAT64,
     PROBE_SEED,
     PROBE_SIZE,
-    _forward,
-    _load_native,
-    _native_values,
     detect,
+    detect_file,
     export_zoo,
     import_zoo,
     keras_state_dict,
@@ -49,11 +47,9 @@ from .entries import (  # noqa: F401
     parse_zoo_name,
 )
 from .matcher import (  # noqa: F401
-    _template,
     classifier_param,
     match,
     name_map,
-    registry_fc,
     template,
     with_activations,
     with_bn,

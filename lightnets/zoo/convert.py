@@ -329,6 +329,15 @@ def detect(state_dict_shapes: Mapping[str, Any], framework: str, arch: str | Non
     return found
 
 
+def detect_file(path, framework: str, fmt: str | None = None, arch: str | None = None) -> list[tuple[str, str]]:
+    """:func:`detect` on a native file of ``framework`` (``fmt`` by suffix as in :func:`read_checkpoint`):
+    the zoo entries whose models wrote such a file; pass one as ``from_format="<zoo>:<name>"``."""
+    be = load_backend(framework)
+    path = Path(path)
+    fmt = _format_of(be, path, fmt)
+    return detect(be.read_state_dict(path, fmt), framework, arch=arch, fmt=fmt)
+
+
 def read_checkpoint(path, zoo: str, name: str, input_size: int = 224, *, fmt: str | None = None,
                     state_dict: Mapping[str, Any] | None = None, probe_size: int = PROBE_SIZE):
     """A zoo checkpoint file -> ``(source_model, graph, canonical, card)``.
@@ -367,17 +376,3 @@ def read_checkpoint(path, zoo: str, name: str, input_size: int = 224, *, fmt: st
     card.pop("name_map")
     card.pop("probe_rel_error")
     return model, graph, canonical, card
-
-
-# --- compatibility for callers of the old single-module zoo (lightnets.port until it moves) ---------
-def _forward(model, x, framework: str) -> np.ndarray:
-    zoo = next(z for z, f in FRAMEWORKS.items() if f == framework)
-    return zoo_forward(zoo, model, x)
-
-
-def _load_native(model, native, framework: str) -> None:
-    load_backend(framework).load_state_dict(model, native)
-
-
-def _native_values(sd, framework: str, model) -> dict:
-    return dict(sd)

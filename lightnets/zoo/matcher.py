@@ -66,8 +66,6 @@ def classifier_param(zoo: str, name: str) -> str:
     return [p.name for p in zoo_graph(zoo, name, 1000).params if p.role == "weight"][-1]
 
 
-registry_fc = classifier_param  # the old name
-
 
 # --- grouping -------------------------------------------------------------------------------------
 def _roles(native_names: Mapping[str, Mapping[str, str]], *ops: str) -> dict[str, str]:
@@ -198,8 +196,6 @@ def template(zoo: str, name: str, num_classes: int = 1000,
             sd = be.read_state_dict(path, fmt)
     return {k: tuple(np.shape(v)) for k, v in sd.items()}, {k: str(np.asarray(v).dtype) for k, v in sd.items()}
 
-
-_template = template  # the old name (tests)
 
 
 def name_map(zoo: str, name: str, num_classes: int = 1000) -> dict[str, tuple[str, str]]:
