@@ -333,6 +333,7 @@ def test_timm_mobilenet_v1_gets_relu6_which_calibrated_bn_would_expose():
     # timm's MobileNetV1 clamps at 6; with random BN statistics activations never reach 6, with BN
     # statistics from data they do, and the float64 probe refused the ReLU graph (1.0 relative)
     key = ("timm", "mobilenetv1_100")
+    assert zoo.entry(*key).arch == "mobilenet_v1_100_timm"
     assert {n.attrs["kind"] for n in zoo.zoo_graph(*key).nodes if n.op == "activation"} == {"relu6"}
     import torch
     model = _zoo_model(key)

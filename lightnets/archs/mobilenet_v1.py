@@ -57,6 +57,9 @@ VARIANTS = {
     "mobilenet_v1_050": dict(width=0.5),
     "mobilenet_v1_075": dict(width=0.75),
     "mobilenet_v1_100": dict(width=1.0),
+    # timm mobilenetv1_100: ReLU6 where the paper (and paddle.vision) use ReLU; invisible while activations
+    # stay below 6 (random BN statistics), 1.0 relative on logits with BN statistics taken from data
+    "mobilenet_v1_100_timm": dict(width=1.0, act="relu6"),
     "mobilenet_v1_025_keras": dict(width=0.25, **KERAS),
     "mobilenet_v1_050_keras": dict(width=0.5, **KERAS),
     "mobilenet_v1_075_keras": dict(width=0.75, **KERAS),

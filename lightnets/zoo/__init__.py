@@ -51,7 +51,6 @@ from .matcher import (  # noqa: F401
     match,
     name_map,
     template,
-    with_activations,
     with_bn,
     zoo_graph,
 )

@@ -232,8 +232,6 @@ def _import(zoo: str, name: str, sd: dict, model, nc: int, input_size: int, prob
     if pre is not None:
         card_notes.append(f"the zoo model rescales its input inside the model (scale {pre[0]:.9g}, offset "
                           f"{pre[1]:g}); the graph does not: apply it before the graph")
-    if e.activations:
-        card_notes.append(f"activations as the zoo has them, not as the id {e.arch!r}: {dict(e.activations)}")
     if act != "linear":
         card_notes.append(f"the zoo model ends in {act}; the graph outputs logits")
     card = provenance.make_card(graph, source, preprocessing=e.preprocessing, classifier_activation=act,

@@ -49,8 +49,6 @@ class ZooEntry(NamedTuple):
     only keras.applications models depend on ``input_size``). ``bn_eps`` and ``bn_momentum`` (IR
     convention) are the zoo's values; the imported graph carries them even where the id's differ.
     ``fixed_input``: the zoo model is built for one input size (probe it at that size).
-    ``activations``: activation kinds the zoo uses instead of the id's (``{"relu": "relu6"}``), applied to
-    the imported graph like the BN conventions.
     ``float64_exact``: the zoo model cast to float64 computes the graph's function up to summation
     order; False where the zoo's float64 kernels keep float32 or decimal constants (the probe then
     bounds its float64 error by the graph's float32 noise, see ``lightnets.zoo.convert``).
@@ -67,7 +65,6 @@ class ZooEntry(NamedTuple):
     layouts: Mapping[str, str] = TORCH_LAYOUTS
     fixed_input: bool = False
     float64_exact: bool = True
-    activations: Mapping[str, str] = {}
 
 
 def _torchvision(ctor: str, **kw):
@@ -139,11 +136,7 @@ TIMM = {  # timm builds every BN with eps 1e-5 (lightnets' MobileNetV3 ids defau
     ("timm", "ghostnet_050"): _tm("ghostnet_050", "ghostnet_050"),
     ("timm", "ghostnet_100"): _tm("ghostnet_100", "ghostnet_100"),
     ("timm", "ghostnet_130"): _tm("ghostnet_130", "ghostnet_130"),
-    # timm's MobileNetV1 uses ReLU6 where mobilenet_v1_100 (the paper, paddle.vision) uses ReLU: invisible
-    # while activations stay below 6 (random BN statistics), 1.0 relative on the float64 probe with BN
-    # statistics calibrated on data
-    ("timm", "mobilenetv1_100"): _tm("mobilenet_v1_100", "mobilenetv1_100", INCEPTION,
-                                     activations={"relu": "relu6"}),
+    ("timm", "mobilenetv1_100"): _tm("mobilenet_v1_100_timm", "mobilenetv1_100", INCEPTION),
     ("timm", "mobilenetv2_035"): _tm("mobilenet_v2_035", "mobilenetv2_035"),
     ("timm", "mobilenetv2_050"): _tm("mobilenet_v2_050", "mobilenetv2_050"),
     ("timm", "mobilenetv2_075"): _tm("mobilenet_v2_075", "mobilenetv2_075"),

@@ -44,20 +44,11 @@ def with_bn(graph: Graph, eps: float, momentum: float) -> Graph:
     return Graph(graph.name, graph.input_shape, tuple(nodes), meta)
 
 
-def with_activations(graph: Graph, kinds: Mapping[str, str]) -> Graph:
-    """``graph`` with every activation of a kind in ``kinds`` replaced by ``kinds[kind]`` (recorded in ``meta``)."""
-    if not kinds:
-        return graph
-    nodes = [Node(n.name, n.op, n.inputs, {**n.attrs, "kind": kinds[n.attrs["kind"]]})
-             if n.op == "activation" and n.attrs["kind"] in kinds else n for n in graph.nodes]
-    return Graph(graph.name, graph.input_shape, tuple(nodes), {**graph.meta, "activations_replaced": dict(kinds)})
-
-
 def zoo_graph(zoo: str, name: str, num_classes: int = 1000, input_size: int = 224) -> Graph:
-    """The graph of the lightnets id of ``(zoo, name)`` with the zoo's BN eps/momentum and activations."""
+    """The graph of the lightnets id of ``(zoo, name)`` with the zoo's BN eps/momentum."""
     e = entry(zoo, name)
     g = registry.get_spec(e.arch, num_classes=num_classes, input_size=input_size)
-    g = with_activations(with_bn(g, e.bn_eps, e.bn_momentum), e.activations)
+    g = with_bn(g, e.bn_eps, e.bn_momentum)
     return Graph(g.name, g.input_shape, g.nodes, {**g.meta, "zoo": zoo, "zoo_name": name})
 
 
