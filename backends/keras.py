@@ -693,9 +693,8 @@ class KerasBackend(Backend):
 
         graph = graph_of(model)
         batches, labels, lrs = optim.check_run(graph, batches, labels, optimizer, schedule)
-        names = set(optim.trainable_names(graph))
-        variables = [var for name, var, _, _ in self.params(model) if name in names]
-        dtype = _dtype(model)
+        variables = list(model.trainable_variables)  # the graph's trainable parameters
+        dtype = np.dtype(model.inputs[0].dtype)
         opt = self.optimizer(optimizer, dtype.name)
         opt.build(variables)
         k = graph.output_shape[0]
@@ -708,7 +707,7 @@ class KerasBackend(Backend):
                 la.rate = 0.0
             loss_and_grads = self._loss_and_grads_fn(model, self.loss(dtype.name), variables)
             for t, (x, y, lr) in enumerate(zip(batches, labels, lrs, strict=True), start=1):
-                xn = self._input(model, x)
+                xn = np.ascontiguousarray(np.asarray(x).transpose(0, 2, 3, 1), dtype=dtype)  # NHWC
                 shapes = graph.shapes_at(xn.shape[1], xn.shape[2])
                 hw = {layer_name(n.name): shapes[n.inputs[0]][1] * shapes[n.inputs[0]][2] for n in bns}
                 old = {name: model.get_layer(name).moving_variance.numpy() for name in hw}
@@ -731,6 +730,22 @@ class KerasBackend(Backend):
             for la, rate in zip(dropouts, rates, strict=True):
                 la.rate = rate
         return trace
+
+    def sync_batchnorm(self, model):
+        """The same lightnets keras model with every BatchNormalization ``synchronized=True`` (batch statistics
+        over all replicas of a ``tf.distribute`` strategy; tensorflow only), weights copied. Call it inside
+        ``strategy.scope()`` so that the new variables are mirrored."""
+        import keras
+
+        config = model.get_config()
+        for layer in config["layers"]:
+            if layer["class_name"] == "BatchNormalization":
+                layer["config"]["synchronized"] = True
+        with keras.saving.custom_object_scope(custom_objects()):
+            synced = type(model).from_config(config)
+        synced.set_weights(model.get_weights())
+        setattr(synced, _GRAPH, graph_of(model))
+        return synced
 
     @staticmethod
     def _loss_and_grads_fn(model, loss_fn, variables):

@@ -371,32 +371,35 @@ class PaddleBackend(Backend):
         target = paddle.to_tensor(one_hot_smoothed(labels, logits.shape[-1])).astype(logits.dtype)
         return F.cross_entropy(logits, target, soft_label=True, reduction="mean")
 
-    @contextlib.contextmanager
     def training(self, model):
         """Context: train mode (BN on batch statistics) with every dropout off; eval mode after."""
-        model.train()
-        for layer in model.sublayers():
-            if isinstance(layer, nn.Dropout):
-                layer.eval()
-        try:
-            yield model
-        finally:
-            model.eval()
+        from contextlib import contextmanager
+
+        @contextmanager
+        def mode():
+            model.train()
+            for layer in model.sublayers():
+                if isinstance(layer, nn.Dropout):
+                    layer.eval()
+            try:
+                yield model
+            finally:
+                model.eval()
+        return mode()
 
     def train_steps(self, model, batches, labels, optimizer, schedule=None):
         """Optimizer steps on ``model`` in place, one per batch, with the IR's loss, ``optimizer`` spec and
         ``schedule`` (``lightnets.optim``), BN in train mode, dropout off -> ``optim.Trace``."""
         from lightnets import optim
 
-        graph = self.graph_of(model)
-        batches, labels, lrs = optim.check_run(graph, batches, labels, optimizer, schedule)
-        names = set(optim.trainable_names(graph))
-        opt = self.optimizer([var for name, var, _, _ in self.params(model) if name in names], optimizer)
+        batches, labels, lrs = optim.check_run(self.graph_of(model), batches, labels, optimizer, schedule)
+        params = [p for p in model.parameters() if not p.stop_gradient]  # BN statistics are stop_gradient
+        opt = self.optimizer(params, optimizer)
         trace = optim.Trace()
         with self.training(model):
             for x, y, lr in zip(batches, labels, lrs, strict=True):
                 opt.set_lr(lr)
-                loss = self.loss(model(self._input(model, x)), y)
+                loss = self.loss(model(paddle.to_tensor(np.asarray(x)).astype(params[0].dtype)), y)
                 loss.backward()
                 opt.step()
                 opt.clear_grad()
@@ -404,6 +407,22 @@ class PaddleBackend(Backend):
                 trace.losses.append(float(loss.numpy()))
                 trace.lrs.append(lr)
         return trace
+
+    def sync_batchnorm(self, model):
+        """``paddle.nn.SyncBatchNorm.convert_sync_batchnorm`` for a lightnets model, re-binding the graph's layers
+        (a GraphLayer runs the layers it captured at build: paddle's function alone swaps the sublayers and
+        leaves forward on the old BatchNorm2D). Paddle 3.3.1 registers the sync_batch_norm kernel for GPU only:
+        on CPU the converted model's train-mode forward raises."""
+        model = nn.SyncBatchNorm.convert_sync_batchnorm(model)
+        if owns(model):
+            def current(name):
+                layer = model
+                for part in name.split("."):
+                    layer = layer._sub_layers[part]
+                return layer
+            model._layer_of = {name: current(name) for name in model._layer_of}
+            model._nodes = [(node, model._layer_of[node.name]) for node, _ in model._nodes]
+        return model
 
 
 BACKEND = PaddleBackend()

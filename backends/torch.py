@@ -576,4 +576,75 @@ class TorchBackend(Backend):
         return CompiledGraphModule(model) if owns(model) else CompiledModule(model)
 
 
+    # --- training: the IR's loss, optimizers and schedule (lightnets.optim) ----------------------------
+    def optimizer(self, params, spec):
+        """The torch optimizer of a ``lightnets.optim`` spec over ``params``: torch's SGD and AdamW are the IR's
+        formulas as written (coupled L2 on SGD, decoupled decay on AdamW)."""
+        if spec.kind == "sgd":
+            return torch.optim.SGD(params, lr=spec.lr, momentum=spec.momentum, weight_decay=spec.weight_decay,
+                                   nesterov=spec.nesterov)
+        return torch.optim.AdamW(params, lr=spec.lr, betas=spec.betas, eps=spec.eps, weight_decay=spec.weight_decay)
+
+    @staticmethod
+    def loss(logits, labels):
+        """The IR loss: softmax cross-entropy with label smoothing ``optim.LABEL_SMOOTHING``, batch mean."""
+        from lightnets.optim import LABEL_SMOOTHING
+
+        return F.cross_entropy(logits, labels, label_smoothing=LABEL_SMOOTHING)
+
+    def training(self, model):
+        """Context: train mode (BN on batch statistics) with every dropout off; eval mode after."""
+        from contextlib import contextmanager
+
+        @contextmanager
+        def mode():
+            model.train()
+            for m in model.modules():
+                if isinstance(m, nn.Dropout):
+                    m.eval()
+            try:
+                yield model
+            finally:
+                model.eval()
+        return mode()
+
+    def train_steps(self, model, batches, labels, optimizer, schedule=None):
+        """Optimizer steps on ``model`` in place, one per batch, with the IR's loss, ``optimizer`` spec and
+        ``schedule`` (``lightnets.optim``), BN in train mode, dropout off -> ``optim.Trace`` (canonical
+        weights and BN statistics after every step, losses, lrs)."""
+        from lightnets import optim
+
+        batches, labels, lrs = optim.check_run(self.graph_of(model), batches, labels, optimizer, schedule)
+        params = list(model.parameters())  # the graph's trainable parameters (BN statistics are buffers)
+        opt = self.optimizer(params, optimizer)
+        trace = optim.Trace()
+        with self.training(model):
+            for x, y, lr in zip(batches, labels, lrs, strict=True):
+                for group in opt.param_groups:
+                    group["lr"] = lr
+                opt.zero_grad(set_to_none=True)
+                loss = self.loss(model(torch.as_tensor(x, dtype=params[0].dtype)), torch.as_tensor(y))
+                loss.backward()
+                opt.step()
+                trace.weights.append(self.get_weights(model))
+                trace.losses.append(float(loss.detach()))
+                trace.lrs.append(lr)
+        return trace
+
+    def sync_batchnorm(self, model, process_group=None):
+        """``torch.nn.SyncBatchNorm.convert_sync_batchnorm`` for a lightnets model (for DistributedDataParallel:
+        batch statistics over every process). A GraphModule runs the modules it captured at build, so torch's
+        function alone swaps the submodules but leaves forward on the old BatchNorm2d (its parameters are
+        shared, so DDP trains, unsynchronised); this converts, then re-binds the graph's steps."""
+        model = nn.SyncBatchNorm.convert_sync_batchnorm(model, process_group)
+        if owns(model):
+            def current(name, fn):
+                return model.get_submodule(name) if isinstance(fn, nn.Module) else fn
+            for attr in ("_steps", "_fast_steps"):
+                setattr(model, attr, tuple((n, current(n, fn), i, d) for n, fn, i, d in getattr(model, attr)))
+            if hasattr(model, "_fns"):
+                model._fns = {n: fn for n, fn, _, _ in model._steps}
+        return model
+
+
 BACKEND = TorchBackend()

@@ -119,6 +119,10 @@ def cmd_parity(args) -> int:
     from .parity import cases as C
     from .parity import report, runner
 
+    if args.train_steps:  # the optimizer-step profile (parity/train.py) instead of the matrix
+        from .parity import train as train_steps
+
+        return train_steps.cli(args, _console())
     models = _select_models(args.models)
     if args.train and args.mode != "train":
         print("lightnets parity: error: --train needs --mode train (folded models have no batch norms); "
@@ -351,6 +355,11 @@ def make_parser() -> argparse.ArgumentParser:
     s.add_argument("--backends", type=_csv(PARITY_TARGETS), default=list(DEFAULT_PARITY_TARGETS))
     s.add_argument("--dtype", type=_csv(DTYPES), default=list(DTYPES))
     s.add_argument("--train", action="store_true", help="also train-mode BN and gradients")
+    s.add_argument("--train-steps", type=_positive_int(), default=0, metavar="N",
+                   help="instead of the matrix: N optimizer steps (SGD, Nesterov, AdamW; warmup+cosine) per model "
+                   "in every training backend vs the float64 numpy reference, weights and BN statistics compared "
+                   "after every step (parity/train.py; --models all means its 3 default models, --size 224 means "
+                   "its 64 px)")
     s.add_argument("--mode", choices=("train", "inference"), default="train",
                    help="inference: build every model with its batch norms folded into the convs and compare "
                    "it with the unfolded reference (not with --train)")

@@ -32,18 +32,25 @@ How each framework is mapped onto the formulas (the backends do this; see docs/d
 
 - torch: ``torch.optim.SGD(momentum, nesterov, weight_decay)`` and ``torch.optim.AdamW(betas, eps,
   weight_decay)`` are the formulas as written; ``lr_t`` is set in every param group before each step.
-- keras 3: ``keras.optimizers.SGD`` keeps ``v = mu * v - lr * g; p += v`` (nesterov ``p += mu * v - lr * g``):
-  the lr sits INSIDE the velocity, so ``v = -lr * buf`` holds only at a constant lr; the backend rescales
-  every velocity by ``lr_t / lr_{t-1}`` before step t. Keras' ``weight_decay`` is decoupled even on SGD
+- keras 3 (on tensorflow): hyperparameters are passed as numpy float64 scalars, because keras casts them
+  with ``ops.cast(self.momentum, variable.dtype)`` and ``tf.cast`` of a Python float makes a float32 tensor
+  first (a float64 run would use momentum 0.8999999762; also beta_1/beta_2/weight_decay).
+  ``keras.optimizers.SGD`` keeps ``v = mu * v - lr * g; p += v`` (nesterov ``p += mu * v - lr * g``): the lr
+  sits INSIDE the velocity, so ``v = -lr * buf`` holds only at a constant lr; the backend rescales every
+  velocity by ``lr_t / lr_{t-1}`` before step t. Keras' ``weight_decay`` is decoupled even on SGD
   (``p -= lr * wd * p``), so it is not used: ``wd * p`` is added to the gradient (coupled L2).
   ``keras.optimizers.AdamW`` adds its epsilon to ``sqrt(v)`` of the UNcorrected ``v``
   (``p -= lr * sqrt(1 - b2**t) / (1 - b1**t) * m / (sqrt(v) + eps_k)``): that is the formula above with
   ``eps_k = eps * sqrt(1 - b2**t)``, which the backend sets before each step. Keras BN updates the moving
   variance with the biased batch variance; the backend rescales the batch term by n / (n - 1).
 - paddle: ``paddle.optimizer.Momentum(use_nesterov, weight_decay=L2Decay(wd))`` - paddle's L2 regulariser
-  adds ``wd * p`` to the gradient (coupled), which is the SGD above; ``paddle.optimizer.AdamW(weight_decay=wd)``
-  decays ``p -= lr * wd * p`` (decoupled) and its adam kernel uses ``eps * sqrt(1 - b2**t)`` next to
-  ``sqrt(v)`` - the formula above. (``paddle.optimizer.Adam(weight_decay=...)`` would be L2, not AdamW.)
+  adds ``wd * p`` to the gradient (coupled), which is the SGD above, except that its kernel takes ``mu`` and the
+  L2 coefficient as float32 attributes: momentum 0.9 runs as float32(0.9) = 0.8999999762 (parity profiles
+  use momenta and decays that are exact in float32, e.g. 0.875 and 2**-11).
+  ``paddle.optimizer.AdamW(weight_decay=wd)`` decays ``p -= lr * wd * p`` (decoupled) and its adam kernel
+  uses ``eps * sqrt(1 - b2**t)`` next to ``sqrt(v)`` - the formula above. Paddle's
+  ``cross_entropy(label_smoothing=)`` smooths a float32 one-hot, so the backend passes the IR's float64
+  smoothed targets as soft labels. (``paddle.optimizer.Adam(weight_decay=...)`` would be L2, not AdamW.)
 """
 
 from __future__ import annotations
@@ -237,9 +244,9 @@ def check_run(graph: Graph, batches, labels, optimizer, schedule) -> tuple[list,
     if not batches or len(batches) != len(labels):
         raise TrainingSpecError(f"got {len(batches)} batches and {len(labels)} label arrays; pass one label "
                                 "array per batch (at least one step)")
-    if len(graph.output_shape) != 1:
-        raise TrainingSpecError(f"graph {graph.name!r} ends in shape {graph.output_shape}, not class logits; "
-                                "train a graph with include_top=True")
+    if graph.multi_output or len(graph.output_shape) != 1:
+        raise TrainingSpecError(f"graph {graph.name!r} returns {graph.output_shapes}, not one (classes,) logits "
+                                "vector; train a classifier graph (include_top=True, no features=)")
     k = graph.output_shape[0]
     out = []
     for i, (x, y) in enumerate(zip(batches, labels, strict=True)):
@@ -514,9 +521,10 @@ def null_gradient_params(graph: Graph, input_size: tuple[int, int] | None = None
         for i in n.inputs:
             consumers.setdefault(i, []).append(n)
     hidden: dict[str, bool] = {}  # value -> a per-channel shift of it does not change the loss
+    outputs = set(graph.output_names)
     for n in reversed(graph.nodes):
         users = consumers.get(n.name, [])
-        hidden[n.name] = n.name != graph.output and bool(users) and all(
+        hidden[n.name] = n.name not in outputs and bool(users) and all(
             u.op == "batch_norm" or (_shift_passes(u, shapes) and hidden[u.name]) for u in users)
     out = []
     for n in graph.nodes:
