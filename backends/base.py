@@ -307,6 +307,14 @@ class Backend:
         runs the framework's fast eval path and materialises the output."""
         raise NotImplementedError
 
+    # --- fast inference path -------------------------------------------------------------------
+    def optimize(self, model, compile: bool = False):
+        """The framework's fast eval form of ``model`` (``lightnets.optimize`` passes a fresh BN-folded
+        lightnets model; zoo models are accepted too): a model ``lightnets.run`` and ``timed_call`` accept.
+        ``compile``: the compiled/frozen variant, paying a one-time cost (``compile_s`` where lazy)."""
+        raise LightnetsError(f"backend {self.name!r} has no separate fast path: its models already run an "
+                             "optimised inference runtime; use the model as built")
+
     # --- hooks -----------------------------------------------------------------------------------
     @staticmethod
     def to_numpy(v) -> np.ndarray:

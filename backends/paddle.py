@@ -9,7 +9,10 @@ from __future__ import annotations
 
 import contextlib
 import copy
+import os
 import sys
+import tempfile
+import time
 
 from lightnets.errors import BackendConflictError
 
@@ -224,6 +227,105 @@ def graph_of(model: GraphLayer) -> Graph:
     return model.graph
 
 
+# --- the fast inference path (lightnets.optimize) --------------------------------------------------
+def _threads() -> int:
+    """The predictor's math-library threads: the process's pinned OMP_NUM_THREADS, else every CPU."""
+    try:
+        return max(1, int(os.environ.get("OMP_NUM_THREADS", "")))
+    except ValueError:
+        return os.cpu_count() or 1
+
+
+class Predictors:
+    """``paddle.inference`` predictors of a layer, one per input (C, H, W) (the batch stays dynamic),
+    created on first use: ``paddle.jit.save`` to a temporary directory with ``InputSpec([None, C, H, W])``,
+    then ``Config`` with oneDNN on and IR optimisation on (conv + bias + activation fusion), the
+    process's thread count. The weights are a snapshot taken at creation; ``compile_s`` is the time spent.
+    """
+
+    def __init__(self, layer):
+        self.layer, self.predictors, self.compile_s = layer, {}, 0.0
+
+    def _create(self, shape, dtype):
+        from paddle import inference
+
+        t0 = time.perf_counter()
+        with tempfile.TemporaryDirectory(prefix="lightnets-paddle-") as d:
+            prefix = os.path.join(d, "model")
+            spec = [paddle.static.InputSpec([None, *shape], dtype, "x")]
+            paddle.jit.save(self.layer, prefix, input_spec=spec)
+            program = next(f for f in os.listdir(d) if f.endswith((".json", ".pdmodel")))
+            config = inference.Config(os.path.join(d, program), prefix + ".pdiparams")
+            config.disable_gpu()
+            config.enable_mkldnn()
+            config.switch_ir_optim(True)
+            config.set_cpu_math_library_num_threads(_threads())
+            config.disable_glog_info()
+            predictor = inference.create_predictor(config)  # reads the files: the directory may go
+        handles = (predictor.get_input_handle(predictor.get_input_names()[0]),
+                   [predictor.get_output_handle(n) for n in predictor.get_output_names()])
+        self.compile_s += time.perf_counter() - t0
+        return predictor, handles
+
+    def __call__(self, x: np.ndarray):
+        """The output for the NCHW numpy batch ``x`` (a list for a graph with several outputs)."""
+        key = (tuple(x.shape[1:]), x.dtype.name)
+        if key not in self.predictors:
+            self.predictors[key] = self._create(*key)
+        predictor, (inp, outs) = self.predictors[key]
+        inp.reshape(list(x.shape))
+        inp.copy_from_cpu(np.ascontiguousarray(x))
+        predictor.run()
+        ys = [o.copy_to_cpu() for o in outs]
+        return ys[0] if len(ys) == 1 else ys
+
+
+class PredictorLayer(GraphLayer):
+    """``lightnets.optimize(model, compile=True)`` in paddle: the BN-folded model run by
+    :class:`Predictors` (``paddle.inference``, oneDNN). It shares every attribute (sublayers, parameters,
+    graph) with the eager folded layer, so ``lightnets.run`` (``return_all=True`` walks the eager layers),
+    the state dict and ``export_weights`` work; the predictor keeps the weights of its creation (optimize
+    again after changing them)."""
+
+    @classmethod
+    def wrap(cls, eager: GraphLayer) -> PredictorLayer:
+        self = cls.__new__(cls)
+        self.__dict__.update(eager.__dict__)
+        object.__setattr__(self, "predictors", Predictors(eager))
+        return self
+
+    @property
+    def compile_s(self) -> float:
+        return self.predictors.compile_s
+
+    def forward(self, x, return_all: bool = False):
+        if return_all or not x.stop_gradient:
+            return super().forward(x, return_all=return_all)
+        return _tensors(self.predictors(x.numpy()))
+
+
+def _tensors(y):
+    return [paddle.to_tensor(v) for v in y] if isinstance(y, list) else paddle.to_tensor(y)
+
+
+class PredictorModel:
+    """``BACKEND.optimize(layer, compile=True)`` of any other paddle layer (a zoo model): :class:`Predictors`
+    behind a call on paddle tensors or numpy arrays."""
+
+    def __init__(self, layer):
+        self.layer, self.predictors = layer, Predictors(layer)
+
+    @property
+    def compile_s(self) -> float:
+        return self.predictors.compile_s
+
+    def __call__(self, x):
+        return _tensors(self.predictors(x if isinstance(x, np.ndarray) else x.numpy()))
+
+    def eval(self):
+        return self
+
+
 # --- the backend object ---------------------------------------------------------------------------
 class PaddleBackend(Backend):
     """PaddlePaddle: ``paddle.nn.Layer`` models, NCHW, state dicts of tensors."""
@@ -341,6 +443,9 @@ class PaddleBackend(Backend):
     def timed_call(self, model):
         model.eval()
 
+        if isinstance(model, (PredictorLayer, PredictorModel)):  # optimize(compile=True): numpy in and out
+            return np.ascontiguousarray, model.predictors
+
         def call(x):
             with paddle.no_grad():
                 return model(x).numpy()
@@ -423,6 +528,17 @@ class PaddleBackend(Backend):
             model._layer_of = {name: current(name) for name in model._layer_of}
             model._nodes = [(node, model._layer_of[node.name]) for node, _ in model._nodes]
         return model
+
+    # fast inference path (lightnets.optimize folds the batch norms first)
+    def optimize(self, model, compile=False):
+        """The fast eval form of ``model`` (a fresh lightnets model, or any paddle layer): eval mode and
+        ``paddle.jit.to_static`` on its forward (whole graph, no Python per op; changed in place), or with
+        ``compile`` a ``paddle.inference`` predictor with oneDNN (:class:`PredictorLayer`). NHWC was not
+        tried: oneDNN picks its own blocked layouts inside the predictor."""
+        model.eval()
+        if compile:
+            return PredictorLayer.wrap(model) if owns(model) else PredictorModel(model)
+        return paddle.jit.to_static(model, full_graph=True)
 
 
 BACKEND = PaddleBackend()

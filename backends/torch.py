@@ -11,6 +11,7 @@ from __future__ import annotations
 import copy
 import operator
 import time
+import warnings
 from collections.abc import Callable, Mapping
 
 import numpy as np
@@ -409,9 +410,11 @@ class _Traces:
         fn = self.traces.get(key)
         if fn is None:
             t0 = time.perf_counter()
-            with torch.inference_mode(False), torch.no_grad():  # trace outside inference mode (freeze needs it)
+            with torch.inference_mode(False), torch.no_grad(), warnings.catch_warnings():
+                # traced outside inference mode (freeze needs it); TracerWarnings about Python ints are expected
+                warnings.simplefilter("ignore", torch.jit.TracerWarning)
                 example = x.clone()
-                traced = torch.jit.trace(self.module.eval(), example, check_trace=False)
+                traced = torch.jit.trace(self.module.eval(), example, check_trace=False, strict=False)
                 fn = torch.jit.freeze(traced)
                 fn(example)  # the profiling executor optimises on the first runs
                 fn(example)

@@ -126,7 +126,7 @@ def cmd_parity(args) -> int:
     models = _select_models(args.models)
     if args.train and args.mode != "train":
         print("lightnets parity: error: --train needs --mode train (folded models have no batch norms); "
-              "drop --train or --mode inference", file=sys.stderr)
+              "drop --train or --mode", file=sys.stderr)
         return 2
     case_list = (C.op_cases() if args.ops else []) + C.model_cases(models, input_size=args.size,
                                                                     num_classes=args.num_classes)
@@ -136,7 +136,7 @@ def cmd_parity(args) -> int:
     console = _console()
     console.print(f"parity: {len(models)} models + {len(kinds)} op cases x {', '.join(args.backends)} x "
                   f"{', '.join(args.dtype)}, input {args.size}px{', train mode + gradients' if args.train else ''}"
-                  f"{', BN folded (--mode inference)' if args.mode == 'inference' else ''}")
+                  f"{f', BN folded (--mode {args.mode})' if args.mode != 'train' else ''}")
     t0 = time.perf_counter()
     with tempfile.TemporaryDirectory(prefix="lightnets-parity-") as work, Progress(console=console) as bar:
         task = bar.add_task("backends", total=len(args.backends))
@@ -360,9 +360,10 @@ def make_parser() -> argparse.ArgumentParser:
                    "in every training backend vs the float64 numpy reference, weights and BN statistics compared "
                    "after every step (parity/train.py; --models all means its 3 default models, --size 224 means "
                    "its 64 px)")
-    s.add_argument("--mode", choices=("train", "inference"), default="train",
+    s.add_argument("--mode", choices=("train", "inference", "fast", "compiled"), default="train",
                    help="inference: build every model with its batch norms folded into the convs and compare "
-                   "it with the unfolded reference (not with --train)")
+                   "it with the unfolded reference (not with --train); fast / compiled: the folded model through "
+                   "lightnets.optimize(model, compile=False / True), each backend's fast path")
     s.add_argument("--no-ops", dest="ops", action="store_false", help="skip the op conformance cases")
     s.add_argument("--size", type=_positive_int(32), default=224, help="input size of the model cases")
     s.add_argument("--num-classes", type=_positive_int(), default=1000)

@@ -10,6 +10,8 @@ tolerance the runner asks for every node's output and names the first node that 
 ``mode="inference"`` builds every target's model with its batch norms folded into the convs
 (``lightnets.build(..., mode="inference")``) and still compares it with the float64 reference of the
 UNFOLDED graph; the locator then compares a folded conv's output with its batch norm's reference output.
+``mode="fast"`` / ``"compiled"`` run the folded model through ``lightnets.optimize(model, compile=False /
+True)`` (each backend's fast path) under the same bounds; the locator walks the eager folded layers.
 """
 
 from __future__ import annotations
@@ -42,7 +44,8 @@ TARGETS: dict[str, tuple[str, dict[str, str]]] = {
 }
 # targets without train-mode BN or gradients: the runner asks them for eval outputs only and judges no train kinds
 INFERENCE_ONLY = frozenset({"onnxruntime", "tflite"})
-MODES = ("train", "inference")
+# "fast"/"compiled": the folded model through lightnets.optimize(compile=False/True), vs the unfolded reference
+MODES = ("train", "inference", "fast", "compiled")
 THREAD_ENV = workers.thread_env(1)  # every parity worker runs single-threaded (lightnets.workers)
 
 
@@ -216,7 +219,7 @@ class Matrix:
                                     np.load(self.files[case_id]["input"]), return_all=True)
             tol = self._tol(case_id, dtype, target)
             # folded: a BN's value is its conv's output; a folded conv has no value of its own
-            folds = foldable_batch_norms(graph) if self.mode == "inference" else {}
+            folds = foldable_batch_norms(graph) if self.mode != "train" else {}
             skip = set(folds.values())
             per_node, first = [], None
             for node in graph.nodes:

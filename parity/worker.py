@@ -5,6 +5,7 @@ per case, the graph JSON, canonical weights and input files written by the runne
 runs in its own process (tensorflow-then-paddle in one process segfaults, and keras picks its own
 backend from ``KERAS_BACKEND`` at import). A failing case is recorded and the others still run.
 The request's ``mode`` goes to ``lightnets.build`` ("inference": batch norms folded into the convs).
+"fast" / "compiled": the folded model through ``lightnets.optimize(model, compile=False / True)``.
 """
 
 from __future__ import annotations
@@ -21,6 +22,9 @@ import lightnets
 from lightnets import weights as W
 from lightnets.graph import Graph
 
+# parity mode -> lightnets.optimize(compile=...) of the BN-folded model
+FAST_MODES = {"fast": False, "compiled": True}
+
 
 def run_request(request: dict) -> dict:
     """Run every case of ``request``; write ``<out>/<dtype>/<case>.npz``; return per-case status."""
@@ -34,8 +38,11 @@ def run_request(request: dict) -> dict:
             try:
                 t0 = time.perf_counter()
                 graph = Graph.from_json(Path(case["graph"]).read_text())
+                mode = request.get("mode", "train")
                 model = lightnets.build(graph, backend=request["backend"], weights=W.load(case["weights"]),
-                                        dtype=dtype, mode=request.get("mode", "train"))
+                                        dtype=dtype, mode="train" if mode == "train" else "inference")
+                if mode in FAST_MODES:  # the fast path: lightnets.optimize of the folded model
+                    model = lightnets.optimize(model, compile=FAST_MODES[mode])
                 t1 = time.perf_counter()
                 x = np.load(case["input"]).astype(dtype)
                 arrays = {"output": backend.run(model, x)}
