@@ -20,7 +20,6 @@ PARITY_TARGETS = ("torch", "keras", "keras-torch", "paddle", "onnxruntime", "tfl
 DEFAULT_PARITY_TARGETS = tuple(t for t in PARITY_TARGETS if t != "tflite")
 DTYPES = ("float32", "float64")
 BENCH_BACKENDS = ("torch", "keras", "paddle")
-BENCH_MODELS = ("mobilenet_v2_100", "mobilenet_v3_large_100", "shufflenet_v2_100", "ghostnet_100")
 
 
 def _csv(allowed: tuple[str, ...] | None = None):
@@ -216,12 +215,12 @@ def cmd_bench(args) -> int:
     console = _console()
     console.print(f"bench: {', '.join(args.models)} x {', '.join(args.backends)}, batch "
                   f"{','.join(map(str, args.batch))}, {args.size}px, {args.threads} threads, "
-                  f"{args.repeats} repeats")
+                  f"{args.repeats} repeats, variants {','.join(args.variants)}")
     t0 = time.perf_counter()
     with Progress(console=console, transient=True) as bar:
         task = bar.add_task("backends", total=len(args.backends))
         report = bench.run_bench(args.models, args.backends, args.batch, args.size, args.threads,
-                                 args.repeats, on_done=lambda b: bar.advance(task))
+                                 args.repeats, on_done=lambda b: bar.advance(task), variants=args.variants)
     report["meta"].update({"wall_time_s": round(time.perf_counter() - t0, 1), **_versions()})
     bench.print_table(report, console)
     bench.write_json(report, out / "bench.json")
@@ -371,9 +370,15 @@ def make_parser() -> argparse.ArgumentParser:
     s.add_argument("--out", default="parity-report", help="directory for report.md/json and divergence.png")
     s.set_defaults(func=cmd_parity)
 
-    s = sub.add_parser("bench", help="inference latency of lightnets models vs their zoo twins, per backend")
-    s.add_argument("--models", type=_model_ids, default=list(BENCH_MODELS),
+    from .bench import DEFAULT_MODELS, VARIANTS
+
+    s = sub.add_parser("bench", help="inference latency of lightnets models (plain, fast path) vs their zoo twins, "
+                       "per backend")
+    s.add_argument("--models", type=_model_ids, default=list(DEFAULT_MODELS),
                    help="ids, family names or 'all' (comma separated)")
+    s.add_argument("--variants", type=_csv(VARIANTS), default=list(VARIANTS),
+                   help="plain: as built; fast / compiled: lightnets.optimize(model, compile=False / True); twin: the "
+                   "zoo model; twin_compiled: the zoo model through the backend's optimize(compile=True)")
     s.add_argument("--backends", type=_csv(BENCH_BACKENDS), default=list(BENCH_BACKENDS))
     s.add_argument("--batch", type=_positive_ints, default=[1, 16], help="batch sizes (comma separated)")
     s.add_argument("--size", type=_positive_int(32), default=224, help="input size")

@@ -23,15 +23,47 @@ def test_bench_tiny_torch(tmp_path, capsys):
     res = report["backends"]["torch"]
     assert not res.get("failed") and res["errors"] == []
     assert res["build"]["median_s"] > 0 and res["port"]["export_s"] >= 0
+    assert res["peak"]["gflops"] > 0
     (row,) = res["rows"]
     assert row["model"] == "mobilenet_v2_100" and row["twin_name"] == "torchvision.mobilenet_v2"
-    for role in ("lightnets", "twin"):
-        s = row[role]
-        assert s["n"] == 3 and 0 < s["min_ms"] <= s["median_ms"] <= s["p90_ms"]
-        assert s["images_per_s"] > 0
-    assert row["ratio"] == pytest.approx(row["lightnets"]["median_ms"] / row["twin"]["median_ms"], rel=1e-2)
+    assert set(row["variants"]) == set(bench.VARIANTS)
+    for name, s in row["variants"].items():
+        assert s["n"] == 3 and 0 < s["min_ms"] <= s["median_ms"] <= s["p90_ms"], name
+        assert s["images_per_s"] > 0 and s["first_call_s"] > 0
+        # every variant computes its reference's function (fast paths: the plain model's; twin_compiled: the twin's)
+        assert s["rel_vs_plain"] <= 1e-4, (name, s["rel_vs_plain"])
+    assert row["variants"]["fast"]["convert_s"] > 0 and row["variants"]["compiled"]["convert_s"] > 0
+    (line,) = report["summary"]["lines"]
+    v = row["variants"]
+    best = min(v["fast"]["median_ms"], v["compiled"]["median_ms"])
+    assert line["best/twin"] == pytest.approx(best / v["twin"]["median_ms"], rel=1e-2)
+    assert line["gflops"] == pytest.approx(2 * report["macs"]["mobilenet_v2_100"] / best * 1e3 / 1e9, rel=1e-2)
+    assert line["peak_fraction"] == pytest.approx(line["gflops"] / res["peak"]["gflops"], rel=1e-2)
+    assert line["target"] == bench.TARGETS["torch"][1] and isinstance(line["target_met"], bool)
+    (fastest,) = report["summary"]["fastest"]
+    assert fastest["fastest"] == "torch" and fastest["vs_fastest"] == {"torch": 1.0}
     assert (out / "bench.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
-    assert "mobilenet_v2_100" in capsys.readouterr().out
+    printed = capsys.readouterr().out
+    assert "mobilenet_v2_100" in printed and "fastest mobilenet_v2_100 bs1: torch" in printed
+
+
+def test_bench_worker_goes_through_the_shared_launcher(tmp_path, monkeypatch):
+    """The bench and the parity runner start workers through lightnets.workers (one env pinning)."""
+    from lightnets import workers
+
+    started = []
+    real = workers.start
+
+    def spy(module, request, out, threads=1, env=None):
+        started.append((module, threads, dict(env or {})))
+        return real(module, request, out, threads, env)
+    monkeypatch.setattr(workers, "start", spy)
+    result = bench.launch({"backend": "nope", "models": [], "batches": [1], "size": 32, "threads": 1, "repeats": 1,
+                           "work": str(tmp_path)}, tmp_path, threads=3)
+    assert started == [("lightnets.bench", 3, bench.thread_env(3))]
+    assert "worker exited with 1" in result["failed"]  # an unknown backend fails inside the worker
+    assert (tmp_path / "nope" / "request.json").exists() and (tmp_path / "nope" / "worker.log").exists()
+    assert workers.thread_env(3)["OMP_NUM_THREADS"] == "3" and bench.thread_env(3)["KERAS_BACKEND"] == "tensorflow"
 
 
 @pytest.mark.parametrize("args", [
@@ -42,6 +74,7 @@ def test_bench_tiny_torch(tmp_path, capsys):
     ["--size", "8"],
     ["--threads", "0"],
     ["--repeats", "-1"],
+    ["--variants", "plain,jit"],
 ])
 def test_bench_bad_args_exit_2(args, tmp_path):
     with pytest.raises(SystemExit) as e:
@@ -68,3 +101,10 @@ def test_every_twin_is_a_lightnets_id():
         assert set(twins) <= ids
         assert all(zoo.entry(*key).framework == backend for key in twins.values())
     assert set(bench.DEFAULT_MODELS) <= ids
+    assert set(bench.TARGETS) <= set(bench.BACKENDS)
+
+
+def test_the_cli_default_bench_models_are_the_bench_modules():
+    args = cli.make_parser().parse_args(["bench"])
+    assert args.models == list(bench.DEFAULT_MODELS) and args.variants == list(bench.VARIANTS)
+    assert not hasattr(cli, "BENCH_MODELS")
