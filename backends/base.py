@@ -61,6 +61,11 @@ class Backend:
     OPTIONAL_KEYS: tuple[str, ...] = ()
 
     @property
+    def computes_float64(self) -> bool:
+        """Whether a float64 model really computes in float64 (a port then probes in float64)."""
+        return True
+
+    @property
     def framework(self) -> str:
         """The import name of the framework (``lightnets.frameworks.BACKENDS`` says it once)."""
         return BACKENDS[self.name][0]

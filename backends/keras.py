@@ -380,6 +380,12 @@ NATIVE_LAYOUTS = {"conv2d": {"weight": "khwio"}, "depthwise_conv2d": {"weight": 
 class KerasBackend(Backend):
     """Keras 3: functional ``keras.Model`` (NHWC); state dicts are ``{f"{layer.name}.{leaf}": array}``."""
 
+    @property
+    def computes_float64(self) -> bool:
+        import keras
+
+        return keras.backend.backend() == "tensorflow"  # keras 3.15 demotes float64 on torch/jax (keras#23223)
+
     name = "keras"
     FORMATS = {"keras-weights": ".weights.h5", "keras-model": ".keras"}
     NATIVE_NAMES = NATIVE_NAMES

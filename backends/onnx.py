@@ -413,6 +413,10 @@ def _inference_only(what: str):
 class OnnxBackend(Backend):
     """ONNX Runtime: models emitted as ONNX from the IR, NCHW, inference only."""
 
+    @property
+    def computes_float64(self) -> bool:
+        return False  # onnxruntime's CPU Conv/AveragePool have no double kernel (see parity/tolerances.py)
+
     name = "onnxruntime"
     FORMATS = {"onnx": ".onnx"}
     NATIVE_NAMES = NATIVE_NAMES

@@ -360,6 +360,10 @@ class TFLiteBackend(Backend):
                     "batch_norm": {"gamma": "gamma", "beta": "beta", "mean": "mean", "var": "var"}}
 
     build = staticmethod(build)
+    @property
+    def computes_float64(self) -> bool:
+        return False  # LiteRT interprets float32 only
+
     owns = staticmethod(owns)
     graph_of = staticmethod(graph_of)
     set_weights = staticmethod(set_weights)

@@ -248,8 +248,10 @@ def cmd_port(args) -> int:
             print(f"  note:          {note}")
     print(f"  tensors moved: {info['tensors']}")
     print(f"  params moved:  {info['params']:,} values (incl. BN running statistics)")
-    print(f"  probe {'x'.join(map(str, info['probe_shape']))} vs {info['probe_against']}: max abs logit diff "
-          f"{info['max_abs_diff']:.3e}, max rel diff {info['max_rel_diff']:.3e}")
+    print(f"  probe {'x'.join(map(str, info['probe_shape']))} {info['probe_dtype']} "
+          f"({', '.join(info['probe_checked'])}) "
+          f"vs {info['probe_against']}: max abs logit diff {info['max_abs_diff']:.3e}, max rel diff "
+          f"{info['max_rel_diff']:.3e}")
     source = (info["card"] or {}).get("source", {})
     print(f"  provenance:    {', '.join(f'{k}={v}' for k, v in source.items())} (card written with {out.name})")
     return 0

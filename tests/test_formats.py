@@ -174,7 +174,8 @@ def test_port_of_a_zoo_checkpoint_carries_its_card_into_the_files_it_writes(tmp_
     torch.save(zoo_model.state_dict(), tmp_path / "z.pt")
     t, info = lightnets.port(tmp_path / "z.pt", to="torch", from_format="timm:mobilenetv3_small_100", input_size=SIZE,
                              return_info=True)
-    assert info["graph_from"] == "zoo importer timm:mobilenetv3_small_100" and info["probe_against"] == "source"
+    assert info["graph_from"] == "zoo importer timm:mobilenetv3_small_100"
+    assert info["probe_against"] == "float64 reference" and info["probe_checked"] == ["target"]
     card = info["card"]
     assert card["source"]["zoo"] == "timm" and card["source"]["sha256"] == PV.sha256_file(tmp_path / "z.pt")
     assert card["bn_eps"] == 1e-5 and card["preprocessing"]["mean"] == [0.485, 0.456, 0.406]
