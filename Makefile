@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: test parity lint bench clean venv
+.PHONY: test parity parity-train test-distributed lint bench clean venv
 
 venv: $(STAMP)
 
@@ -19,6 +19,15 @@ test: $(STAMP)
 
 parity: $(STAMP)
 	$(BIN)/lightnets parity --out parity-report
+
+# optimizer-step parity: 5 steps of SGD / Nesterov / AdamW per model in torch, keras and paddle vs the
+# float64 numpy reference (writes parity-report/train-report.md); ~15 min on 2 cores
+parity-train: $(STAMP)
+	$(BIN)/lightnets parity --train-steps 5 --backends torch,keras,paddle --out parity-report
+
+# the slow profiles of training: DDP / MirroredStrategy / paddle.DataParallel, and the 3-model train profile
+test-distributed: $(STAMP)
+	LIGHTNETS_SLOW=1 $(BIN)/python -m pytest -q tests/test_distributed.py tests/test_train_steps.py
 
 lint: $(STAMP)
 	$(BIN)/ruff check lightnets backends parity tests
