@@ -409,10 +409,10 @@ def print_table(report: dict, console) -> None:
     lines = {(s["backend"], s["model"], s["batch"]): s for s in summary["lines"]}
     t = Table(title=f"lightnets: plain, fast path (optimize), compiled (optimize(compile=True)) and the zoo twin; "
                     f"{m['size']}px, {m['threads']} threads, median of {m['repeats']} interleaved runs (ms)")
-    cols = ("backend", "model", "bs", "plain", "fast", "compiled", "twin", "twin comp", "fast/plain",
-            "comp/plain", "best/twin", "target", "GFLOP/s", "% peak", "one-time s (fast/comp)")
+    cols = ("backend", "model", "bs", "plain", "fast", "comp", "twin", "twin comp", "fast /plain", "comp /plain",
+            "best /twin (goal)", "GFLOP/s", "% peak", "once s fast/comp")
     for col in cols:
-        t.add_column(col, justify="left" if col in ("backend", "model") else "right")
+        t.add_column(col, justify="left" if col in ("backend", "model") else "right", no_wrap=col == "model")
     for backend, r in rows(report):
         v, s = r["variants"], lines[(backend, r["model"], r["batch"])]
         ms = {k: _f(v[k]["median_ms"]) if k in v else "-" for k in VARIANTS}
@@ -420,11 +420,11 @@ def print_table(report: dict, console) -> None:
         met = s.get("target_met")
         best = _f(s.get("best/twin"), 2)
         if met is not None:
-            best = f"[{'green' if met else 'red'}]{best}[/]"
+            best = f"[{'green' if met else 'red'}]{best}[/] (<={goal})"
         once = "/".join(_f(_once(v.get(k)), 1) for k in FAST_VARIANTS)
         t.add_row(backend, r["model"], str(r["batch"]), ms["plain"], ms["fast"], ms["compiled"], ms["twin"],
                   ms["twin_compiled"], _f(s.get("fast/plain"), 2), _f(s.get("compiled/plain"), 2), best,
-                  f"<={goal}" if goal else "-", _f(s.get("gflops"), 1),
+                  _f(s.get("gflops"), 1),
                   _f(100 * s["peak_fraction"], 1) if s.get("peak_fraction") is not None else "-", once)
     console.print(t)
     out = []
