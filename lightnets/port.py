@@ -77,22 +77,31 @@ def zoo_format(fmt: str | None) -> tuple[str, str] | None:
     return None
 
 
-def _from_zoo(path: Path, zoo: tuple[str, str], arch: str | None, input_size: int | None) -> Source:
+def _detect_zoo(path: Path, fmt: str, arch: str | None) -> tuple[str, str] | None:
+    """The zoo entry that wrote a native file carrying no lightnets graph, when exactly one fits its keys and
+    shapes (and ``arch``); several fitting entries are an error naming them. None: not a zoo file."""
+    backend = F.FORMATS[fmt].backend
+    if backend is None or F.read_file_meta(path, fmt).graph is not None:
+        return None
+    found = Z.detect_file(path, backend, fmt, arch)
+    if len(found) > 1:
+        raise WeightsError(f"{path.name} fits several zoo models: {', '.join(f'{z}:{n}' for z, n in found)}; pass "
+                           "one as from_format (CLI --from-format)")
+    return found[0] if found else None
+
+
+def _from_zoo(path: Path, zoo: tuple[str, str], arch: str | None, input_size: int | None,
+              detected: bool = False) -> Source:
     e = Z.entry(*zoo)
     if arch is not None and e.arch != arch:
         raise WeightsError(f"{zoo[0]}:{zoo[1]} checkpoints are lightnets {e.arch!r}, not {arch!r}; "
                            f"pass --arch {e.arch} (or omit it)")
     be = load_backend(e.framework)
     label = f"{zoo[0]}:{zoo[1]}"
-    if hasattr(Z, "read_checkpoint"):
-        model, graph, canonical, card = Z.read_checkpoint(path, zoo[0], zoo[1], input_size or 224)
-    else:  # until lightnets.zoo.read_checkpoint exists: import the state dict, probe against the reference
-        fmt = next((f for f, s in be.FORMATS.items() if path.name.endswith(s)), next(iter(be.FORMATS)))
-        graph, canonical, info = Z.import_zoo(zoo[0], zoo[1], be.read_state_dict(path, fmt),
-                                              input_size=input_size or 224)
-        model, card = None, PV.zoo_card(graph, info)
+    model, graph, canonical, card = Z.read_checkpoint(path, zoo[0], zoo[1], input_size or 224)
+    notes = (f"detected {label} from the file's keys and shapes (from_format={label!r})",) if detected else ()
     return Source(PV.with_card(graph, PV.card_of(graph) or card), canonical, model, be, f"{label} ({be.name})",
-                  f"zoo importer {label}")
+                  f"zoo importer {label}", notes)
 
 
 def _from_file(path, arch, from_format, num_classes, input_size, dtype) -> Source:
@@ -135,8 +144,11 @@ def port(model_or_file, to: str = "keras", arch: str | None = None, from_format:
             load_in_safe_order(to, Z.entry(*zoo).framework)
             source = _from_zoo(path, zoo, arch, input_size)
         else:
-            load_in_safe_order(to, F.FORMATS[F.format_of(path, from_format)].backend)
-            source = _from_file(path, arch, from_format, num_classes, input_size, dtype)
+            fmt = F.format_of(path, from_format)
+            load_in_safe_order(to, F.FORMATS[fmt].backend)
+            zoo = _detect_zoo(path, fmt, arch)
+            source = _from_zoo(path, zoo, arch, input_size, detected=True) if zoo else \
+                _from_file(path, arch, from_format, num_classes, input_size, dtype)
     else:
         load_in_safe_order(to, backend_of(model_or_file).name)
         source = _from_model(model_or_file, arch)

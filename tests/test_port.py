@@ -280,3 +280,20 @@ def test_cli_port_torch_pt_to_paddle_pdparams(tmp_path):
         ["bad.pt", "o.pt", "o.pt" + F.SIDECAR, "w.pdparams", "w.pdparams" + F.SIDECAR, "w.pt", "w.pt" + F.SIDECAR])
     assert _cli("port", "--arch", "nope", "--from", src, "--to", "paddle", "--out", out).returncode == 2
     assert _cli("port", "--arch", ID, "--from", src, "--to", "mxnet", "--out", out).returncode == 2
+
+
+def test_zoo_state_dict_without_from_format_is_detected(tmp_path):
+    """A torchvision checkpoint (no lightnets sidecar) ports without --from-format: its keys and shapes name
+    the zoo entry; the ported model equals torchvision's logits."""
+    import torch
+    import torchvision
+
+    tv = torchvision.models.mobilenet_v2(weights=None, num_classes=10).eval()
+    torch.save(tv.state_dict(), tmp_path / "tv.pt")
+    model, info = lightnets.port(tmp_path / "tv.pt", to="torch", return_info=True)
+    assert info["graph_from"] == "zoo importer torchvision:mobilenet_v2" and info["arch"] == "mobilenet_v2_100"
+    assert any("detected torchvision:mobilenet_v2" in n for n in info["notes"])
+    x = np.random.default_rng(0).standard_normal((2, 3, 64, 64)).astype(np.float32)
+    with torch.no_grad():
+        want = tv(torch.from_numpy(x)).numpy()
+    assert np.abs(lightnets.run(model, x) - want).max() / np.abs(want).max() <= 1e-5

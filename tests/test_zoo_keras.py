@@ -326,8 +326,6 @@ def test_keras_applications_files_port_to_torch_and_the_third_backend_in_a_subpr
     assert len(errs) == 2 * 2 * 2 and not bad, bad
 
 
-@pytest.mark.xfail(reason="lightnets.port does not yet ask lightnets.zoo.detect which zoo wrote a file "
-                          "without from_format (helper C1's side)", strict=False)
 def test_keras_applications_files_port_without_from_format(keras_files):
     errs, bad = _bad(keras_files, "port", ["from_format=None"])
     assert len(errs) == 2 * 2 * 2 and not bad, bad
