@@ -513,7 +513,7 @@ class TorchBackend(Backend):
         meta = {"format": "torch", "sha256": W.digest(arrays)}
         if owns(model):
             meta["lightnets.graph"] = model.graph.name
-        W._write_safetensors(arrays, path, meta)
+        W.write_safetensors(arrays, path, meta)
 
     def state_dict(self, model):
         if not isinstance(model, nn.Module):

@@ -44,9 +44,6 @@ def plain(value):
     return json.loads(json.dumps(value))
 
 
-_plain = plain  # the first name (lightnets.zoo uses it)
-
-
 def _one_or_sorted(values: set):
     if not values:
         return None

@@ -119,9 +119,6 @@ def few(keys: list[str], n: int = 8) -> str:
     return f"[{shown}{f', ... ({len(keys) - n} more)' if len(keys) > n else ''}]"
 
 
-_few = few  # the old private name (kept for callers not yet moved to ``few``)
-
-
 def umask() -> int:
     """The process umask (read without changing it where /proc allows)."""
     try:
@@ -202,9 +199,6 @@ def write_safetensors(arrays, tmp, metadata):
     save_file(arrays, tmp, metadata=metadata)
 
 
-_write_safetensors = write_safetensors  # the old private name
-
-
 NPZ_META = "__lightnets__"  # the .npz entry (a 0-d str array of JSON) holding a canonical file's metadata
 
 
@@ -212,9 +206,6 @@ def write_npz(arrays, tmp, metadata=None):
     extra = {NPZ_META: np.array(json.dumps(metadata))} if metadata else {}
     with open(tmp, "wb") as f:
         np.savez(f, **arrays, **extra)
-
-
-_write_npz = write_npz
 
 
 def save(weights: Mapping[str, np.ndarray], path: str | os.PathLike, metadata: dict[str, str] | None = None,

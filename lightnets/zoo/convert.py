@@ -236,7 +236,7 @@ def _import(zoo: str, name: str, sd: dict, model, nc: int, input_size: int, prob
         card_notes.append(f"the zoo model ends in {act}; the graph outputs logits")
     card = provenance.make_card(graph, source, preprocessing=e.preprocessing, classifier_activation=act,
                                 padding=e.padding, notes=card_notes)
-    card["probe"] = provenance._plain({k: v for k, v in result.items() if k != "notes"})
+    card["probe"] = provenance.plain({k: v for k, v in result.items() if k != "notes"})
     card["zoo"] = {"zoo": zoo, "name": name, "framework": e.framework, "default_classifier_activation":
                    e.classifier_activation, "model_rescaling": list(pre) if pre is not None else None}
     graph = provenance.with_card(graph, card)

@@ -157,11 +157,11 @@ def match(graph: Graph, zoo_shapes: Mapping[str, tuple], framework: str,
     if len(used) != len(out):
         problems.append("a zoo key was mapped twice")
     if not problems and (unmapped_zoo or unfilled):
-        problems.append(f"zoo keys left unmapped {W._few(unmapped_zoo)}, canonical keys left unfilled "
-                        f"{W._few(unfilled)}")
+        problems.append(f"zoo keys left unmapped {W.few(unmapped_zoo)}, canonical keys left unfilled "
+                        f"{W.few(unfilled)}")
     if problems:
         extra = "" if not (unmapped_zoo or unfilled) else (
-            f" (unmapped zoo keys {W._few(unmapped_zoo, 4)}; unfilled canonical keys {W._few(unfilled, 4)})")
+            f" (unmapped zoo keys {W.few(unmapped_zoo, 4)}; unfilled canonical keys {W.few(unfilled, 4)})")
         raise WeightsError(f"cannot map the zoo state dict onto graph {graph.name!r}: " + "; ".join(problems)
                            + extra + ". Is it the zoo model this importer names?")
     return out
