@@ -210,13 +210,22 @@ def _nchw(y: np.ndarray, dtype) -> np.ndarray:
     return np.ascontiguousarray(y.transpose(0, 3, 1, 2)) if y.ndim == 4 else y
 
 
+def _cache_limit() -> int:
+    """Bytes of flat buffers kept: ``LIGHTNETS_TFLITE_CACHE_MB`` (default 256; the parity target sets 4096, so its
+    float64 pass over every id reuses the float32 pass's conversions)."""
+    try:
+        return max(0, int(os.environ.get("LIGHTNETS_TFLITE_CACHE_MB", "256"))) << 20
+    except ValueError:
+        return 256 << 20
+
+
 class _BufferCache:
     """The flat buffers converted in this process, by (graph, float32 weights, options), least recently used
     dropped past ``limit`` bytes: a float64 model of the same graph and weights (float32 inside) is not
     converted twice (the parity worker builds both)."""
 
-    def __init__(self, limit: int = 256 << 20):
-        self.limit, self.items = limit, {}
+    def __init__(self, limit: int | None = None):
+        self.limit, self.items = _cache_limit() if limit is None else limit, {}
 
     def get(self, key):
         buf = self.items.pop(key, None)
@@ -351,6 +360,10 @@ def _flat_buffer_of(model) -> bytes:
 class TFLiteBackend(Backend):
     """TFLite: keras models converted by the TFLite converter, run by the LiteRT interpreter; inference only."""
 
+    @property
+    def computes_float64(self) -> bool:
+        return False  # LiteRT interprets float32 only
+
     name = "tflite"
     FORMATS = {"tflite": ".tflite"}
     # canonical weights are kept as they are (the flat buffer's are converted from them, not stored back)
@@ -360,10 +373,6 @@ class TFLiteBackend(Backend):
                     "batch_norm": {"gamma": "gamma", "beta": "beta", "mean": "mean", "var": "var"}}
 
     build = staticmethod(build)
-    @property
-    def computes_float64(self) -> bool:
-        return False  # LiteRT interprets float32 only
-
     owns = staticmethod(owns)
     graph_of = staticmethod(graph_of)
     set_weights = staticmethod(set_weights)

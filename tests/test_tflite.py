@@ -118,7 +118,7 @@ def test_return_all_gives_every_node_by_name():
 
 
 def test_parity_target_is_inference_only():
-    assert runner.TARGETS["tflite"] == ("tflite", {"KERAS_BACKEND": "tensorflow"})
+    assert runner.TARGETS["tflite"][0] == "tflite" and runner.TARGETS["tflite"][1]["KERAS_BACKEND"] == "tensorflow"
     assert "tflite" in runner.INFERENCE_ONLY and "tflite" in cli.PARITY_TARGETS
     assert "tflite" not in cli.DEFAULT_PARITY_TARGETS  # a conversion per model: asked for by name
     assert BE.name == "tflite" and BE.framework == "tensorflow" and lightnets.load_backend("tflite") is BE
