@@ -47,25 +47,28 @@ TRAIN_REL = {"float64": 1e-10}
 # steps); its rows name the first step and parameter over the float32 model bound below.
 FLOAT32_MARK = T.MODEL_REL["float32"]
 
+CONTROL = 1e-13  # the control run: the first target again from weights scaled by (1 + 1e-13 * (+-1))
 PROFILE_NOTE = (
     "Hyperparameters are exact in float32 (momentum 0.875, weight decays 2**-11 and 2**-5): paddle's Momentum "
     "and AdamW kernels take mu and the decay coefficient as float32 attributes (0.9 runs as 0.8999999762, "
     "measured 7.9e-9 after 5 steps; tests/test_train_steps.py shows paddle == the IR formula with those "
-    "values rounded, bit for bit). SGD lr 0.002 is ImageNet's 0.1 at batch 256 scaled to batch 4: at lr 0.01 "
-    "the random-init shufflenet_v1_g3_100's loss explodes (4.7 -> 15 in 5 steps) and float64 rounding "
-    "differences grow ~8x per step (Nesterov: 1.0e-10 at step 5 in torch and paddle) - the dynamics, not the "
-    "semantics. AdamW eps is 1e-7 (keras' default): the update g / (|g| + eps) amplifies "
-    "float64 gradient rounding by up to lr / (4 eps) where |g| ~ eps - at eps 1e-8 torch vs the reference "
-    "measured 1.35e-10 after one step (shufflenet_v1_g3_100), the formula's conditioning, not a framework "
-    "difference. Under AdamW the parameters of optim.null_gradient_params (train-mode gradient identically 0, "
-    "float noise only, which Adam normalises into steps) are reported, not judged.")
+    "values rounded, bit for bit). The control row (target~target*) reruns the first target from weights "
+    "perturbed by 1e-13 relative: how much the training map itself amplifies a rounding-size difference. At "
+    "64 px, batch 4, random init that amplification is up to ~10x per step: at SGD lr 0.002 (Nesterov) "
+    "mobilenet_v2_100 reached 1.7e-10 at step 5 in torch, paddle and keras alike, as did torch against itself "
+    "from a 1e-13 perturbation (2e-10) - the dynamics, not the frameworks. So SGD runs at lr 0.001 (~0.1 at "
+    "batch 256, linearly scaled). AdamW's update g / (|g| + eps) amplifies float64 gradient rounding by up "
+    "to lr / (4 eps) where |g| ~ eps: at eps 1e-8 torch vs the reference measured 1.35e-10 after one step "
+    "(shufflenet_v1_g3_100), at 1e-7 mobilenet_v2_100 grew 3.3e-11 -> 1.1e-10 in 5 steps; the profile uses "
+    "eps 1e-6 (RoBERTa's). Under AdamW the parameters of optim.null_gradient_params (train-mode gradient "
+    "identically 0, float noise only, which Adam normalises into steps) are reported, not judged.")
 
 
 def optimizers() -> dict[str, optim.SGD | optim.AdamW]:
     """The optimizers of the profile, by name (see ``PROFILE_NOTE`` for the values)."""
-    sgd = dict(lr=0.002, momentum=0.875, weight_decay=2.0 ** -11)  # lr: 0.1 at batch 256, linearly scaled to 4
+    sgd = dict(lr=0.001, momentum=0.875, weight_decay=2.0 ** -11)  # lr: ~0.1 at batch 256, scaled to 4
     return {"sgd": optim.SGD(**sgd), "sgd-nesterov": optim.SGD(**sgd, nesterov=True),
-            "adamw": optim.AdamW(lr=1e-3, betas=(0.9, 0.999), eps=1e-7, weight_decay=2.0 ** -5)}
+            "adamw": optim.AdamW(lr=1e-3, betas=(0.9, 0.999), eps=1e-6, weight_decay=2.0 ** -5)}
 
 
 def schedule(steps: int) -> optim.WarmupCosine:
@@ -118,16 +121,19 @@ def run_request(request: dict) -> dict:
             with np.load(case["batches"]) as z:
                 xs = [z[f"x{i}"] for i in range(request["steps"])]
                 ys = [z[f"y{i}"] for i in range(request["steps"])]
-            for name in request["optimizers"]:
+            runs = [(name, w) for name in request["optimizers"]]
+            if request.get("control") and dtype == "float64":
+                runs += [(f"{name}.control", perturbed(w)) for name in request["optimizers"]]
+            for name, weights in runs:
                 key = f"{dtype}/{case['id']}.{name}"
                 try:
                     t0 = time.perf_counter()
-                    spec, sched = opts[name], schedule(request["steps"])
+                    spec, sched = opts[name.split(".")[0]], schedule(request["steps"])
                     if backend is None:
-                        trace = optim.reference_train_steps(graph, w, xs, ys, spec, sched)
+                        trace = optim.reference_train_steps(graph, weights, xs, ys, spec, sched)
                     else:
                         model = backend.build(graph, dtype)
-                        backend.set_weights(model, w)
+                        backend.set_weights(model, weights)
                         trace = backend.train_steps(model, [x.astype(dtype) for x in xs], ys, spec, sched)
                     arrays = {f"{t}/{k}": v for t, step in enumerate(trace.weights) for k, v in step.items()}
                     np.savez(out / dtype / f"{case['id']}.{name}.npz", losses=np.array(trace.losses),
@@ -137,6 +143,12 @@ def run_request(request: dict) -> dict:
                     status[key] = {"ok": False, "error": f"{type(e).__name__}: {e}",
                                    "traceback": traceback.format_exc(limit=8)}
     return status
+
+
+def perturbed(weights: dict) -> dict:
+    """``weights`` scaled elementwise by (1 + CONTROL * (+-1)), a fixed sign pattern: the control run."""
+    rng = np.random.default_rng(12345)
+    return {k: v * (1.0 + CONTROL * rng.choice([-1.0, 1.0], size=np.shape(v))) for k, v in weights.items()}
 
 
 def _load(name: str):
@@ -192,7 +204,8 @@ def run_workers(run: Run, targets: list[str], dtypes: list[str], opt_names: list
     def starter(target):
         backend, env = (REFERENCE, {}) if target == REFERENCE else TARGETS[target]
         request = {"backend": backend, "dtypes": ["float64"] if target == REFERENCE else dtypes,
-                   "steps": run.steps, "optimizers": opt_names, "cases": list(run.files.values())}
+                   "steps": run.steps, "optimizers": opt_names, "cases": list(run.files.values()),
+                   "control": bool(targets) and target == targets[0]}
         return lambda: workers.start("lightnets.parity.train", request, run.workdir / "out" / target, env=env)
 
     order = [REFERENCE, *targets]
@@ -258,6 +271,20 @@ def compare(run: Run, outs: dict[str, Path], dtypes: list[str], opt_names: list[
                     results.append(_judge(r, _compare(trace, ref, excluded, order),
                                           [abs(float(x) - float(y)) for x, y in zip(trace["losses"], ref["losses"],
                                                                                      strict=True)], excluded))
+                control = [t for t in got if (outs[t] / dtype / f"{cid}.{opt}.control.npz").exists()]
+                for target in control:  # the training map's own amplification of a 1e-13 difference
+                    trace, err = _load_trace(outs[target], dtype, cid, f"{opt}.control")
+                    r = TrainResult(cid, opt, f"{target}~{target}*", dtype)
+                    if trace is None:
+                        r.status, r.error = "error", err
+                        results.append(r)
+                        continue
+                    r = _judge(r, _compare(trace, got[target], excluded, order),
+                               [abs(float(x) - float(y)) for x, y in zip(trace["losses"], got[target]["losses"],
+                                                                          strict=True)], excluded)
+                    r.status, r.divergence = "info", None
+                    r.error = f"control: {target} from weights perturbed by {CONTROL:.0e} relative"
+                    results.append(r)
                 for a, b in itertools.combinations(sorted(got), 2):
                     r = TrainResult(cid, opt, f"{a}~{b}", dtype)
                     results.append(_judge(r, _compare(got[a], got[b], excluded, order),

@@ -387,8 +387,12 @@ def test_profile_runner_in_subprocesses(tmp_path, problem):
     pytest.importorskip("torch")
     g = problem[0]
     results = PT.run_train_matrix([], ["torch"], ["float64"], tmp_path, steps=3, size=24, graphs={"every_op": g})
-    assert {(r.optimizer, r.target) for r in results} == {(o, "torch") for o in PT.optimizers()}
-    assert all(r.status == "pass" and len(r.per_step) == 3 and max(r.per_step) <= REL64 for r in results), results
+    assert {(r.optimizer, r.target) for r in results} == {(o, t) for o in PT.optimizers()
+                                                           for t in ("torch", "torch~torch*")}
+    judged = [r for r in results if r.target == "torch"]
+    assert all(r.status == "pass" and len(r.per_step) == 3 and max(r.per_step) <= REL64 for r in judged), judged
+    control = [r for r in results if r.target == "torch~torch*"]  # 1e-13 perturbation, reported only
+    assert all(r.status == "info" and 1e-14 < max(r.per_step) < 1e-11 for r in control), control
     assert not list((tmp_path / "out" / "torch").glob("float64/*.npz"))  # per-step weights deleted once compared
 
 
