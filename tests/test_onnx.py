@@ -184,7 +184,7 @@ def test_export_refuses_an_existing_file(tmp_path):
     assert onnx.load(str(path)).graph.name == graph.name
     assert sorted(p.name for p in tmp_path.iterdir()) == ["m.onnx"]  # nothing else left behind
     with pytest.raises(LightnetsError, match="unknown export target"):
-        lightnets.export(src, to="tflite", path=tmp_path / "x.tflite")
+        lightnets.export(src, to="coreml", path=tmp_path / "x.mlmodel")
     with pytest.raises(LightnetsError, match="needs weights too"):
         lightnets.export(graph, path=tmp_path / "y.onnx")
 
