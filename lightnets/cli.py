@@ -15,7 +15,7 @@ from pathlib import Path
 from . import registry
 from .errors import LightnetsError
 
-PARITY_TARGETS = ("torch", "keras", "keras-torch", "paddle", "onnxruntime", "tflite")
+PARITY_TARGETS = ("torch", "keras", "keras-torch", "keras-jax", "paddle", "onnxruntime", "tflite")
 # tflite converts every model with the TFLite converter (~5-30 s each): asked for by name, not run by default
 DEFAULT_PARITY_TARGETS = tuple(t for t in PARITY_TARGETS if t != "tflite")
 DTYPES = ("float32", "float64")
@@ -55,7 +55,13 @@ def cmd_summary(args) -> int:
     from rich.table import Table
 
     g = registry.get_spec(args.model, num_classes=args.num_classes, input_size=args.size)
-    table = Table(title=f"{args.model}: input {g.input_shape}")
+    if args.features:
+        from . import features as FT
+
+        points = FT.feature_points(g)
+        default = FT.default_indices(points)
+        g = FT.feature_graph(g)
+    table = Table(title=f"{args.model}{' backbone (features=True)' if args.features else ''}: input {g.input_shape}")
     for col, justify in (("layer", "left"), ("ops", "left"), ("output", "left"), ("params", "right"),
                          ("MMACs", "right")):
         table.add_column(col, justify=justify)
@@ -75,9 +81,30 @@ def cmd_summary(args) -> int:
     for key, (op_names, shape, p, m) in rows.items():
         table.add_row(key, ",".join(op_names), "x".join(map(str, shape)), f"{p:,}", f"{m / 1e6:.2f}")
     table.add_section()
-    table.add_row("total", "", "x".join(map(str, g.output_shape)), f"{g.num_params():,}", f"{g.macs() / 1e6:.2f}")
+    out = " ".join("x".join(map(str, s)) for s in g.output_shapes)
+    table.add_row("total", "", out if len(out) < 40 else f"{len(g.output_names)} outputs", f"{g.num_params():,}",
+                  f"{g.macs() / 1e6:.2f}")
     _console().print(table)
+    if args.features:
+        _console().print(_feature_table(args.model, g, points, default))
     return 0
+
+
+def _feature_table(model_id: str, g, points: list[dict], default: tuple[int, ...]):
+    """The stages a backbone offers (lightnets.feature_info): index, timm-style module, IR node, channels,
+    reduction, shape at the summary's input size, and whether the default out_indices return it."""
+    from rich.table import Table
+
+    table = Table(title=f"{model_id} feature maps (lightnets.build(..., features=True, out_indices=...); "
+                        f"default {default})")
+    for col, justify in (("index", "right"), ("module", "left"), ("node", "left"), ("stage", "right"),
+                         ("channels", "right"), ("reduction", "right"), ("output", "left"), ("default", "left")):
+        table.add_column(col, justify=justify)
+    shapes = registry.get_spec(model_id, input_size=g.input_shape[1]).shapes
+    for i, d in enumerate(points):
+        table.add_row(str(d["index"]), d["module"], d["node"], str(d["stage"]), str(d["num_chs"]),
+                      str(d["reduction"]), "x".join(map(str, shapes[d["node"]])), "yes" if i in default else "")
+    return table
 
 
 def _layer_key(node_name: str) -> str:
@@ -130,11 +157,18 @@ def cmd_parity(args) -> int:
     case_list = (C.op_cases() if args.ops else []) + C.model_cases(models, input_size=args.size,
                                                                     num_classes=args.num_classes)
     kinds = {c.id: "op" for c in C.op_cases()} if args.ops else {}
+    if args.features:  # every id's backbone: each feature map an output, compared one by one
+        feature_list = C.feature_cases(models, input_size=args.size, num_classes=args.num_classes)
+        case_list += feature_list
+        kinds.update({c.id: "features" for c in feature_list})
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     console = _console()
-    console.print(f"parity: {len(models)} models + {len(kinds)} op cases x {', '.join(args.backends)} x "
-                  f"{', '.join(args.dtype)}, input {args.size}px{', train mode + gradients' if args.train else ''}"
+    n_ops = sum(k == "op" for k in kinds.values())
+    n_feat = sum(k == "features" for k in kinds.values())
+    console.print(f"parity: {len(models)} models + {n_feat} backbones + {n_ops} op cases x "
+                  f"{', '.join(args.backends)} x {', '.join(args.dtype)}, input {args.size}px"
+                  f"{', train mode + gradients' if args.train else ''}"
                   f"{f', BN folded (--mode {args.mode})' if args.mode != 'train' else ''}")
     t0 = time.perf_counter()
     with tempfile.TemporaryDirectory(prefix="lightnets-parity-") as work, Progress(console=console) as bar:
@@ -143,7 +177,7 @@ def cmd_parity(args) -> int:
                                     train=args.train, probe=models[0] if models else None,
                                     on_done=lambda target: bar.advance(task), mode=args.mode)
     elapsed = time.perf_counter() - t0
-    meta = {"models": len(models), "op_cases": len(kinds), "targets": ",".join(args.backends),
+    meta = {"models": len(models), "op_cases": n_ops, "feature_cases": n_feat, "targets": ",".join(args.backends),
             "dtypes": ",".join(args.dtype), "input_size": args.size, "train": args.train, "mode": args.mode,
             "wall_time_s": round(elapsed, 1), "python": sys.version.split()[0], **_versions()}
     report.print_summary(results, args.dtype, console)
@@ -349,6 +383,8 @@ def make_parser() -> argparse.ArgumentParser:
     s.add_argument("model")
     s.add_argument("--size", type=_positive_int(32), default=224)
     s.add_argument("--num-classes", type=_positive_int(), default=1000)
+    s.add_argument("--features", action="store_true", help="the backbone (build(..., features=True)): its layers "
+                   "and the feature map at the end of each stage (index, module, node, channels, reduction)")
     s.set_defaults(func=cmd_summary)
 
     s = sub.add_parser("parity", help="the cross-framework parity matrix against the numpy reference")
@@ -366,6 +402,8 @@ def make_parser() -> argparse.ArgumentParser:
                    "it with the unfolded reference (not with --train); fast / compiled: the folded model through "
                    "lightnets.optimize(model, compile=False / True), each backend's fast path")
     s.add_argument("--no-ops", dest="ops", action="store_false", help="skip the op conformance cases")
+    s.add_argument("--no-features", dest="features", action="store_false",
+                   help="skip the backbone cases (<id>:features: every feature map of build(..., features=True))")
     s.add_argument("--size", type=_positive_int(32), default=224, help="input size of the model cases")
     s.add_argument("--num-classes", type=_positive_int(), default=1000)
     s.add_argument("--jobs", type=_positive_int(), default=2, help="backend subprocesses at once")

@@ -1,6 +1,8 @@
 """Conformance cases: small graphs exercising every op with its edge attributes, and model cases.
 
-Golden outputs come from the float64 numpy reference (``lightnets.reference``).
+Golden outputs come from the float64 numpy reference (``lightnets.reference``). Feature cases are the
+backbone graphs of the ids (``lightnets.spec(id, features=True)``: every feature map an output), compared
+output by output.
 """
 
 from __future__ import annotations
@@ -9,7 +11,7 @@ from typing import NamedTuple
 
 import numpy as np
 
-from lightnets import ops, registry
+from lightnets import features, ops, registry
 from lightnets.graph import INPUT, Graph, GraphBuilder
 
 
@@ -103,6 +105,18 @@ def model_cases(models: list[str] | None = None, input_size: int = 64, num_class
     """Every registered id (or ``models``) at a small input size, for the parity matrix."""
     ids = models or registry.list_models()
     return [Case(m, registry.get_spec(m, num_classes=num_classes, input_size=input_size)) for m in ids]
+
+
+FEATURES_SUFFIX = ":features"
+
+
+def feature_cases(models: list[str] | None = None, input_size: int = 64, num_classes: int = 10) -> list[Case]:
+    """The backbone of every registered id (or ``models``): its feature maps (default selection) as outputs,
+    case id ``<id>:features``."""
+    ids = models or registry.list_models()
+    return [Case(m + FEATURES_SUFFIX, features.feature_graph(registry.get_spec(m, num_classes=num_classes,
+                                                                                input_size=input_size)))
+            for m in ids]
 
 
 def make_input(graph: Graph, batch: int = 2, seed: int = 0) -> np.ndarray:

@@ -1,11 +1,12 @@
 """The parity matrix: every case in every target (one subprocess each), compared with the reference.
 
 Targets are backends in a given environment: ``torch``, ``keras`` (on tensorflow), ``keras-torch``
-(keras with ``KERAS_BACKEND=torch``), ``paddle``, ``onnxruntime`` (ONNX written from the IR) and ``tflite``
-(the keras model converted to TFLite, run by LiteRT); the last two are inference only, so they are never
-asked for train-mode BN or gradients: ``INFERENCE_ONLY``. Inputs, weights and
-graphs go to the workers through files; outputs come back the same way. When a case exceeds its
-tolerance the runner asks for every node's output and names the first node that diverges.
+(keras with ``KERAS_BACKEND=torch``), ``keras-jax`` (``KERAS_BACKEND=jax``, x64 enabled), ``paddle``,
+``onnxruntime`` (ONNX written from the IR) and ``tflite`` (the keras model converted to TFLite, run by
+LiteRT); the last two are inference only, so they are never asked for train-mode BN or gradients:
+``INFERENCE_ONLY``. Inputs, weights and graphs go to the workers through files; outputs come back the
+same way; a multi-output case (a backbone, ``<id>:features``) is compared output by output. When a case
+exceeds its tolerance the runner asks for every node's output and names the first node that diverges.
 
 ``mode="inference"`` builds every target's model with its batch norms folded into the convs
 (``lightnets.build(..., mode="inference")``) and still compares it with the float64 reference of the
@@ -30,11 +31,15 @@ from lightnets.transforms import foldable_batch_norms
 
 from . import tolerances as T
 from .cases import Case, make_input
+from .worker import unpack
 
 TARGETS: dict[str, tuple[str, dict[str, str]]] = {
     "torch": ("torch", {}),
     "keras": ("keras", {"KERAS_BACKEND": "tensorflow"}),
     "keras-torch": ("keras", {"KERAS_BACKEND": "torch"}),
+    # keras on jax (CPU): float64 needs jax_enable_x64; XLA's CPU pool pinned to one thread like the others
+    "keras-jax": ("keras", {"KERAS_BACKEND": "jax", "JAX_ENABLE_X64": "1", "JAX_PLATFORMS": "cpu",
+                            "XLA_FLAGS": "--xla_cpu_multi_thread_eigen=false intra_op_parallelism_threads=1"}),
     "paddle": ("paddle", {}),
     # ONNX emitted from the IR (backends/onnx.py), run by onnxruntime's CPU provider; inference only
     "onnxruntime": ("onnxruntime", {}),
@@ -96,7 +101,7 @@ class Matrix:
         self.mode = mode
         self.workdir = Path(workdir)
         self.files: dict[str, dict] = {}
-        self.golden: dict[str, np.ndarray] = {}
+        self.golden: dict[str, list[np.ndarray]] = {}  # every output of the case, in order
         for i, c in enumerate(cases):
             d = self.workdir / "cases" / c.id
             d.mkdir(parents=True, exist_ok=True)
@@ -105,11 +110,18 @@ class Matrix:
             W.save(w, d / "weights.safetensors", overwrite=True)
             x = make_input(c.graph, c.batch, seed=seed + i)
             np.save(d / "input.npy", x)
-            probe = np.random.default_rng(seed + i + 1).standard_normal((c.batch, *c.graph.output_shape))
-            np.save(d / "probe.npy", probe)
+            rng = np.random.default_rng(seed + i + 1)
+            probes = [rng.standard_normal((c.batch, *shape)) for shape in c.graph.output_shapes]
+            if c.graph.multi_output:  # one probe per output: gradients of the sum over every output
+                probe_file = d / "probe.npz"
+                np.savez(probe_file, *probes)
+            else:
+                probe_file = d / "probe.npy"
+                np.save(probe_file, probes[0])
             self.files[c.id] = {"id": c.id, "graph": str(d / "graph.json"), "weights": str(d / "weights.safetensors"),
-                                "input": str(d / "input.npy"), "probe": str(d / "probe.npy")}
-            self.golden[c.id] = reference.run(c.graph, w, x)
+                                "input": str(d / "input.npy"), "probe": str(probe_file)}
+            y = reference.run(c.graph, w, x)
+            self.golden[c.id] = y if c.graph.multi_output else [y]
 
     # --- workers ------------------------------------------------------------------------------
     def launch(self, target: str, case_ids: list[str], dtypes: list[str], tag: str, return_all=False,
@@ -156,23 +168,27 @@ class Matrix:
     def compare(self, outs: dict[str, Path], dtypes: list[str], train: bool = False) -> list[Result]:
         results: list[Result] = []
         for case_id, dtype in itertools.product(self.cases, dtypes):
-            kind = self.kinds.get(case_id, "model")
+            kind = self.kinds.get(case_id, "features" if self.cases[case_id].graph.multi_output else "model")
             ref = self.golden[case_id]
             got = {}
             for target, out in outs.items():
                 tol = self._tol(case_id, dtype, target)
                 arrays, err = self._load(out, dtype, case_id)
+                if arrays is not None and len(unpack(arrays, "output")) != len(ref):
+                    arrays, err = None, (f"the target returned {len(unpack(arrays, 'output'))} outputs, the graph "
+                                         f"has {len(ref)}")
                 if arrays is None:
                     results.append(_judge(Result(kind, case_id, target, dtype, tol=tol, status="error", error=err)))
                     continue
                 got[target] = arrays
-                results.append(_judge(Result(kind, case_id, target, dtype, T.abs_error(arrays["output"], ref),
-                                             T.rel_error(arrays["output"], ref), tol)))
+                results.append(_judge(_compared(Result(kind, case_id, target, dtype, tol=tol),
+                                                _outputs(arrays, "output", ref), ref, self.cases[case_id])))
             for a, b in itertools.combinations(sorted(got), 2):
-                ya, yb = got[a]["output"], got[b]["output"]
-                scale = float(np.max(np.abs(ref))) or 1.0
-                results.append(_judge(Result("pair", case_id, f"{a}~{b}", dtype, T.abs_error(ya, yb),
-                                             T.abs_error(ya, yb) / scale, 2 * self._tol(case_id, dtype, f"{a}~{b}"))))
+                ya, yb = _outputs(got[a], "output", ref), _outputs(got[b], "output", ref)
+                abs_errs = [T.abs_error(u, v) for u, v in zip(ya, yb, strict=True)]
+                rels = [e / (float(np.max(np.abs(r))) or 1.0) for e, r in zip(abs_errs, ref, strict=True)]
+                results.append(_judge(Result("pair", case_id, f"{a}~{b}", dtype, max(abs_errs), max(rels),
+                                             2 * self._tol(case_id, dtype, f"{a}~{b}"))))
             if train:
                 trained = {t: a for t, a in got.items() if t not in INFERENCE_ONLY}
                 results += self._compare_train(case_id, dtype, trained)
@@ -182,11 +198,15 @@ class Matrix:
         case = self.cases[case_id]
         w = W.load(self.files[case_id]["weights"])
         out, stats = reference.train_forward(case.graph, w, np.load(self.files[case_id]["input"]))
+        out = out if case.graph.multi_output else [out]
         results = []
         for target, arrays in got.items():
             tol = self._tol(case_id, dtype, target)
-            results.append(_judge(Result("train", case_id, target, dtype, T.abs_error(arrays["train:output"], out),
-                                         T.rel_error(arrays["train:output"], out), tol)))
+            r = Result("train", case_id, target, dtype, tol=tol)
+            if case.graph.multi_output:  # train-mode feature maps: judged where tolerances say (float64 only)
+                r.tol = T.TRAIN_FEATURES_REL.get(T.effective_dtype(target, dtype), float("nan"))
+                r.status = "pass" if r.tol == r.tol else "info"
+            results.append(_judge(_compared(r, _outputs(arrays, "train:output", out), out, case)))
             errs = [T.rel_error(arrays[f"stat:{k}"], v) for k, v in stats.items()] or [0.0]
             results.append(_judge(Result("stats", case_id, target, dtype, rel_err=max(errs), tol=tol)))
         for a, b in itertools.combinations(sorted(got), 2):
@@ -239,6 +259,25 @@ class Matrix:
         return located
 
 
+def _outputs(arrays: dict, key: str, ref: list) -> list[np.ndarray]:
+    """A worker's outputs under ``key`` (one per output of the case); ValueError if their number differs."""
+    got = unpack(arrays, key)
+    if len(got) != len(ref):
+        raise ValueError(f"the target returned {len(got)} outputs, the graph has {len(ref)}")
+    return got
+
+
+def _compared(r: Result, got: list[np.ndarray], ref: list[np.ndarray], case: Case) -> Result:
+    """``r`` with the errors of every output (the worst one counts; a multi-output case names it)."""
+    rels = [T.rel_error(g, e) for g, e in zip(got, ref, strict=True)]
+    r.rel_err = max(rels)
+    r.abs_err = max(T.abs_error(g, e) for g, e in zip(got, ref, strict=True))
+    if len(rels) > 1 and not r.rel_err <= r.tol:
+        worst = int(np.argmax(rels))
+        r.error = f"worst output {worst} ({case.graph.output_names[worst]})"
+    return r
+
+
 def _jsonable(attrs: dict) -> dict:
     return {k: list(v) if isinstance(v, tuple) else v for k, v in attrs.items()}
 
@@ -263,14 +302,14 @@ def run_matrix(cases: list[Case], targets: list[str], dtypes: list[str], workdir
     if locate:
         wanted: dict[tuple[str, str], set[str]] = {}
         for r in results:
-            if r.kind in ("op", "model") and (r.failed or r.case == probe):
+            if r.kind in ("op", "model", "features") and (r.failed or r.case == probe):
                 wanted.setdefault((r.target, r.dtype), set()).add(r.case)
         for (target, dtype), ids in sorted(wanted.items()):
             out = m.run_workers([target], sorted(ids), [dtype], f"locate-{dtype}", jobs=1, return_all=True)[target]
             for case_id, (first, per_node) in m.locate(target, dtype, sorted(ids), out).items():
                 for r in results:
-                    if (r.kind, r.case, r.target, r.dtype) in (("op", case_id, target, dtype),
-                                                               ("model", case_id, target, dtype)):
+                    if r.kind in ("op", "model", "features") and (r.case, r.target, r.dtype) == (case_id, target,
+                                                                                                   dtype):
                         r.divergence = first if r.failed else None
                         r.per_node = per_node
     return results

@@ -37,6 +37,14 @@ GRAD_REL = {
     "float64": 1e-9,  # summation order only; measured <= 1e-13 (torch, keras on tf, paddle).
 }
 
+# Train-mode (batch-statistics BN) feature maps of a backbone case (<id>:features), against the float64 reference.
+# Only float64 is judged: float32 train-mode maps are not averaged by a global pool as logits are, and the last
+# stage's BNs normalise over 2 x 2 x batch 2 = 8 values per channel at 64 px (18 at 96 px), so float32 rounding
+# reaches the maps unaveraged. Measured (runner seeds, batch 2, the quick models): float32 up to 1.05e-4 (torch,
+# shufflenet_v2_025_paddle, 64 px) and 1.5e-4 (paddle, mobilenet_v1_025, 96 px) in the stride-32 map, 2e-7..1e-6
+# in the stride-2..8 maps; so float32 is reported as information. float64: <= 2.7e-13 (torch, paddle, keras).
+TRAIN_FEATURES_REL = {"float64": MODEL_REL["float64"]}
+
 # Targets that cannot compute in float64 are held to the bounds of the precision they really use.
 # keras 3.15.1 on KERAS_BACKEND=torch: `result_type` demotes float64 to float32 on every backend but
 # tensorflow (keras-team/keras#23223, #23704), so BatchNormalization, ops.mean and Dense run in
@@ -53,7 +61,15 @@ GRAD_REL = {
 # float64 kernels, so a float64 case computes in float32 (backends/tflite.py) and is held to the float32 bounds.
 # Measured (`lightnets parity --backends tflite --size 64`, batch 2, runner seeds, XNNPACK float32 kernels): op cases
 # <= 2.6e-7 (44 cases); every id (68) <= 1.4e-5 at 64 px (shufflenet_v2_200; mobilenet_v1_075_keras 1.4e-5).
+# keras 3.15.1 on KERAS_BACKEND=jax (jax/jaxlib 0.10.2 CPU, JAX_ENABLE_X64=1): the same demotion as keras-torch.
+# Measured (keras-jax target, batch 2, runner seeds, 64 px): float64 op cases conv/pools/activations/add/concat/
+# slice/shuffle <= 7.6e-16 (double), batch_norm 8.3e-8 / 1.0e-7 (eps 1e-3), global_avg_pool 1.2e-7, linear 1.5e-7,
+# flatten 6.4e-8, mul_se_scale 1.7e-8 (float32 inside); the smallest id of every family float64 <= 7.4e-6
+# (mobilenet_v2_035), their backbones <= 1.2e-5, train-mode logits <= 1.5e-5, stats <= 3.1e-6; float32 op cases
+# <= 2.6e-7, models <= 1.8e-5 (mobilenet_v1_025), backbones <= 1.7e-5 (shufflenet_v2_025_paddle), train-mode
+# logits <= 2.2e-5, stats <= 4.5e-6. Gradients (keras-jax~torch, float32 effective): <= 3.2e-5, information only.
 EFFECTIVE_DTYPE: dict[tuple[str, str], str] = {("keras-torch", "float64"): "float32",
+                                               ("keras-jax", "float64"): "float32",
                                                ("onnxruntime", "float64"): "float32",
                                                ("tflite", "float64"): "float32"}
 

@@ -45,12 +45,12 @@ def run_request(request: dict) -> dict:
                     model = lightnets.optimize(model, compile=FAST_MODES[mode])
                 t1 = time.perf_counter()
                 x = np.load(case["input"]).astype(dtype)
-                arrays = {"output": backend.run(model, x)}
+                arrays = pack("output", backend.run(model, x))
                 t2 = time.perf_counter()
                 if case.get("return_all"):
                     arrays.update({f"node:{k}": v for k, v in backend.run(model, x, return_all=True).items()})
                 if request.get("train"):
-                    arrays.update(_train_arrays(backend, model, x, np.load(case["probe"]).astype(dtype)))
+                    arrays.update(_train_arrays(backend, model, x, load_probe(case["probe"], dtype)))
                 np.savez(out_dir / dtype / f"{case['id']}.npz", **arrays)
                 status[key] = {"ok": True, "build_s": t1 - t0, "run_s": t2 - t1}
             except Exception as e:  # recorded per case, reported by the runner
@@ -59,11 +59,40 @@ def run_request(request: dict) -> dict:
     return status
 
 
+def pack(key: str, y) -> dict[str, np.ndarray]:
+    """An output as npz entries: ``key``, or ``key:0``, ``key:1``... for the list of a multi-output graph."""
+    if isinstance(y, (list, tuple)):
+        return {f"{key}:{i}": v for i, v in enumerate(y)}
+    return {key: y}
+
+
+def unpack(arrays, key: str) -> list[np.ndarray]:
+    """The outputs :func:`pack` stored under ``key``, as a list (of one for a single-output graph)."""
+    if key in arrays:
+        return [arrays[key]]
+    out, i = [], 0
+    while f"{key}:{i}" in arrays:
+        out.append(arrays[f"{key}:{i}"])
+        i += 1
+    if not out:
+        raise KeyError(key)
+    return out
+
+
+def load_probe(path: str, dtype: str):
+    """The gradient probe: one array (``.npy``), or one per output (``.npz``, multi-output graphs)."""
+    if path.endswith(".npz"):
+        with np.load(path) as z:
+            return [z[f"arr_{i}"].astype(dtype) for i in range(len(z.files))]
+    return np.load(path).astype(dtype)
+
+
 def _train_arrays(backend, model, x, probe) -> dict[str, np.ndarray]:
-    """Train-mode forward with its updated BN statistics, and gradients of sum(logits * probe)."""
+    """Train-mode forward with its updated BN statistics, and gradients of sum(output * probe) (over every
+    output)."""
     arrays = {f"grad:{k}": v for k, v in backend.gradients(model, x, probe).items()}
     out, stats = backend.train_forward(model, x)  # last: it updates the running statistics
-    arrays.update({"train:output": out, **{f"stat:{k}": v for k, v in stats.items()}})
+    arrays.update({**pack("train:output", out), **{f"stat:{k}": v for k, v in stats.items()}})
     return arrays
 
 

@@ -27,9 +27,10 @@ def quick_models() -> tuple[str, ...]:
 def matrix(tmp_path_factory):
     ops = C.op_cases()
     models = C.model_cases(list(quick_models()), input_size=64, num_classes=10)
+    backbones = C.feature_cases(list(quick_models()), input_size=64, num_classes=10)  # every feature map
     kinds = {c.id: "op" for c in ops}
-    results = runner.run_matrix(ops + models, TARGETS, ["float32", "float64"], tmp_path_factory.mktemp("parity"),
-                                kinds=kinds, train=True, probe=models[0].id)
+    results = runner.run_matrix(ops + models + backbones, TARGETS, ["float32", "float64"],
+                                tmp_path_factory.mktemp("parity"), kinds=kinds, train=True, probe=models[0].id)
     return results
 
 
@@ -38,26 +39,34 @@ def test_every_op_and_quick_model_agrees_in_every_target(matrix):
     assert failed == []
     seen = {(r.kind, r.target) for r in matrix}
     for target in TARGETS:
-        assert {("op", target), ("model", target)} <= seen
+        assert {("op", target), ("model", target), ("features", target)} <= seen
     for target in TRAIN_TARGETS:
         assert {("train", target), ("stats", target)} <= seen
 
 
 def test_every_model_agrees_with_the_reference_in_every_target(tmp_path):
-    """Every registered id x every target x float32/float64 at a small input (issue: all families)."""
+    """Every registered id and its backbone (every feature map) x every target x float32/float64 at a small input
+    (issue: all families)."""
     models = C.model_cases(registry.list_models(), input_size=32, num_classes=10)
-    results = runner.run_matrix(models, TARGETS, ["float32", "float64"], tmp_path, locate=True)
+    backbones = C.feature_cases(registry.list_models(), input_size=32, num_classes=10)
+    results = runner.run_matrix(models + backbones, TARGETS, ["float32", "float64"], tmp_path, locate=True)
     failed = [(r.case, r.target, r.dtype, r.rel_err, r.divergence, r.error[:200]) for r in results if r.failed]
     assert failed == []
     assert {(r.case, r.target) for r in results if r.kind == "model"} == {
         (m, t) for m in registry.list_models() for t in TARGETS}
+    assert {(r.case, r.target) for r in results if r.kind == "features"} == {
+        (m + C.FEATURES_SUFFIX, t) for m in registry.list_models() for t in TARGETS}
 
 
 def test_gradients_agree_across_backends_in_float64(matrix):
     grads = [r for r in matrix if r.kind == "grad" and r.dtype == "float64" and r.case in quick_models()]
+    backbone_grads = [r for r in matrix if r.kind == "grad" and r.dtype == "float64"
+                      and r.case.endswith(C.FEATURES_SUFFIX)]
+    assert len(backbone_grads) == len(grads)  # gradients of the probe-weighted sum over every feature map
     assert len(grads) == len(quick_models()) * len(TRAIN_TARGETS) * (len(TRAIN_TARGETS) - 1) // 2
     exact = [r for r in grads if T.effective_dtype(r.target, "float64") == "float64"]
     assert len(exact) >= len(quick_models()) * 3  # torch, keras (tf), paddle: every pair
+    exact += [r for r in backbone_grads if T.effective_dtype(r.target, "float64") == "float64"]
     assert max(r.rel_err for r in exact) <= T.GRAD_REL["float64"]
 
 
