@@ -489,10 +489,12 @@ class KerasBackend(Backend):
                 raise LightnetsError(f"keras-jax gradients: {missing[:3]} are not trainable variables of the model")
             fixed = [v.value for v in model.non_trainable_variables]
 
-            def loss(xv, values):
+            def loss(xv, values, pv):
                 y, _ = model.stateless_call(values, fixed, xv, training=False)
-                return self.probe_loss(y, probe)
-            g_x, g_vars = jax.grad(loss, argnums=(0, 1))(jax.numpy.asarray(x), [v.value for v in trainable])
+                return self.probe_loss(y, pv)
+            # jitted: one XLA compile of the whole backward (op-by-op eager dispatch measured 2.7x slower)
+            g_x, g_vars = jax.jit(jax.grad(loss, argnums=(0, 1)))(jax.numpy.asarray(x), [v.value for v in trainable],
+                                                                  probe)
             grads = [np.asarray(g_x)] + [np.asarray(g_vars[position[id(v)]]) for v in variables]
         else:
             raise LightnetsError(f"gradients are implemented for keras on tensorflow, torch and jax, not {backend!r}")
