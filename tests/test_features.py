@@ -261,8 +261,10 @@ def test_keras_features_are_a_multi_output_model_in_nhwc():
         assert rel_error(a, b) <= MODEL_REL["float64"]
 
 
-def test_keras_jax_features_and_gradients_in_a_subprocess():
+def test_keras_jax_features_and_gradients_in_a_subprocess(tmp_path):
+    """keras on jax: the multi-output model, gradients (jax.grad), and its .weights.h5 read by keras on tensorflow."""
     pytest.importorskip("jax")
+    path = tmp_path / "jax.weights.h5"
     code = f"""
         import numpy as np, lightnets
         from lightnets import reference, weights as W, features as FT
@@ -275,6 +277,7 @@ def test_keras_jax_features_and_gradients_in_a_subprocess():
         ys = lightnets.run(model, x.astype("float32"))
         err = max(float(np.max(np.abs(a - b)) / np.max(np.abs(b))) for a, b in zip(ys, reference.run(g, fw, x)))
         grads = lightnets.load_backend("keras").gradients(model, x.astype("float32"), [np.ones_like(y) for y in ys])
+        lightnets.save_weights(model, {str(path)!r})
         print(len(model.outputs), err, len(grads))
     """
     env = {**os.environ, "KERAS_BACKEND": "jax", "JAX_ENABLE_X64": "1", "JAX_PLATFORMS": "cpu"}
@@ -283,6 +286,12 @@ def test_keras_jax_features_and_gradients_in_a_subprocess():
     n, err, n_grads = int(out[-3]), float(out[-2]), int(out[-1])
     assert n == 5 and err <= MODEL_REL["float32"]
     assert n_grads == sum(p.trainable for p in lightnets.spec("mobilenet_v1_025", features=True).params) + 1
+    os.environ.setdefault("KERAS_BACKEND", "tensorflow")
+    tf_model = lightnets.build(path, "keras")  # the same .weights.h5 (and its graph) on keras-tensorflow
+    assert len(tf_model.outputs) == 5
+    g, w, fw = _features_and_weights("mobilenet_v1_025")
+    for a, b in zip(lightnets.run(tf_model, _x().astype("float32")), reference.run(g, fw, _x()), strict=True):
+        assert rel_error(a, b) <= MODEL_REL["float32"]
 
 
 # --- files and the CLI ---------------------------------------------------------------------------
