@@ -228,6 +228,17 @@ def test_torch_features_list_inference_mode_and_weights_shared_by_name():
     assert set(grads) == {p.name for p in g.params if p.trainable} | {"input"}
 
 
+def test_torch_inference_mode_folds_a_bn_that_ends_a_stage_and_renames_the_output():
+    pytest.importorskip("torch")
+    g, w, fw = _features_and_weights("mobilenet_v2_035")
+    assert g.output_names[0] == "blocks.0.project.bn"
+    model = lightnets.build("mobilenet_v2_035", "torch", weights=w, input_size=SIZE, dtype="float64",
+                            mode="inference", features=True)
+    assert model.graph.outputs[0] == "blocks.0.project.conv" and len(model.graph.outputs) == 5
+    for a, b in zip(lightnets.run(model, _x()), reference.run(g, fw, _x()), strict=True):
+        assert rel_error(a, b) <= MODEL_REL["float64"]
+
+
 def test_torch_features_at_another_size_with_same_padding():
     g, w, fw = _features_and_weights("mobilenet_v2_035_keras")  # padding="same": pads follow the size
     model = lightnets.build("mobilenet_v2_035_keras", "torch", weights=w, input_size=SIZE, dtype="float64",
