@@ -91,10 +91,15 @@ def make_twin(key: tuple[str, str], size: int):
 
 
 def thread_env(threads: int) -> dict[str, str]:
-    """The worker environment the bench adds: the shared pinning and keras on tensorflow."""
+    """The worker environment the bench adds: the shared pinning, keras on tensorflow, and OpenMP threads that
+    sleep instead of spinning while they wait (``OMP_WAIT_POLICY``, default PASSIVE, kept if set): on this
+    shared 2-core machine (load 4-7) torch's 2-thread OpenMP pool otherwise spun against the other processes -
+    folded mobilenet_v2_100 batch 1: 1906 ms median (min 75) ACTIVE vs 31 ms PASSIVE (1 thread: 24 ms); the
+    paddle predictor 27.5 vs 12.3 ms. TensorFlow's own thread pool does not read it."""
     from .workers import thread_env as pinned
 
-    return {**pinned(threads), "KERAS_BACKEND": "tensorflow"}
+    return {**pinned(threads), "KERAS_BACKEND": "tensorflow",
+            "OMP_WAIT_POLICY": os.environ.get("OMP_WAIT_POLICY", "PASSIVE")}
 
 
 # --- memory -------------------------------------------------------------------------------------
@@ -326,6 +331,7 @@ def run_bench(models: list[str], backends: list[str], batches: list[int], size: 
     variants = list(variants or VARIANTS)
     report = {"meta": {"models": models, "backends": order, "batches": batches, "size": size,
                        "threads": threads, "repeats": repeats, "warmup": WARMUP, "variants": variants,
+                       "omp_wait_policy": thread_env(threads)["OMP_WAIT_POLICY"],
                        "python": sys.version.split()[0], "machine": platform.machine(), "cpus": os.cpu_count(),
                        "load_avg_start": _loadavg()},
               "macs": {m: registry.get_spec(m, input_size=size).macs() for m in models},
@@ -457,7 +463,8 @@ def print_table(report: dict, console) -> None:
         out.append(s)
     load = (m.get("load_avg_start"), m.get("load_avg_end"))
     if all(load):
-        out.append(f"load average (1/5/15 min) at start {load[0]}, at end {load[1]} on {m['cpus']} CPUs")
+        out.append(f"load average (1/5/15 min) at start {load[0]}, at end {load[1]} on {m['cpus']} CPUs; "
+                   f"OMP_WAIT_POLICY={m.get('omp_wait_policy')}")
     console.print("\n".join(out))
 
 
