@@ -68,6 +68,8 @@ TRAIN_FEATURES_REL = {"float64": MODEL_REL["float64"]}
 # (mobilenet_v2_035), their backbones <= 1.2e-5, train-mode logits <= 1.5e-5, stats <= 3.1e-6; float32 op cases
 # <= 2.6e-7, models <= 1.8e-5 (mobilenet_v1_025), backbones <= 1.7e-5 (shufflenet_v2_025_paddle), train-mode
 # logits <= 2.2e-5, stats <= 4.5e-6. Gradients (keras-jax~torch, float32 effective): <= 3.2e-5, information only.
+# Every id (69) and its backbone at 32 px, eval: float64 <= 2.9e-5 (mobilenet_v2_100), backbones <= 2.1e-5
+# (mobilenet_v2_050); float32 <= 4.8e-5 (mobilenet_v2_130_keras), backbones <= 2.4e-5 (mobilenet_v1_100_timm).
 EFFECTIVE_DTYPE: dict[tuple[str, str], str] = {("keras-torch", "float64"): "float32",
                                                ("keras-jax", "float64"): "float32",
                                                ("onnxruntime", "float64"): "float32",
