@@ -646,8 +646,9 @@ class KerasBackend(Backend):
         """The fast eval form of ``model`` (a fresh lightnets model, or any keras model): the model itself,
         run in graph mode by a ``tf.function`` (``predict_on_batch`` in ``lightnets.run``, ``timed_call`` in
         the bench), XLA off whatever ``compile`` says. Measured here (tf 2.21, 2 threads, 224 px, folded
-        mobilenet_v2_100): ``jit_compile=True`` ran 10x (batch 1) to 26x (batch 16) slower than the plain
-        tf.function (shufflenet_v2_100 2.3x / 8.4x; XLA's CPU convolutions replace TF's oneDNN kernels), and
+        inverted-residual net of the bench): ``jit_compile=True`` ran 10x (batch 1) to 26x (batch 16) slower than
+        the plain tf.function (2.3x / 8.4x on the channel-shuffle net; XLA's CPU convolutions replace TF's oneDNN
+        kernels), and
         a frozen concrete function (variables as constants) 2x slower; so neither is used."""
         return model
 
