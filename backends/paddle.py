@@ -244,7 +244,7 @@ def _global_avg_pool(x):
 def _bias_via_batch_norm(conv) -> None:
     """Run ``conv`` (a paddle Conv2D with a bias) as conv without bias, then the bias added by the eval batch-norm
     kernel (mean 0, variance 1, scale 1, eps 0: ``(y - 0) / sqrt(1) * 1 + b``, exactly ``y + b``). Paddle's
-    dygraph adds a conv bias with a separate broadcast kernel: the folded mobilenet_v2_100 at batch 16 ran 1486 ms
+    dygraph adds a conv bias with a separate broadcast kernel: a folded bench net at batch 16 ran 1486 ms
     that way vs 846 ms like this (the unfolded model, conv + fused BN: 884 ms)."""
     c = conv.weight.shape[0]
     stats = (paddle.zeros([c], conv.weight.dtype), paddle.ones([c], conv.weight.dtype))
@@ -558,7 +558,7 @@ class PaddleBackend(Backend):
         ``compile`` a ``paddle.inference`` predictor with oneDNN (:class:`PredictorLayer`). NHWC was not
         tried: oneDNN picks its own blocked layouts inside the predictor. A lightnets model's global average
         pools run as ``adaptive_avg_pool2d`` (oneDNN has a kernel for it, not for the mean over H, W, whose
-        layout round trips made the folded mobilenet_v3_large_100 predictor 2x slower at batch 16); without
+        layout round trips made the folded bench predictor (SE net) 2x slower at batch 16); without
         ``compile`` a folded conv adds its bias through the batch-norm kernel (:func:`_bias_via_batch_norm`)."""
         model.eval()
         if owns(model):
