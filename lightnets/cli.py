@@ -14,6 +14,7 @@ from pathlib import Path
 
 from . import registry
 from .errors import LightnetsError
+from .frameworks import BACKENDS
 
 PARITY_TARGETS = ("torch", "keras", "keras-torch", "keras-jax", "paddle", "onnxruntime", "tflite")
 # tflite converts every model with the TFLite converter (~5-30 s each): asked for by name, not run by default
@@ -433,7 +434,7 @@ def make_parser() -> argparse.ArgumentParser:
     s.add_argument("--from", dest="source", required=True, help="weights file to read")
     s.add_argument("--from-format", help="format of --from (default: by suffix), or a zoo checkpoint "
                    "such as torchvision:mobilenet_v2, timm:ghostnet_100, paddle:mobilenet_v2")
-    s.add_argument("--to", required=True, choices=BENCH_BACKENDS, help="target backend")
+    s.add_argument("--to", required=True, choices=tuple(BACKENDS), help="target backend")
     s.add_argument("--out", required=True, help="output file; its suffix picks the format")
     s.add_argument("--format", help="output format name when the suffix is ambiguous (e.g. torch for .safetensors)")
     s.add_argument("--num-classes", type=_positive_int(), help="class count (default: read from the file)")

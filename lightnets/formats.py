@@ -11,6 +11,7 @@ format               suffixes              backend   graph + provenance card
 ``keras-model``      ``.keras``            keras     sidecar
 ``paddle``           ``.pdparams``         paddle    sidecar
 ``onnx``             ``.onnx``             onnxrt    sidecar (the initializers are the canonical weights)
+``tflite``           ``.tflite``           tflite    sidecar (written only: converted weights do not read back)
 ==================== ===================== ========= ===========================================
 
 Adding a format is adding a row to :data:`FORMATS` (native rows are read and written by their
@@ -147,6 +148,7 @@ FORMATS: dict[str, Format] = {f.name: f for f in (
     Format("keras-model", (".keras",), "keras", **_NATIVE),
     Format("paddle", (".pdparams",), "paddle", **_NATIVE),
     Format("onnx", (".onnx",), "onnxruntime", **_NATIVE),
+    Format("tflite", (".tflite",), "tflite", **_NATIVE),
 )}
 CANONICAL = tuple(n for n, f in FORMATS.items() if f.backend is None)
 # short names accepted for ``format=``: resolved by the file's suffix
