@@ -186,6 +186,21 @@ class Backend:
         """Context: eval mode and no autograd; the previous mode is restored after."""
         return contextlib.nullcontext()
 
+    @contextlib.contextmanager
+    def training(self, model):
+        """Context: train mode (BN on batch statistics) with every dropout off; eval mode after."""
+        model.train()
+        for layer in self._dropouts(model):
+            layer.eval()
+        try:
+            yield model
+        finally:
+            model.eval()
+
+    def _dropouts(self, model):
+        """The dropout layers of a model of this framework (torch/paddle; keras trains through its own call)."""
+        raise NotImplementedError
+
     def _call(self, model, x, return_all: bool):
         """The eval forward: the output, or ``{node name: output}`` with ``return_all``."""
         raise NotImplementedError

@@ -388,6 +388,9 @@ class PaddleBackend(Backend):
             if training:
                 model.train()
 
+    def _dropouts(self, model):
+        return [layer for layer in model.sublayers() if isinstance(layer, nn.Dropout)]
+
     def _call(self, model, x, return_all):
         return model(x, return_all=return_all)
 
@@ -497,22 +500,6 @@ class PaddleBackend(Backend):
         labels = np.asarray(labels.numpy() if hasattr(labels, "numpy") else labels)
         target = paddle.to_tensor(one_hot_smoothed(labels, logits.shape[-1])).astype(logits.dtype)
         return F.cross_entropy(logits, target, soft_label=True, reduction="mean")
-
-    def training(self, model):
-        """Context: train mode (BN on batch statistics) with every dropout off; eval mode after."""
-        from contextlib import contextmanager
-
-        @contextmanager
-        def mode():
-            model.train()
-            for layer in model.sublayers():
-                if isinstance(layer, nn.Dropout):
-                    layer.eval()
-            try:
-                yield model
-            finally:
-                model.eval()
-        return mode()
 
     def train_steps(self, model, batches, labels, optimizer, schedule=None):
         """Optimizer steps on ``model`` in place, one per batch, with the IR's loss, ``optimizer`` spec and

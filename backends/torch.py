@@ -497,6 +497,9 @@ class TorchBackend(Backend):
     gradients = staticmethod(gradients)
 
     # native I/O
+    def _dropouts(self, model):
+        return [m for m in model.modules() if isinstance(m, nn.Dropout)]
+
     def _read(self, path, fmt):
         if fmt == "torch-safetensors":
             return W.read_safetensors(path)[0]
@@ -594,22 +597,6 @@ class TorchBackend(Backend):
         from lightnets.optim import LABEL_SMOOTHING
 
         return F.cross_entropy(logits, labels, label_smoothing=LABEL_SMOOTHING)
-
-    def training(self, model):
-        """Context: train mode (BN on batch statistics) with every dropout off; eval mode after."""
-        from contextlib import contextmanager
-
-        @contextmanager
-        def mode():
-            model.train()
-            for m in model.modules():
-                if isinstance(m, nn.Dropout):
-                    m.eval()
-            try:
-                yield model
-            finally:
-                model.eval()
-        return mode()
 
     def train_steps(self, model, batches, labels, optimizer, schedule=None):
         """Optimizer steps on ``model`` in place, one per batch, with the IR's loss, ``optimizer`` spec and
