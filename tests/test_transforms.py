@@ -349,4 +349,6 @@ def test_parity_cli_inference_mode(tmp_path):
     assert cli.main(args) == 0
     report = json.loads((tmp_path / "report.json").read_text())
     assert report["meta"]["mode"] == "inference"
-    assert {r["status"] for r in report["results"]} == {"pass"} and len(report["results"]) == 2
+    assert {r["status"] for r in report["results"]} == {"pass"}
+    assert sorted((r["kind"], r["dtype"]) for r in report["results"]) == [  # the classifier and its backbone
+        ("features", "float32"), ("features", "float64"), ("model", "float32"), ("model", "float64")]
