@@ -31,6 +31,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from profiles import SLOW
 
 import lightnets
 from lightnets import optim
@@ -38,7 +39,6 @@ from lightnets import weights as W
 from lightnets.layouts import to_canonical
 from lightnets.numerics import rel_error
 
-SLOW = os.environ.get("LIGHTNETS_SLOW") == "1"
 slow = pytest.mark.skipif(not SLOW, reason="distributed engines (minutes): set LIGHTNETS_SLOW=1")
 
 MODEL, SIZE, CLASSES, BATCH, STEPS, RANKS = "mobilenet_v2_050", 64, 10, 8, 2, 2

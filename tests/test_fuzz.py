@@ -21,11 +21,11 @@ import time
 import pytest
 from hypothesis import HealthCheck, Phase, given, seed, settings
 from hypothesis import strategies as st
+from profiles import SLOW
 
 from lightnets import errors, ops
 from lightnets.graph import INPUT, Graph, GraphBuilder
 
-SLOW = os.environ.get("LIGHTNETS_SLOW") == "1"
 slow = pytest.mark.skipif(not SLOW, reason="long fuzz profile: set LIGHTNETS_SLOW=1")
 
 QUICK_GRAPHS, SLOW_GRAPHS = 25, 200

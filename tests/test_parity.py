@@ -1,10 +1,9 @@
 """The parity suite: op cases and a quick model subset in every target, the locator, the report."""
 
-import functools
 import json
-import os
 
 import numpy as np
+import profiles
 import pytest
 
 from lightnets import cli, registry
@@ -14,24 +13,29 @@ from lightnets.parity import tolerances as T
 from lightnets.parity.runner import Matrix
 
 TARGETS = list(runner.TARGETS)
+QUICK = profiles.SMALLEST_OF_EACH_FAMILY  # the model subset of `make test`
 TRAIN_TARGETS = [t for t in TARGETS if t not in runner.INFERENCE_ONLY]  # train-mode BN and gradients
 
 
-@functools.cache
-def quick_models() -> tuple[str, ...]:
-    """The smallest id of every family: the model subset of `make test`."""
-    return tuple(min(registry.list_models(f), key=lambda m: registry.get_spec(m).num_params())
-                 for f in registry.families())
+# The runtimes whose per-model cost is a conversion or a trace (a TFLite conversion, a JAX compile: ~30 s a
+# model here) run every op case but one model and its backbone in `make test`; every id is `make parity`.
+SLOW_RUNTIMES = ("tflite", "keras-jax")
 
 
 @pytest.fixture(scope="module")
 def matrix(tmp_path_factory):
     ops = C.op_cases()
-    models = C.model_cases(list(quick_models()), input_size=64, num_classes=10)
-    backbones = C.feature_cases(list(quick_models()), input_size=64, num_classes=10)  # every feature map
+    models = C.model_cases(list(QUICK), input_size=64, num_classes=10)
+    backbones = C.feature_cases(list(QUICK), input_size=64, num_classes=10)  # every feature map
     kinds = {c.id: "op" for c in ops}
-    results = runner.run_matrix(ops + models + backbones, TARGETS, ["float32", "float64"],
-                                tmp_path_factory.mktemp("parity"), kinds=kinds, train=True, probe=models[0].id)
+    workdir = tmp_path_factory.mktemp("parity")
+    results = runner.run_matrix(ops + models + backbones, [t for t in TARGETS if t not in SLOW_RUNTIMES],
+                                ["float32", "float64"], workdir / "main", kinds=kinds, train=True, probe=models[0].id)
+    slow = [t for t in TARGETS if t in SLOW_RUNTIMES]
+    if slow:  # beside torch, so that their gradients are compared with a framework's
+        more = runner.run_matrix(ops + models[:1] + backbones[:1], ["torch", *slow], ["float32", "float64"],
+                                 workdir / "slow", kinds=kinds, train=True)
+        results += [r for r in more if any(t in r.target.split("~") for t in slow)]
     return results
 
 
@@ -45,35 +49,36 @@ def test_every_op_and_quick_model_agrees_in_every_target(matrix):
         assert {("train", target), ("stats", target)} <= seen
 
 
-# The every-id matrix of `make test` runs the classifier of every id in the four framework targets; the
-# backbones and the runtime targets of every id are `make parity` (and this test with LIGHTNETS_SLOW=1) -
-# the `matrix` fixture above runs them for the smallest id of every family.
-SLOW = os.environ.get("LIGHTNETS_SLOW") == "1"
-EVERY_ID_TARGETS = TARGETS if SLOW else [t for t in ("torch", "keras", "keras-torch", "paddle") if t in TARGETS]
+# The every-id matrix of `make test` runs the classifier of every id in torch and paddle (the two fast
+# ones); keras, the runtimes and the backbones of every id are `make parity` (and this test with
+# LIGHTNETS_SLOW=1) - the `matrix` fixture above runs them for the smallest id of every family.
+EVERY_ID_TARGETS = TARGETS if profiles.SLOW else [t for t in ("torch", "paddle") if t in TARGETS]
 
 
 def test_every_model_agrees_with_the_reference_in_every_target(tmp_path):
     """Every registered id (with LIGHTNETS_SLOW=1 also its backbone, every feature map, and every target) x
     float32/float64 at a small input (issue: all families)."""
     models = C.model_cases(registry.list_models(), input_size=32, num_classes=10)
-    backbones = C.feature_cases(registry.list_models(), input_size=32, num_classes=10) if SLOW else []
+    backbones = C.feature_cases(registry.list_models(), input_size=32, num_classes=10) if profiles.SLOW else []
     results = runner.run_matrix(models + backbones, EVERY_ID_TARGETS, ["float32", "float64"], tmp_path, locate=True)
     failed = [(r.case, r.target, r.dtype, r.rel_err, r.divergence, r.error[:200]) for r in results if r.failed]
     assert failed == []
     assert {(r.case, r.target) for r in results if r.kind == "model"} == {
         (m, t) for m in registry.list_models() for t in EVERY_ID_TARGETS}
     assert {(r.case, r.target) for r in results if r.kind == "features"} == {
-        (m + C.FEATURES_SUFFIX, t) for m in registry.list_models() for t in EVERY_ID_TARGETS if SLOW}
+        (m + C.FEATURES_SUFFIX, t) for m in registry.list_models() for t in EVERY_ID_TARGETS if profiles.SLOW}
 
 
 def test_gradients_agree_across_backends_in_float64(matrix):
-    grads = [r for r in matrix if r.kind == "grad" and r.dtype == "float64" and r.case in quick_models()]
+    grads = [r for r in matrix if r.kind == "grad" and r.dtype == "float64" and r.case in QUICK]
     backbone_grads = [r for r in matrix if r.kind == "grad" and r.dtype == "float64"
                       and r.case.endswith(C.FEATURES_SUFFIX)]
     assert len(backbone_grads) == len(grads)  # gradients of the probe-weighted sum over every feature map
-    assert len(grads) == len(quick_models()) * len(TRAIN_TARGETS) * (len(TRAIN_TARGETS) - 1) // 2
+    fast = [t for t in TRAIN_TARGETS if t not in SLOW_RUNTIMES]
+    slow_pairs = len(TRAIN_TARGETS) - len(fast)  # each slow runtime is paired with torch on one model
+    assert len(grads) == len(QUICK) * len(fast) * (len(fast) - 1) // 2 + slow_pairs
     exact = [r for r in grads if T.effective_dtype(r.target, "float64") == "float64"]
-    assert len(exact) >= len(quick_models()) * 3  # torch, keras (tf), paddle: every pair
+    assert len(exact) >= len(QUICK) * 3  # torch, keras (tf), paddle: every pair
     exact += [r for r in backbone_grads if T.effective_dtype(r.target, "float64") == "float64"]
     assert max(r.rel_err for r in exact) <= T.GRAD_REL["float64"]
 

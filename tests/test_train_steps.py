@@ -18,6 +18,7 @@ import sys
 
 import numpy as np
 import pytest
+from profiles import SLOW
 
 import lightnets
 from lightnets import optim
@@ -28,7 +29,6 @@ from lightnets.numerics import rel_error
 from lightnets.parity import train as PT
 from lightnets.parity.cases import make_input, op_cases
 
-SLOW = os.environ.get("LIGHTNETS_SLOW") == "1"
 REL64 = PT.TRAIN_REL["float64"]
 # the numpy backward vs torch float64 autograd: measured <= 9.2e-16 (op cases), <= 3.9e-13 (zoo ids, train mode)
 GRAD_REL = 1e-11

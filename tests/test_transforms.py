@@ -14,6 +14,7 @@ import textwrap
 from pathlib import Path
 
 import numpy as np
+import profiles
 import pytest
 
 import lightnets
@@ -28,11 +29,7 @@ from lightnets.transforms import fold_batch_norm, foldable_batch_norms
 ROOT = Path(__file__).resolve().parents[1]
 # every id in the long profile (LIGHTNETS_SLOW=1; `make parity --mode inference` covers every id too), else the
 # smallest id of each family plus the ids whose BN folding differs (keras flavours, the deepest nets)
-SLOW = os.environ.get("LIGHTNETS_SLOW") == "1"
-QUICK_IDS = sorted({min(lightnets.list_models(f), key=lambda m: lightnets.get_spec(m).num_params())
-                    for f in lightnets.registry.families()}
-                   | {"mobilenet_v2_100_keras", "mobilenet_v3_large_100", "shufflenet_v2_200_paddle", "ghostnet_130"})
-IDS = lightnets.list_models() if SLOW else QUICK_IDS
+IDS = profiles.ids("mobilenet_v2_100_keras", "mobilenet_v3_large_100", "shufflenet_v2_200_paddle", "ghostnet_130")
 SIZE, BATCH, CLASSES = 64, 2, 10
 # float64: folding changes the rounding of each conv's weights and bias only (one multiply per
 # weight); measured <= 4.8e-14 over every id and both weight sets at 64 px (mobilenet_v2_100_keras).
