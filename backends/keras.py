@@ -193,7 +193,7 @@ def _is_depthwise(node: Node, in_channels: int) -> bool:
 
 # Weight layers start at zeros: the model's weights are set from canonical weights right after the build,
 # and keras' random initializers cost an XLA compile per weight shape on jax (40 s of a 60 s build, 300 layers).
-_UNSET = "zeros"
+_INIT = "zeros"
 
 
 def _conv2d(keras, node, xs, shapes, name, dtype):
@@ -205,10 +205,10 @@ def _conv2d(keras, node, xs, shapes, name, dtype):
     common = dict(kernel_size=a["kernel"], strides=(1, 1) if split else a["stride"], padding=mode,
                   dilation_rate=a["dilation"], use_bias=a["bias"], name=_param_layer_name(node), dtype=dtype)
     if _is_depthwise(node, c):
-        y = keras.layers.DepthwiseConv2D(depth_multiplier=a["out_channels"] // c, depthwise_initializer=_UNSET,
+        y = keras.layers.DepthwiseConv2D(depth_multiplier=a["out_channels"] // c, depthwise_initializer=_INIT,
                                          **common)(x)
     else:
-        y = keras.layers.Conv2D(a["out_channels"], groups=a["groups"], kernel_initializer=_UNSET, **common)(x)
+        y = keras.layers.Conv2D(a["out_channels"], groups=a["groups"], kernel_initializer=_INIT, **common)(x)
     if split:
         y = _custom_layers()["Subsample2D"](a["stride"], name=name, dtype=dtype)(y)
     return y
@@ -270,7 +270,7 @@ _LAYER = {
     "channel_shuffle": _custom("ChannelShuffle", "groups"),
     "global_avg_pool": lambda k, a, **kw: k.layers.GlobalAveragePooling2D(keepdims=True, **kw),
     "flatten": lambda k, a, **kw: k.layers.Flatten(**kw),  # only on (N, 1, 1, C): no order issue
-    "linear": lambda k, a, **kw: k.layers.Dense(a["out_features"], use_bias=a["bias"], kernel_initializer=_UNSET,
+    "linear": lambda k, a, **kw: k.layers.Dense(a["out_features"], use_bias=a["bias"], kernel_initializer=_INIT,
                                                 **kw),
     "dropout": lambda k, a, **kw: k.layers.Dropout(a["rate"], **kw),
 }
