@@ -287,7 +287,8 @@ CONVERTERS = {"conv2d": _conv2d, "batch_norm": _batch_norm, "activation": _activ
 
 # --- contract --------------------------------------------------------------------------------
 def build(graph: Graph, dtype: str = "float32"):
-    """The functional keras model of ``graph`` (NHWC input), every layer in ``dtype``."""
+    """The functional keras model of ``graph`` (NHWC input), every layer in ``dtype``; its weight layers hold
+    zeros until ``set_weights`` (as ``lightnets.build`` does right after)."""
     import keras
 
     _check_layer_names(graph)
