@@ -13,6 +13,8 @@ layout     native array                                         used by
 ``khwio``  conv ``(kh, kw, I/g, O)``                            keras Conv2D
 ``khwcm``  depthwise ``(kh, kw, C, m)`` (canonical ``(C*m, 1, kh, kw)``) keras DepthwiseConv2D
 ``k11io``  linear stored as a keras 1x1 conv ``(1, 1, I, O)``   keras.applications MobileNet heads
+``ohwi``   conv ``(O, kh, kw, I/g)``                            TFLite CONV_2D
+``1hwc``   depthwise ``(1, kh, kw, C*m)``                       TFLite DEPTHWISE_CONV_2D
 ========== ==================================================== =============================
 """
 
@@ -46,6 +48,10 @@ LAYOUTS: dict[str, Layout] = {
                     lambda v, c: v.transpose(2, 3, 0, 1).reshape(-1, 1, *v.shape[:2]),
                     lambda s, c: (s[2], s[3], c, s[0] // c)),
     "k11io": Layout(lambda v, c: v.T[None, None], lambda v, c: v[0, 0].T, lambda s, c: (1, 1, s[1], s[0])),
+    "ohwi": Layout(lambda v, c: v.transpose(0, 2, 3, 1), lambda v, c: v.transpose(0, 3, 1, 2),
+                   lambda s, c: (s[0], s[2], s[3], s[1])),
+    "1hwc": Layout(lambda v, c: v.transpose(1, 2, 3, 0), lambda v, c: v.transpose(3, 0, 1, 2),
+                   lambda s, c: (1, s[2], s[3], s[0])),
 }
 
 
