@@ -26,9 +26,18 @@ and output (softmax). This module (numpy only) maps an artifact onto a lightnets
 
 from __future__ import annotations
 
+import functools
 from typing import Any, NamedTuple
 
 import numpy as np
+
+from . import ops, reference, registry
+from . import provenance as PV
+from . import weights as W
+from .errors import FileFormatError, WeightsError
+from .frameworks import load_backend
+from .graph import Graph, Node
+from .numerics import rel_error, softmax
 
 KINDS = ("conv", "bn", "linear")
 
@@ -65,3 +74,323 @@ class Artifact(NamedTuple):
     quantized: str | None  # e.g. "int8 weights dequantized (per-channel scales)", else None
     notes: tuple[str, ...]
     run: Any  # run(x: float32 array in input_layout) -> float32 outputs, the file's own runtime
+
+
+# --- units: a conv with its BN, or a linear ---------------------------------------------------------
+class Unit(NamedTuple):
+    """A conv and its BN (``bn`` None: no BN - folded into the conv, or none in the net), or a linear."""
+
+    kind: str  # "conv" | "linear"
+    main: Any  # a Layer (file) or a Node (graph)
+    bn: Any  # the BN Layer/Node consuming ``main``'s output alone, or None
+
+
+def file_units(art: Artifact) -> list[Unit]:
+    """The file's units in file order; FileFormatError for a BN that follows no conv."""
+    bn_of = {}
+    for layer in art.layers:
+        if layer.kind == "bn":
+            bn_of.setdefault(layer.inputs[0], []).append(layer)
+    convs = {la.output for la in art.layers if la.kind == "conv"}
+    stray = [la for la in art.layers if la.kind == "bn" and (la.inputs[0] not in convs or len(bn_of[la.inputs[0]]) > 1)]
+    if stray:
+        raise FileFormatError(f"{art.path}: BatchNormalization {stray[0].name!r} does not follow a conv alone; "
+                              "lightnets imports nets whose batch norms each follow one conv")
+    return [Unit(la.kind, la, (bn_of.get(la.output) or [None])[0]) for la in art.layers if la.kind != "bn"]
+
+
+def graph_units(graph: Graph) -> list[Unit]:
+    """The graph's units in node order (a batch_norm joins the conv it alone consumes)."""
+    users: dict[str, list[Node]] = {}
+    for n in graph.nodes:
+        for i in n.inputs:
+            users.setdefault(i, []).append(n)
+    out, taken = [], set()
+    for n in graph.nodes:
+        if n.op == "conv2d":
+            after = users.get(n.name, [])
+            bn = after[0] if len(after) == 1 and after[0].op == "batch_norm" else None
+            out.append(Unit("conv", n, bn))
+            taken |= {bn.name} if bn is not None else set()
+        elif n.op == "linear":
+            out.append(Unit("linear", n, None))
+        elif n.op == "batch_norm" and n.name not in taken:
+            raise WeightsError(f"graph {graph.name!r}: batch_norm {n.name!r} follows no conv; a foreign file "
+                               "cannot be mapped onto it")
+    return out
+
+
+# --- matching ---------------------------------------------------------------------------------------
+def identity_var(eps: float) -> float:
+    """The variance that makes a BN with gamma 1 and mean 0 the identity: ``sqrt(var + eps) == 1`` in float64."""
+    var = 1.0 - eps
+    for _ in range(8):
+        s = np.sqrt(np.float64(var) + np.float64(eps))
+        if s == 1.0:
+            return float(var)
+        var = float(np.nextafter(var, -np.inf if s > 1 else np.inf))
+    raise WeightsError(f"no float64 variance makes a batch norm with eps {eps} the identity")
+
+
+def _weight_fits(g: Unit, f: Unit, graph: Graph) -> str | None:
+    """Why file unit ``f`` cannot fill graph unit ``g`` (None: it can)."""
+    node, layer = g.main, f.main
+    w = layer.tensors["weight"]
+    if g.kind == "linear":
+        if f.kind == "conv":
+            if f.bn is not None or w.shape[2:] != (1, 1) or layer.attrs.get("groups", 1) != 1:
+                return "a linear needs a linear or an ungrouped 1x1 conv without BN"
+            w = w.reshape(w.shape[:2])
+        want = (node.attrs["out_features"], graph.in_shapes(node)[0][0])
+        if w.shape != want:
+            return f"weight {w.shape} != {want}"
+        if ("bias" in layer.tensors) != bool(node.attrs["bias"]):
+            return "bias presence differs"
+        return None
+    if f.kind != "conv":
+        return f"a {f.kind} cannot fill a conv"
+    c = graph.in_shapes(node)[0][0]
+    a = node.attrs
+    want = (a["out_channels"], c // a["groups"], *a["kernel"])
+    if w.shape != want:
+        return f"weight {w.shape} != {want}"
+    if layer.attrs["groups"] != a["groups"] or tuple(layer.attrs["stride"]) != tuple(a["stride"]):
+        return f"groups/stride {layer.attrs['groups']}/{tuple(layer.attrs['stride'])} != {a['groups']}/{a['stride']}"
+    has_bias = "bias" in layer.tensors
+    if g.bn is None and (f.bn is not None or has_bias != bool(a["bias"])):
+        return "the graph's conv has no BN" + (" and no bias" if not a["bias"] else "")
+    if g.bn is not None and f.bn is None and not has_bias:
+        return "the graph's conv has a BN, the file's conv neither a BN nor a folded bias"
+    return None
+
+
+def _file_pads(layer: Layer, hw: tuple[int, int]) -> tuple[int, int, int, int]:
+    a = layer.attrs
+    if a["padding"] == "same":
+        kh, kw = layer.tensors["weight"].shape[2:]
+        return ops.effective_pads({"padding": "same", "kernel": (kh, kw), "stride": a["stride"]}, hw)
+    return tuple(a["pads"]) if a["padding"] == "explicit" else (0, 0, 0, 0)
+
+
+def _pad_problem(graph: Graph, node: Node, layer: Layer, shapes) -> str | None:
+    hw = tuple(shapes[node.inputs[0]][1:])
+    want, got = ops.effective_pads(dict(node.attrs), hw), _file_pads(layer, hw)
+    if want == got:
+        return None
+    flavour = "TF 'same'" if node.attrs.get("padding") == "same" else "symmetric (explicit)"
+    return (f"node {node.name!r} pads {want} (top, bottom, left, right; {flavour}) at {hw[0]}x{hw[1]}, the file's "
+            f"{layer.op} {layer.name!r} pads {got}")
+
+
+class Match(NamedTuple):
+    weights: dict[str, np.ndarray]
+    graph: Graph  # BN eps taken from a BN-carrying file
+    folded: int  # units whose BN was folded into the conv
+    problem: str | None  # None: every unit matched and every pad agrees
+    matched: int  # units matched before the first problem
+
+
+def match(graph: Graph, art: Artifact, hw: tuple[int, int]) -> Match:
+    """Map the file's units onto ``graph`` at input size ``hw`` (see the module doc); never raises on a misfit:
+    :attr:`Match.problem` says why it does not fit."""
+    gu, fu = graph_units(graph), file_units(art)
+    shapes = graph.shapes_at(*hw)
+    used: set[int] = set()
+    weights: dict[str, np.ndarray] = {}
+    eps: dict[str, float] = {}
+    folded = 0
+    for k, g in enumerate(gu):
+        why = {}
+        for i, f in enumerate(fu):
+            if i not in used:
+                why[i] = _weight_fits(g, f, graph)
+                if why[i] is None:
+                    break
+        else:
+            first = next(iter(why.items()), None)
+            detail = f"; the next unused file op {fu[first[0]].main.op} {fu[first[0]].main.name!r}: {first[1]}" \
+                if first else "; the file has no op left"
+            return Match({}, graph, folded, f"nothing in the file fits graph {g.kind} {g.main.name!r}{detail}", k)
+        used.add(i)
+        f, node = fu[i], g.main
+        if g.kind == "conv":
+            problem = _pad_problem(graph, node, f.main, shapes)
+            if problem:
+                return Match({}, graph, folded, problem, k)
+        w = f.main.tensors["weight"]
+        weights[f"{node.name}.weight"] = w.reshape(w.shape[:2]) if g.kind == "linear" else w
+        bias = f.main.tensors.get("bias")
+        if g.bn is None:
+            if bias is not None:
+                weights[f"{node.name}.bias"] = bias
+            continue
+        n = g.bn.name
+        if f.bn is not None:
+            t = f.bn.tensors
+            mean = t["mean"] - bias if bias is not None else t["mean"]  # a conv bias before the BN shifts its mean
+            weights.update({f"{n}.gamma": t["gamma"], f"{n}.beta": t["beta"], f"{n}.mean": mean, f"{n}.var": t["var"]})
+            file_eps = float(f.bn.attrs["eps"])  # ONNX's epsilon is a float32 attribute: 1e-3 -> 1.0000000475e-3
+            if np.float32(file_eps) != np.float32(g.bn.attrs["eps"]):
+                eps[n] = file_eps
+        else:
+            folded += 1
+            var = identity_var(float(g.bn.attrs["eps"]))
+            weights.update({f"{n}.gamma": np.ones_like(bias), f"{n}.beta": bias, f"{n}.mean": np.zeros_like(bias),
+                            f"{n}.var": np.full_like(bias, var)})
+    left = [fu[i].main for i in range(len(fu)) if i not in used]
+    if left:
+        return Match({}, graph, folded, f"the file has {len(left)} weight op(s) the graph does not: "
+                     f"{', '.join(f'{la.op} {la.name!r}' for la in left[:3])}", len(gu))
+    if eps:
+        nodes = tuple(Node(nd.name, nd.op, nd.inputs, {**nd.attrs, "eps": eps[nd.name]}) if nd.name in eps else nd
+                      for nd in graph.nodes)
+        graph = graph.replace(nodes=nodes)
+    return Match(weights, graph, folded, None, len(gu))
+
+
+# --- which id, and the probe -----------------------------------------------------------------------------
+FLOAT32_NOISE_FACTOR = 10.0  # file runtime vs float64 reference, over the same graph's float32 noise there
+FLOAT32_FLOOR = 1e-6
+PROBE_SEED = 0
+PROBE_BATCH = 4
+QUANTIZED_TOP1 = 0.5  # placeholder, set from measurement
+
+
+class Imported(NamedTuple):
+    graph: Graph  # the id's graph (BN eps of a BN-carrying file), provenance card in meta
+    weights: dict[str, np.ndarray]
+    notes: tuple[str, ...]
+    probe: dict
+
+
+def _has_top(fu: list[Unit]) -> bool:
+    last = fu[-1] if fu else None
+    return last is not None and last.bn is None and (
+        last.kind == "linear" or last.main.tensors["weight"].shape[2:] == (1, 1))
+
+
+def _size(art: Artifact, input_size: int | None) -> tuple[int, int]:
+    if art.input_hw is None:
+        return (input_size or 224,) * 2
+    if input_size is not None and (input_size, input_size) != tuple(art.input_hw):
+        raise WeightsError(f"{art.path} is fixed to {art.input_hw[0]}x{art.input_hw[1]} inputs, not input_size="
+                           f"{input_size}; drop input_size (or re-export the file with dynamic height/width)")
+    return tuple(art.input_hw)
+
+
+def fitting(art: Artifact, arch: str | Graph | None = None, num_classes: int | None = None,
+            input_size: int | None = None) -> tuple[list[tuple[str, Match]], tuple[int, int], Match | None]:
+    """The ids (``arch`` alone if given) whose graph the file's weights fit, the input size used, and the
+    closest misfit (for the error message)."""
+    fu = file_units(art)
+    if not fu:
+        raise FileFormatError(f"{art.path} holds no conv or linear weights; it is not one of the light CNNs")
+    hw = _size(art, input_size)
+    top = _has_top(fu)
+    n = num_classes or (int(fu[-1].main.tensors["weight"].shape[0]) if top else 1000)
+    if isinstance(arch, Graph):  # a file's recorded graph (a lightnets export's sidecar)
+        graphs = {arch.name: lambda: arch.replace(input_shape=(arch.input_shape[0], *hw))}
+    else:
+        graphs = {mid: functools.partial(registry.get_spec, mid, num_classes=n, input_size=hw[0], include_top=top)
+                  for mid in ([arch] if arch is not None else registry.list_models())}
+    fits, closest = [], None
+    for mid, make in graphs.items():
+        graph = make()
+        if arch is None and len(graph_units(graph)) != len(fu):
+            continue
+        m = match(graph, art, hw)
+        if m.problem is None:
+            fits.append((mid, m))
+        elif closest is None or m.matched > closest[1].matched:
+            closest = (mid, m)
+    return fits, hw, closest
+
+
+def _to_layout(x: np.ndarray, layout: str) -> np.ndarray:
+    return np.ascontiguousarray(x.transpose(0, 2, 3, 1) if layout == "NHWC" else x)
+
+
+def _from_layout(y: np.ndarray, layout: str) -> np.ndarray:
+    y = np.asarray(y, np.float64)
+    return y.transpose(0, 3, 1, 2) if layout == "NHWC" and y.ndim == 4 else y
+
+
+def import_artifact(art: Artifact, runtime, arch: str | Graph | None = None, num_classes: int | None = None,
+                    input_size: int | None = None, source: dict | None = None) -> Imported:
+    """Import a foreign file read by a backend: the id it fits, canonical weights, probe (see the module doc).
+
+    ``runtime`` is the backend of the file's runtime (for the float32 noise bound); ``source`` the
+    provenance card's source (default: the file and its sha256)."""
+    fits, hw, closest = fitting(art, arch, num_classes, input_size)
+    if not fits:
+        where = f"{closest[0]}: {closest[1].problem}" if closest else "no id has as many weight ops"
+        asked = f" {arch.name if isinstance(arch, Graph) else arch!r}" if arch is not None else ""
+        raise WeightsError(f"{art.path} fits no lightnets id{asked} ({where}); "
+                           + ("is it a file of that architecture?" if arch else "pass arch= to see why an id misfits"))
+    rng = np.random.default_rng(PROBE_SEED)
+    x = rng.standard_normal((PROBE_BATCH, art.layers[0].tensors["weight"].shape[1], *hw))
+    feed = x if art.rescaling is None else (x - art.rescaling[1]) / art.rescaling[0]
+    got = _from_layout(art.run(_to_layout(feed, art.input_layout).astype(np.float32)), art.input_layout)
+
+    def head(y):
+        return softmax(y) if art.output_activation == "softmax" else y
+
+    errors = {}
+    for mid, m in fits:
+        want = head(reference.run(m.graph, m.weights, x))
+        if want.shape != got.shape:
+            raise WeightsError(f"{art.path}: the file's output shape {got.shape} != the {mid} graph's {want.shape}")
+        errors[mid] = (rel_error(got, want), want)
+    best = min(errors, key=lambda k: errors[k][0])
+    ties = [k for k in errors if errors[k][0] <= 10 * errors[best][0] + 1e-12 and k != best]
+    if ties:
+        raise WeightsError(f"{art.path} fits several ids that compute the same here: {', '.join([best, *ties])}; "
+                           "pass arch= (CLI --arch)")
+    m = dict(fits)[best]
+    err, want = errors[best]
+    probe = {"rel_error": err, "runtime": runtime.name, "shape": tuple(x.shape)}
+    found = " found from the file" if arch is None else ""
+    notes = [f"imported from {art.format} file {art.path} (id {best!r}{found})"]
+    if art.quantized:
+        agree = float(np.mean(np.argmax(got, -1) == np.argmax(want, -1)))
+        probe.update(top1_agreement=agree, tolerance=None)
+        notes.append(f"{art.quantized}; the probe compares top-1 (agreement {agree:.0%} on {len(x)} random inputs, "
+                     f"rel error {err:.1e})")
+        ok = agree >= QUANTIZED_TOP1
+    else:
+        model = runtime.build(m.graph, "float32")
+        runtime.set_weights(model, m.weights)
+        ours = np.asarray(runtime.run(model, x.astype(np.float32)), np.float64)
+        noise = rel_error(head(ours), want)
+        tol = max(FLOAT32_NOISE_FACTOR * noise, FLOAT32_FLOOR)
+        probe.update(tolerance=tol, float32_noise=noise)
+        ok = err <= tol
+    if not ok:
+        raise WeightsError(f"{art.path}: the file's {runtime.name} output differs from the float64 reference of "
+                           f"{best!r} with its weights by {err:.2e} relative (bound {probe['tolerance'] or 'top-1'}); "
+                           "the file is not that net - not returning a wrong model")
+    if m.folded:
+        notes.append(f"{m.folded} batch norms were folded into their convs in the file: imported as identity batch "
+                     "norms carrying the conv bias (gamma 1, mean 0, var 1 - eps)")
+    nc = PV.num_classes_of(m.graph)
+    if nc == 1001:
+        notes.append("1001 classes: index 0 is the background class of TF-slim checkpoints (ImageNet class i is "
+                     "index i + 1)")
+    notes += list(art.notes)
+    pre = None if art.rescaling is None else {"in_model_rescaling": {"scale": art.rescaling[0],
+                                                                     "offset": art.rescaling[1]}}
+    if pre:
+        notes.append(f"the file rescales its input inside (x * {art.rescaling[0]:g} + {art.rescaling[1]:g}); the "
+                     "lightnets model takes the rescaled input")
+    src = source or {"kind": "file", "path": str(art.path), "sha256": PV.sha256_file(art.path), "format": art.format}
+    card = PV.make_card(m.graph, src, preprocessing=pre, classifier_activation=art.output_activation, notes=notes)
+    dtype = np.float64 if any(v.dtype == np.float64 for v in m.weights.values()) else np.float32
+    weights = W.check_weights(m.graph, {k: np.array(v, dtype) for k, v in m.weights.items()})  # writable copies
+    return Imported(PV.with_card(m.graph, card), weights, tuple(notes), probe)
+
+
+def read(path, fmt: str, runtime: str, arch: str | Graph | None = None, num_classes: int | None = None,
+         input_size: int | None = None, source: dict | None = None) -> Imported:
+    """Read and import a foreign ``fmt`` file with the backend ``runtime`` (see :func:`import_artifact`)."""
+    be = load_backend(runtime)
+    return import_artifact(be.read_artifact(path), be, arch, num_classes, input_size, source)

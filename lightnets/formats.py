@@ -69,6 +69,7 @@ class Format(NamedTuple):
     read_meta: Callable[[Path, str], dict]  # lightnets metadata stored inside the file ({} if none)
     read: Callable  # (path, fmt, graph_for, dtype) -> (canonical weights, graph, native model | None)
     write: Callable  # (tmp, fmt, saving: _Saving) -> None
+    imports: bool = False  # a file lightnets did not write is imported (lightnets.artifacts), its id found
 
 
 class Loaded(NamedTuple):
@@ -132,6 +133,20 @@ def _read_native(path: Path, fmt: str, graph_for, dtype: str):
     return be.get_weights(model), graph, model
 
 
+def _read_artifact(path: Path, fmt: str, graph_for, dtype: str):
+    """A deployment file (.onnx/.tflite): its weight ops matched onto the id (found, or ``graph_for``'s)."""
+    from . import artifacts
+
+    arch = graph_for.fixed if graph_for.fixed is not None else graph_for.arch
+    imp = artifacts.read(path, fmt, FORMATS[fmt].backend, arch, graph_for.num_classes, graph_for.input_size)
+    return imp.weights, imp.graph, None
+
+
+def _read_onnx(path: Path, fmt: str, graph_for, dtype: str):
+    """A lightnets .onnx file (its graph known) holds canonical initializers; any other is imported."""
+    return (_read_native if graph_for.fixed is not None else _read_artifact)(path, fmt, graph_for, dtype)
+
+
 def _write_native(tmp: str, fmt: str, saving: _Saving) -> None:
     be = load_backend(FORMATS[fmt].backend)
     be.save_file(saving.native(be), tmp, fmt)
@@ -147,8 +162,8 @@ FORMATS: dict[str, Format] = {f.name: f for f in (
     Format("keras-weights", (".weights.h5",), "keras", **_NATIVE),
     Format("keras-model", (".keras",), "keras", **_NATIVE),
     Format("paddle", (".pdparams",), "paddle", **_NATIVE),
-    Format("onnx", (".onnx",), "onnxruntime", **_NATIVE),
-    Format("tflite", (".tflite",), "tflite", **_NATIVE),
+    Format("onnx", (".onnx",), "onnxruntime", **{**_NATIVE, "read": _read_onnx, "imports": True}),
+    Format("tflite", (".tflite",), "tflite", **{**_NATIVE, "read": _read_artifact, "imports": True}),
 )}
 CANONICAL = tuple(n for n, f in FORMATS.items() if f.backend is None)
 # short names accepted for ``format=``: resolved by the file's suffix
@@ -390,7 +405,7 @@ def read(path, format: str | None = None, arch: str | Graph | None = None, num_c
         if arch is None and meta.id_hint and meta.id_hint in registry.list_models():
             arch = meta.id_hint
             notes.append(f"model id {arch!r} recorded by the file")
-        if arch is None:
+        if arch is None and not row.imports:
             raise LightnetsError(f"{path} holds no graph ({notes[0] if notes else 'none recorded'}); pass the "
                                  "lightnets model id it belongs to (arch=..., CLI: --arch)")
         if isinstance(arch, Graph):
@@ -401,7 +416,9 @@ def read(path, format: str | None = None, arch: str | Graph | None = None, num_c
         graph_from = f"id {name!r} ({notes[0] if notes else 'the file holds no graph'})"
     weights, graph, model = row.read(path, fmt, graph_for, dtype)
     card = PV.card_of(graph)
-    if meta.graph is None:
+    if meta.graph is None and row.imports and model is None:
+        graph_from = f"imported from the file's weight ops: {card['notes'][0]}"
+    elif meta.graph is None:
         card = PV.file_card(graph, path, fmt, notes=notes)
         graph = PV.with_card(graph, card)
     backend = load_backend(row.backend) if row.backend else None

@@ -1,0 +1,174 @@
+"""Importing .onnx files lightnets did not write: torch.onnx exports of torchvision and timm models.
+
+The oracle is the file's own runtime (ONNX Runtime): the imported lightnets model must reproduce its logits.
+BN statistics are taken from data (one train-mode forward with momentum 1), so eps and folding matter.
+"""
+
+import numpy as np
+import pytest
+
+torch = pytest.importorskip("torch")
+torchvision = pytest.importorskip("torchvision")
+onnx = pytest.importorskip("onnx")
+ort = pytest.importorskip("onnxruntime")
+
+import lightnets  # noqa: E402
+from lightnets import artifacts as A  # noqa: E402
+from lightnets.errors import FileFormatError, WeightsError  # noqa: E402
+
+SIZE = 64
+pytestmark = pytest.mark.filterwarnings("ignore::DeprecationWarning", "ignore::torch.jit.TracerWarning")
+
+
+def _calibrated(model, scale: float = 1.0):
+    """``model`` in eval mode with BN running statistics of one batch of ``scale * randn`` images."""
+    torch.manual_seed(0)
+    for m in model.modules():
+        if isinstance(m, torch.nn.modules.batchnorm._BatchNorm):
+            m.momentum = 1.0
+            torch.nn.init.uniform_(m.weight, 0.5, 1.5)
+            torch.nn.init.uniform_(m.bias, -0.2, 0.2)
+    model.train()
+    with torch.no_grad():
+        model(scale * torch.randn(8, 3, SIZE, SIZE))
+    return model.eval()
+
+
+def _export(model, path, fold: bool = True):
+    torch.onnx.export(model, torch.randn(1, 3, SIZE, SIZE), str(path), dynamo=False, do_constant_folding=fold,
+                      input_names=["x"], output_names=["y"], dynamic_axes={"x": {0: "b", 2: "h", 3: "w"}})
+    return path
+
+
+def _ort(path, x):
+    return ort.InferenceSession(str(path), providers=["CPUExecutionProvider"]).run(None, {"x": x})[0]
+
+
+def _rel(a, b):
+    return float(np.max(np.abs(np.asarray(a, np.float64) - b)) / np.max(np.abs(b)))
+
+
+ZOO = [
+    ("torchvision", "mobilenet_v2", {"width_mult": 0.5}, "mobilenet_v2_050"),
+    ("torchvision", "shufflenet_v2_x0_5", {}, "shufflenet_v2_050"),
+    ("torchvision", "mobilenet_v3_small", {}, "mobilenet_v3_small_100"),
+    ("timm", "mobilenetv3_large_100", {}, "mobilenet_v3_large_100"),
+    ("timm", "ghostnet_100", {}, "ghostnet_100"),
+]
+
+
+def _zoo_model(zoo, name, kwargs):
+    if zoo == "timm":
+        timm = pytest.importorskip("timm")
+        return timm.create_model(name, pretrained=False, **kwargs)
+    return getattr(torchvision.models, name)(**kwargs)
+
+
+@pytest.mark.parametrize("zoo,name,kwargs,arch", ZOO, ids=[z[1] for z in ZOO])
+@pytest.mark.parametrize("fold", [True, False], ids=["bn-folded", "bn-kept"])
+def test_torch_onnx_export_imports_as_its_id(tmp_path, zoo, name, kwargs, arch, fold):
+    """The id is found from the file; the torch port reproduces ONNX Runtime's logits of the file."""
+    path = _export(_calibrated(_zoo_model(zoo, name, kwargs)), tmp_path / f"{name}.onnx", fold)
+    model, info = lightnets.port(path, to="torch", input_size=SIZE, return_info=True)
+    assert info["arch"] == arch
+    notes = " ".join(info["card"]["notes"])
+    assert ("folded into their convs" in notes) == fold
+    assert info["card"]["source"]["format"] == "onnx"
+    x = np.random.default_rng(1).standard_normal((2, 3, SIZE, SIZE)).astype(np.float32)
+    assert _rel(lightnets.run(model, x), _ort(path, x)) <= 1e-4
+
+
+def test_bn_kept_file_carries_its_eps(tmp_path):
+    """A BN-carrying file's epsilon becomes the graph's (timm models use 1e-5, the id may use another)."""
+    net = _calibrated(torchvision.models.mobilenet_v2(width_mult=0.5))
+    for m in net.modules():
+        if isinstance(m, torch.nn.BatchNorm2d):
+            m.eps = 1e-3
+    path = _export(net, tmp_path / "m.onnx", fold=False)
+    imp = A.read(path, "onnx", "onnxruntime", input_size=SIZE)
+    eps = {n.attrs["eps"] for n in imp.graph.nodes if n.op == "batch_norm"}
+    assert len(eps) == 1 and abs(eps.pop() - 1e-3) < 1e-9
+    assert imp.probe["rel_error"] <= imp.probe["tolerance"]
+
+
+def test_identity_bn_is_exact_in_float64():
+    for eps in (1e-5, 1e-3, 0.001, 1e-6):
+        assert np.sqrt(A.identity_var(eps) + eps) == 1.0
+
+
+def test_folded_import_equals_the_source_in_float64(tmp_path):
+    """The folded weights on the id's graph compute the torch model's function: float64 <= 1e-10."""
+    net = _calibrated(torchvision.models.shufflenet_v2_x0_5())
+    path = _export(net, tmp_path / "s.onnx")
+    imp = A.read(path, "onnx", "onnxruntime", input_size=SIZE)
+    x = np.random.default_rng(2).standard_normal((2, 3, SIZE, SIZE))
+    with torch.no_grad():
+        want = net.double()(torch.from_numpy(x)).numpy()
+    got = lightnets.reference.run(imp.graph, imp.weights, x)
+    # the file's weights are float32 (folded in float32 by the exporter): the bound is float32 rounding of weights
+    assert _rel(got, want) <= 1e-5
+
+
+def test_wrong_arch_is_refused(tmp_path):
+    path = _export(_calibrated(torchvision.models.mobilenet_v2(width_mult=0.5)), tmp_path / "m.onnx")
+    with pytest.raises(WeightsError, match="fits no lightnets id 'mobilenet_v2_100'.*weight"):
+        lightnets.port(path, to="torch", arch="mobilenet_v2_100", input_size=SIZE)
+
+
+def test_truncated_file_is_refused(tmp_path):
+    path = _export(_calibrated(torchvision.models.mobilenet_v2(width_mult=0.5)), tmp_path / "m.onnx")
+    cut = tmp_path / "cut.onnx"
+    cut.write_bytes(path.read_bytes()[: path.stat().st_size // 2])
+    with pytest.raises(FileFormatError, match="cut.onnx"):
+        lightnets.port(cut, to="torch", input_size=SIZE)
+
+
+def test_unsupported_op_is_named(tmp_path):
+    class WithLSTM(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.conv = torch.nn.Conv2d(3, 4, 3)
+            self.rnn = torch.nn.LSTM(4, 4)
+
+        def forward(self, x):
+            y = self.conv(x).mean((2, 3))
+            return self.rnn(y[None])[0][0]
+
+    path = tmp_path / "lstm.onnx"
+    torch.onnx.export(WithLSTM().eval(), torch.randn(1, 3, 8, 8), str(path), dynamo=False)
+    with pytest.raises(FileFormatError, match=r"unsupported ONNX op LSTM \(node "):
+        lightnets.port(path, to="torch")
+
+
+def test_lightnets_onnx_without_sidecar_imports_to_the_same_graph(tmp_path):
+    """A lightnets export whose sidecar was lost imports back onto exactly the id's graph and weights."""
+    model = lightnets.build("mobilenet_v3_small_075", backend="torch", input_size=SIZE)
+    path = tmp_path / "m.onnx"
+    lightnets.export(model, to="onnx", path=path)
+    for side in tmp_path.glob("*.lightnets.json"):
+        side.unlink()
+    imp = A.read(path, "onnx", "onnxruntime", arch="mobilenet_v3_small_075", input_size=SIZE)
+    want = lightnets.export_weights(model)
+    assert lightnets.graph.Graph.to_json(imp.graph.replace(meta={})) == \
+        lightnets.graph.Graph.to_json(lightnets.spec("mobilenet_v3_small_075", input_size=SIZE).replace(meta={}))
+    assert all(np.array_equal(imp.weights[k], want[k]) for k in want)
+
+
+def test_a_wrong_mapping_is_caught_by_the_probe(tmp_path, monkeypatch):
+    """Two same-shape convs swapped by the matcher: the file's runtime and the reference then disagree."""
+    path = _export(_calibrated(torchvision.models.mobilenet_v2(width_mult=0.5)), tmp_path / "m.onnx")
+    real = A.match
+
+    def swapped(graph, art, hw):
+        m = real(graph, art, hw)
+        if m.problem is not None:
+            return m
+        w = dict(m.weights)
+        a, b = "blocks.2.expand.conv.weight", "blocks.3.expand.conv.weight"  # both (96, 16, 1, 1) at width 0.5
+        assert w[a].shape == w[b].shape
+        w[a], w[b] = w[b], w[a]
+        return m._replace(weights=w)
+
+    monkeypatch.setattr(A, "match", swapped)
+    with pytest.raises(WeightsError, match="not that net"):
+        A.read(path, "onnx", "onnxruntime", input_size=SIZE)
