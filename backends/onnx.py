@@ -376,27 +376,65 @@ def _conv_layer(f: _OnnxFile, node) -> Layer:
     else:
         t, l, b, r = a.get("pads", [0, 0, 0, 0])
         padding, pads = "explicit", (t, b, l, r)
-        src = f.producer.get(x)
+        src, nhwc = f.producer.get(x), False
+        if src is not None and src.op_type == "Transpose" and tuple(_attrs(src).get("perm", ())) == _TO_NCHW:
+            src, nhwc = f.producer.get(src.input[0]), True  # tf2onnx: NHWC Pad -> Transpose -> Conv
         if src is not None and src.op_type == "Pad":
-            extra = _zero_pad(f, src)
+            extra = _zero_pad(f, src, nhwc)
             pads = tuple(p + e for p, e in zip(pads, extra, strict=True))
             x = src.input[0]
     attrs = {"stride": tuple(a.get("strides", [1, 1])), "groups": int(a.get("group", 1)), "padding": padding,
              "pads": pads}
-    return Layer(node.name, node.op_type, "conv", tensors, attrs, (x,), node.output[0])
+    out = _absorb_affine(f, tensors, node.output[0])
+    return Layer(node.name, node.op_type, "conv", tensors, attrs, (x,), out)
 
 
-def _zero_pad(f: _OnnxFile, node) -> tuple[int, int, int, int]:
-    """(top, bottom, left, right) of a constant zero Pad over the spatial axes of an NCHW tensor."""
+_TO_NHWC, _TO_NCHW = (0, 2, 3, 1), (0, 3, 1, 2)
+
+
+def _absorb_affine(f: _OnnxFile, tensors: dict, out: str) -> str:
+    """Fold the per-channel Mul/Add/Sub by constants that alone follow a conv (tf2onnx writes a keras batch norm
+    as ``conv * scale + shift``, NCHW or behind a Transpose to NHWC) into its weight and bias; the tensor after
+    them. Scalars are not absorbed (hardswish's ``x + 3`` is not a bias)."""
+    c = tensors["weight"].shape[0]
+    w, b = tensors["weight"].astype(np.float64), np.asarray(tensors.get("bias", np.zeros(c)), np.float64)
+    nhwc, changed, end = False, False, out
+    while len(f.users.get(out, [])) == 1:
+        node = f.users[out][0]
+        if node.op_type == "Transpose" and tuple(_attrs(node).get("perm", ())) in (_TO_NHWC, _TO_NCHW):
+            nhwc, out = tuple(_attrs(node)["perm"]) == _TO_NHWC, node.output[0]
+            continue
+        other = [i for i in node.input if i != out]
+        if node.op_type not in ("Mul", "Add", "Sub") or len(other) != 1 or other[0] not in f.const:
+            break
+        v = np.asarray(f.const[other[0]], np.float64)
+        per_channel = {(c,), (1, c), (1, 1, c), (1, 1, 1, c)} if nhwc else {(c, 1, 1), (1, c, 1, 1)}
+        if c == 1 or v.shape not in per_channel or (node.op_type == "Sub" and node.input[0] != out):
+            break
+        v = v.reshape(c)
+        if node.op_type == "Mul":
+            w, b = w * v.reshape(-1, 1, 1, 1), b * v
+        else:
+            b = b + (v if node.op_type == "Add" else -v)
+        out = end = node.output[0]
+        changed = True
+    if changed:
+        tensors["weight"], tensors["bias"] = w.astype(tensors["weight"].dtype), b.astype(tensors["weight"].dtype)
+    return end
+
+
+def _zero_pad(f: _OnnxFile, node, nhwc: bool) -> tuple[int, int, int, int]:
+    """(top, bottom, left, right) of a constant zero Pad over the spatial axes of an NCHW (or NHWC) tensor."""
     a = _attrs(node)
     mode = a.get("mode", b"constant")
     pads = a.get("pads") or list(f.value(node.input[1], node, "pads"))
     value = float(f.value(node.input[2], node, "value")) if len(node.input) > 2 and node.input[2] else 0.0
+    h, w = (1, 2) if nhwc else (2, 3)
     if (mode.decode() if isinstance(mode, bytes) else mode) != "constant" or value != 0 or len(pads) != 8 or \
-            any(pads[i] for i in (0, 1, 4, 5)):
+            any(pads[i] for i in range(8) if i % 4 not in (h, w)):
         raise FileFormatError(f"Pad node {node.name!r} ({mode}, value {value}, pads {list(pads)}) is not a zero pad of "
                               "height/width in front of a conv; lightnets imports zero padding only")
-    return int(pads[2]), int(pads[6]), int(pads[3]), int(pads[7])
+    return int(pads[h]), int(pads[h + 4]), int(pads[w]), int(pads[w + 4])
 
 
 def _linear_layer(f: _OnnxFile, node) -> Layer:
@@ -429,8 +467,11 @@ def _bn_layer(f: _OnnxFile, node) -> Layer:
 def _rescaling(f: _OnnxFile, g, x: str) -> tuple[tuple[float, float] | None, str]:
     """Leading Mul/Div/Add/Sub of the input by scalars: ((scale, offset), the tensor after them)."""
     scale, offset = 1.0, 0.0
-    while len(f.users.get(x, [])) == 1 and f.users[x][0].op_type in ("Mul", "Div", "Add", "Sub"):
+    while len(f.users.get(x, [])) == 1 and f.users[x][0].op_type in ("Mul", "Div", "Add", "Sub", "Transpose"):
         node = f.users[x][0]
+        if node.op_type == "Transpose":
+            x = node.output[0]
+            continue
         other = [i for i in node.input if i != x]
         if len(other) != 1 or other[0] not in f.const or np.size(f.const[other[0]]) != 1:
             break

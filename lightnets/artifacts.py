@@ -144,8 +144,8 @@ def _weight_fits(g: Unit, f: Unit, graph: Graph) -> str | None:
         want = (node.attrs["out_features"], graph.in_shapes(node)[0][0])
         if w.shape != want:
             return f"weight {w.shape} != {want}"
-        if ("bias" in layer.tensors) != bool(node.attrs["bias"]):
-            return "bias presence differs"
+        if "bias" in layer.tensors and not node.attrs["bias"]:
+            return "the file's linear has a bias, the graph's none"
         return None
     if f.kind != "conv":
         return f"a {f.kind} cannot fill a conv"
@@ -157,7 +157,7 @@ def _weight_fits(g: Unit, f: Unit, graph: Graph) -> str | None:
     if layer.attrs["groups"] != a["groups"] or tuple(layer.attrs["stride"]) != tuple(a["stride"]):
         return f"groups/stride {layer.attrs['groups']}/{tuple(layer.attrs['stride'])} != {a['groups']}/{a['stride']}"
     has_bias = "bias" in layer.tensors
-    if g.bn is None and (f.bn is not None or has_bias != bool(a["bias"])):
+    if g.bn is None and (f.bn is not None or (has_bias and not a["bias"])):
         return "the graph's conv has no BN" + (" and no bias" if not a["bias"] else "")
     if g.bn is not None and f.bn is None and not has_bias:
         return "the graph's conv has a BN, the file's conv neither a BN nor a folded bias"
@@ -221,8 +221,8 @@ def match(graph: Graph, art: Artifact, hw: tuple[int, int]) -> Match:
         weights[f"{node.name}.weight"] = w.reshape(w.shape[:2]) if g.kind == "linear" else w
         bias = f.main.tensors.get("bias")
         if g.bn is None:
-            if bias is not None:
-                weights[f"{node.name}.bias"] = bias
+            if node.attrs["bias"]:  # a zero bias may be left out of a file
+                weights[f"{node.name}.bias"] = bias if bias is not None else np.zeros(w.shape[0], w.dtype)
             continue
         n = g.bn.name
         if f.bn is not None:

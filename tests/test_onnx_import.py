@@ -172,3 +172,69 @@ def test_a_wrong_mapping_is_caught_by_the_probe(tmp_path, monkeypatch):
     monkeypatch.setattr(A, "match", swapped)
     with pytest.raises(WeightsError, match="not that net"):
         A.read(path, "onnx", "onnxruntime", input_size=SIZE)
+
+
+def test_paddle2onnx_export_imports_as_its_id(tmp_path):
+    """paddle.onnx.export keeps BatchNormalization nodes (eps 1e-5): imported with them, logits as ORT's."""
+    paddle = pytest.importorskip("paddle")
+    pytest.importorskip("paddle2onnx")
+    from paddle.vision.models import shufflenet_v2_x0_5
+
+    paddle.seed(0)
+    net = shufflenet_v2_x0_5()
+    rng = np.random.default_rng(0)
+    for layer in net.sublayers():
+        if isinstance(layer, paddle.nn.BatchNorm2D):
+            c = layer.weight.shape[0]
+            layer._mean.set_value(rng.uniform(-0.1, 0.1, c).astype("float32"))
+            layer._variance.set_value(rng.uniform(1e-3, 1.0, c).astype("float32"))
+            layer.weight.set_value(rng.uniform(0.5, 1.5, c).astype("float32"))
+    net.eval()
+    prefix = tmp_path / "pd"
+    paddle.onnx.export(net, str(prefix), input_spec=[paddle.static.InputSpec([None, 3, SIZE, SIZE], "float32", "x")],
+                       opset_version=17)
+    path = prefix.with_suffix(".onnx")
+    imp = A.read(path, "onnx", "onnxruntime")
+    assert imp.graph.name == "shufflenet_v2_050"
+    assert "folded" not in " ".join(imp.notes)
+    assert imp.probe["rel_error"] <= imp.probe["tolerance"]
+
+
+KERAS_APPS = [("MobileNet", {"alpha": 0.25, "classifier_activation": "softmax"}, "mobilenet_v1_025_keras"),
+              ("MobileNetV2", {"alpha": 0.35}, "mobilenet_v2_035_keras"),
+              ("MobileNetV3Small", {"include_preprocessing": True}, "mobilenet_v3_small_100_keras")]
+
+
+@pytest.mark.parametrize("app,kwargs,arch", KERAS_APPS, ids=[a[0] for a in KERAS_APPS])
+def test_keras_onnx_export_imports_as_its_keras_id(tmp_path, app, kwargs, arch):
+    """keras' ONNX export (tf2onnx: NHWC input, batch norms as conv * scale + shift, Pad ops for TF "same")
+    imports as the ``_keras`` id; the card records the in-model rescaling and the softmax head."""
+    pytest.importorskip("tf2onnx")
+    keras = pytest.importorskip("keras")
+    kw = {"classifier_activation": None, **kwargs}
+    net = getattr(keras.applications, app)(input_shape=(96, 96, 3), weights=None, **kw)
+    rng = np.random.default_rng(0)
+    for layer in net.layers:
+        if isinstance(layer, keras.layers.BatchNormalization):
+            c = layer.gamma.shape[0]
+            layer.gamma.assign(rng.uniform(0.5, 1.5, c))
+            layer.beta.assign(rng.uniform(-0.2, 0.2, c))
+            layer.moving_mean.assign(rng.uniform(-0.1, 0.1, c))
+            layer.moving_variance.assign(rng.uniform(1e-3, 1.0, c))
+    net(np.zeros((1, 96, 96, 3), "float32"))
+    path = tmp_path / f"{app}.onnx"
+    net.export(str(path), format="onnx", verbose=False)
+    imp = A.read(path, "onnx", "onnxruntime")
+    assert imp.graph.name == arch
+    card = imp.graph.meta["provenance"]
+    assert card["classifier_activation"] == (kw["classifier_activation"] or "linear")
+    assert (card["preprocessing"] is not None) == bool(kwargs.get("include_preprocessing"))
+    assert imp.probe["rel_error"] <= imp.probe["tolerance"]
+    # the imported weights reproduce keras itself (the file's source), in float64 on the reference
+    x = rng.standard_normal((2, 3, 96, 96))
+    feed = x if card["preprocessing"] is None else (x + 1) * 127.5
+    want = np.asarray(net(feed.transpose(0, 2, 3, 1).astype("float32")), np.float64)
+    got = lightnets.reference.run(imp.graph, imp.weights, x)
+    if kw["classifier_activation"] == "softmax":
+        got = lightnets.numerics.softmax(got)
+    assert _rel(got, want) <= 1e-4
