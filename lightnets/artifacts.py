@@ -269,6 +269,12 @@ def _has_top(fu: list[Unit]) -> bool:
         last.kind == "linear" or last.main.tensors["weight"].shape[2:] == (1, 1))
 
 
+def classes_of(art: Artifact) -> int | None:
+    """The file's class count (its last weight op, a linear or a 1x1 conv without BN), None without a head."""
+    fu = file_units(art)
+    return int(fu[-1].main.tensors["weight"].shape[0]) if _has_top(fu) else None
+
+
 def _size(art: Artifact, input_size: int | None) -> tuple[int, int]:
     if art.input_hw is None:
         return (input_size or 224,) * 2
@@ -287,7 +293,7 @@ def fitting(art: Artifact, arch: str | Graph | None = None, num_classes: int | N
         raise FileFormatError(f"{art.path} holds no conv or linear weights; it is not one of the light CNNs")
     hw = _size(art, input_size)
     top = _has_top(fu)
-    n = num_classes or (int(fu[-1].main.tensors["weight"].shape[0]) if top else 1000)
+    n = num_classes or classes_of(art) or 1000
     if isinstance(arch, Graph):  # a file's recorded graph (a lightnets export's sidecar)
         graphs = {arch.name: lambda: arch.replace(input_shape=(arch.input_shape[0], *hw))}
     else:
@@ -316,11 +322,12 @@ def _from_layout(y: np.ndarray, layout: str) -> np.ndarray:
 
 
 def import_artifact(art: Artifact, runtime, arch: str | Graph | None = None, num_classes: int | None = None,
-                    input_size: int | None = None, source: dict | None = None) -> Imported:
+                    input_size: int | None = None, source: dict | None = None,
+                    preprocessing: dict | None = None) -> Imported:
     """Import a foreign file read by a backend: the id it fits, canonical weights, probe (see the module doc).
 
-    ``runtime`` is the backend of the file's runtime (for the float32 noise bound); ``source`` the
-    provenance card's source (default: the file and its sha256)."""
+    ``runtime`` is the backend of the file's runtime (for the float32 noise bound); ``source`` and
+    ``preprocessing`` go to the provenance card (default: the file and its sha256; the in-model rescaling)."""
     fits, hw, closest = fitting(art, arch, num_classes, input_size)
     if not fits:
         where = f"{closest[0]}: {closest[1].problem}" if closest else "no id has as many weight ops"
@@ -379,7 +386,8 @@ def import_artifact(art: Artifact, runtime, arch: str | Graph | None = None, num
     notes += list(art.notes)
     pre = None if art.rescaling is None else {"in_model_rescaling": {"scale": art.rescaling[0],
                                                                      "offset": art.rescaling[1]}}
-    if pre:
+    pre = preprocessing if preprocessing is not None else pre
+    if art.rescaling is not None:
         notes.append(f"the file rescales its input inside (x * {art.rescaling[0]:g} + {art.rescaling[1]:g}); the "
                      "lightnets model takes the rescaled input")
     src = source or {"kind": "file", "path": str(art.path), "sha256": PV.sha256_file(art.path), "format": art.format}

@@ -238,3 +238,16 @@ def test_keras_onnx_export_imports_as_its_keras_id(tmp_path, app, kwargs, arch):
     if kw["classifier_activation"] == "softmax":
         got = lightnets.numerics.softmax(got)
     assert _rel(got, want) <= 1e-4
+
+
+def test_import_zoo_takes_a_zoo_models_onnx_file(tmp_path):
+    """import_zoo(zoo, name, file.onnx): the zoo's graph (its BN eps: torchvision mobilenet_v3 uses 1e-3) and card."""
+    path = _export(_calibrated(torchvision.models.mobilenet_v3_small()), tmp_path / "m.onnx")
+    graph, weights, info = lightnets.import_zoo("torchvision", "mobilenet_v3_small", path, input_size=SIZE)
+    assert graph.name == "mobilenet_v3_small_100"
+    assert {n.attrs["eps"] for n in graph.nodes if n.op == "batch_norm"} == {1e-3}
+    assert info["source"]["zoo"] == "torchvision" and info["source"]["format"] == "onnx"
+    assert info["preprocessing"]["mean"] == [0.485, 0.456, 0.406]
+    assert info["probe_rel_error"] <= info["probe"]["tolerance"]
+    x = np.random.default_rng(3).standard_normal((2, 3, SIZE, SIZE)).astype(np.float32)
+    assert _rel(lightnets.reference.run(graph, weights, x.astype(np.float64)), _ort(path, x)) <= 1e-4

@@ -15,14 +15,15 @@ a bound derived from the float32 noise of the same graph in the same framework.
 
 from __future__ import annotations
 
+import os
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
+from .. import artifacts, formats, provenance, reference
 from .. import layouts as L
-from .. import provenance, reference
 from .. import weights as W
 from ..errors import LightnetsError, WeightsError
 from ..frameworks import load_backend
@@ -255,6 +256,8 @@ def import_zoo(zoo: str, name: str, source, input_size: int = 224, probe_size: i
     with the given state dict) and the float64 reference run on a probe batch (:func:`probe`).
     Models built for one input size (keras.applications) are probed at ``input_size``.
     """
+    if isinstance(source, (str, os.PathLike)) and formats.FORMATS[formats.format_of(source)].imports:
+        return _import_artifact(zoo, name, Path(source), input_size)
     e = entry(zoo, name)
     be = _backend(e)
     sd, model = _state_dict_of(be, source, zoo, name)
@@ -262,6 +265,22 @@ def import_zoo(zoo: str, name: str, source, input_size: int = 224, probe_size: i
     graph, canonical, info, _ = _import(zoo, name, sd, model, nc, input_size, probe_size, probe_seed,
                                         {"kind": "zoo", "zoo": zoo, "name": name})
     return graph, canonical, info
+
+
+def _import_artifact(zoo: str, name: str, path: Path, input_size: int) -> tuple[Graph, W.Weights, dict]:
+    """A zoo model's .onnx/.tflite export: its weight ops onto the zoo's graph (the zoo's BN eps; see
+    :mod:`lightnets.artifacts`), probed against the file's own runtime."""
+    e = entry(zoo, name)
+    runtime = load_backend(formats.FORMATS[formats.format_of(path)].backend)
+    art = runtime.read_artifact(path)
+    size = art.input_hw[0] if art.input_hw else input_size
+    graph = zoo_graph(zoo, name, artifacts.classes_of(art) or 1000, size)
+    source = {"kind": "zoo", "zoo": zoo, "name": name, "file": str(path), "sha256": provenance.sha256_file(path),
+              "format": art.format}
+    imp = artifacts.import_artifact(art, runtime, graph, source=source, preprocessing=e.preprocessing)
+    info = {**provenance.card_of(imp.graph), "probe": provenance.plain(imp.probe),
+            "probe_rel_error": imp.probe["rel_error"]}
+    return imp.graph, imp.weights, info
 
 
 def export_zoo(zoo: str, name: str, canonical: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
