@@ -11,8 +11,12 @@ format               suffixes              backend   graph + provenance card
 ``keras-model``      ``.keras``            keras     sidecar
 ``paddle``           ``.pdparams``         paddle    sidecar
 ``onnx``             ``.onnx``             onnxrt    sidecar (the initializers are the canonical weights)
-``tflite``           ``.tflite``           tflite    sidecar (written only: converted weights do not read back)
+``tflite``           ``.tflite``           tflite    sidecar (BN folded into the convs by the converter)
 ==================== ===================== ========= ===========================================
+
+Deployment files (rows with ``imports``: ``.onnx``, ``.tflite``) that lightnets did not write, or whose
+sidecar is gone, are imported by :mod:`lightnets.artifacts` (weight ops matched onto the id, found when not
+given, and probed in the file's own runtime); a ``.tflite`` file always reads that way.
 
 Adding a format is adding a row to :data:`FORMATS` (native rows are read and written by their
 backend's native I/O: ``read_state_dict``/``load_file``/``save_file``; this module imports no
