@@ -214,8 +214,21 @@ CONVERTERS: dict[str, Callable[[Node, list], Callable]] = {
 
 
 # --- the model ------------------------------------------------------------------------------------
+# bumped by torch's global module-registration hook whenever any submodule is added or replaced (e.g. by
+# SyncBatchNorm.convert_sync_batchnorm or a quantization pass): a GraphModule then re-reads its modules
+_REGISTRATIONS = [0]
+
+
+def _count_registration(module, name, submodule):
+    _REGISTRATIONS[0] += 1
+
+
+nn.modules.module.register_module_module_registration_hook(_count_registration)
+
+
 class GraphModule(nn.Module):
-    """Runs the nodes of ``graph`` in order. Submodules sit at their node's dotted name."""
+    """Runs the nodes of ``graph`` in order. Submodules sit at their node's dotted name; forward runs the
+    modules found there now (one that torch replaced in place, as convert_sync_batchnorm does, takes effect)."""
 
     def __init__(self, graph: Graph):
         super().__init__()
@@ -239,6 +252,17 @@ class GraphModule(nn.Module):
             else:
                 fast.append(steps[-1])
         self._steps, self._fast_steps = tuple(steps), tuple(fast)
+        self._bound_at = _REGISTRATIONS[0]
+
+    def _current_steps(self):
+        """The steps, re-bound to the submodules at their names if any module was registered since."""
+        if self._bound_at != _REGISTRATIONS[0]:
+            def current(name, fn):
+                return self.get_submodule(name) if isinstance(fn, nn.Module) else fn
+            self._steps, self._fast_steps = (tuple((n, current(n, fn), i, d) for n, fn, i, d in steps)
+                                             for steps in (self._steps, self._fast_steps))
+            self._bound_at = _REGISTRATIONS[0]
+        return self._steps, self._fast_steps
 
     def _attach(self, dotted: str, module: nn.Module) -> None:
         *parents, leaf = dotted.split(".")
@@ -261,8 +285,9 @@ class GraphModule(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         values = {INPUT: x}
+        steps, fast = self._current_steps()
         # in-place activations only without autograd: backward may need the overwritten values
-        for name, fn, inputs, drop in (self._steps if torch.is_grad_enabled() else self._fast_steps):
+        for name, fn, inputs, drop in (steps if torch.is_grad_enabled() else fast):
             values[name] = fn(*[values[i] for i in inputs])
             for d in drop:
                 del values[d]
@@ -273,7 +298,7 @@ class GraphModule(nn.Module):
     def forward_all(self, x: torch.Tensor) -> dict[str, torch.Tensor]:
         """Every node's output, by node name."""
         values = {INPUT: x}
-        for name, fn, inputs, _ in self._steps:
+        for name, fn, inputs, _ in self._current_steps()[0]:
             values[name] = fn(*[values[i] for i in inputs])
         del values[INPUT]
         return values
@@ -437,7 +462,7 @@ class CompiledGraphModule(GraphModule):
         nn.Module.__init__(self)
         self.graph, self.dtype_name = eager.graph, getattr(eager, "dtype_name", "float32")
         self._modules = eager._modules  # the same submodules, parameters and state dict
-        self._steps, self._fast_steps = eager._steps, eager._fast_steps
+        self._steps, self._fast_steps, self._bound_at = eager._steps, eager._fast_steps, eager._bound_at
         object.__setattr__(self, "_traces", _Traces(eager))
         self.eval()
 
@@ -623,18 +648,9 @@ class TorchBackend(Backend):
 
     def sync_batchnorm(self, model, process_group=None):
         """``torch.nn.SyncBatchNorm.convert_sync_batchnorm`` for a lightnets model (for DistributedDataParallel:
-        batch statistics over every process). A GraphModule runs the modules it captured at build, so torch's
-        function alone swaps the submodules but leaves forward on the old BatchNorm2d (its parameters are
-        shared, so DDP trains, unsynchronised); this converts, then re-binds the graph's steps."""
-        model = nn.SyncBatchNorm.convert_sync_batchnorm(model, process_group)
-        if owns(model):
-            def current(name, fn):
-                return model.get_submodule(name) if isinstance(fn, nn.Module) else fn
-            for attr in ("_steps", "_fast_steps"):
-                setattr(model, attr, tuple((n, current(n, fn), i, d) for n, fn, i, d in getattr(model, attr)))
-            if hasattr(model, "_fns"):
-                model._fns = {n: fn for n, fn, _, _ in model._steps}
-        return model
+        batch statistics over every process); torch's function alone does the same (a GraphModule runs the
+        modules at its node names at forward)."""
+        return nn.SyncBatchNorm.convert_sync_batchnorm(model, process_group)
 
 
 BACKEND = TorchBackend()
