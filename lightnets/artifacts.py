@@ -74,6 +74,7 @@ class Artifact(NamedTuple):
     quantized: str | None  # e.g. "int8 weights dequantized (per-channel scales)", else None
     notes: tuple[str, ...]
     run: Any  # run(x: float32 array in input_layout) -> float32 outputs, the file's own runtime
+    input_range: tuple[float, float] | None = None  # a quantized input's representable range (the probe's inputs)
 
 
 # --- units: a conv with its BN, or a linear ---------------------------------------------------------
@@ -253,7 +254,16 @@ FLOAT32_NOISE_FACTOR = 10.0  # file runtime vs float64 reference, over the same 
 FLOAT32_FLOOR = 1e-6
 PROBE_SEED = 0
 PROBE_BATCH = 4
-QUANTIZED_TOP1 = 0.5  # placeholder, set from measurement
+# quantized files: top-1 of the file vs the float64 reference of the dequantized weights on 16 inputs. Measured:
+# 64 of 64 agree for int8 TFLite files of keras.applications MobileNet/V2/V3Small/V3Large (BN statistics drawn,
+# rel error 0.9-4.3 %), but random-init lightnets nets agree on ~50 % (parity/tolerances.py INT8_TOP1_FLOOR: int8
+# rounding grows with depth, 1000 random logits have small margins); a net that is not the file's agrees on
+# ~1/classes. Random keras nets are the other way round: logits nearly input-independent, so top-1 is a coin
+# toss, while the rel error stays small. A file passes on either: 4 of 16 top-1 agree, or rel error <= 15 %;
+# a wrong mapping fails both (top-1 ~1/classes, rel error O(1)).
+PROBE_BATCH_QUANTIZED = 16
+QUANTIZED_TOP1 = 0.25
+QUANTIZED_REL = 0.15
 
 
 class Imported(NamedTuple):
@@ -335,8 +345,13 @@ def import_artifact(art: Artifact, runtime, arch: str | Graph | None = None, num
         raise WeightsError(f"{art.path} fits no lightnets id{asked} ({where}); "
                            + ("is it a file of that architecture?" if arch else "pass arch= to see why an id misfits"))
     rng = np.random.default_rng(PROBE_SEED)
-    x = rng.standard_normal((PROBE_BATCH, art.layers[0].tensors["weight"].shape[1], *hw))
-    feed = x if art.rescaling is None else (x - art.rescaling[1]) / art.rescaling[0]
+    shape = (PROBE_BATCH_QUANTIZED if art.quantized else PROBE_BATCH, art.layers[0].tensors["weight"].shape[1], *hw)
+    if art.input_range is not None:  # a quantized input clips outside its range: probe inside it
+        feed = rng.uniform(*art.input_range, shape)
+        x = feed if art.rescaling is None else feed * art.rescaling[0] + art.rescaling[1]
+    else:
+        x = rng.standard_normal(shape)
+        feed = x if art.rescaling is None else (x - art.rescaling[1]) / art.rescaling[0]
     got = _from_layout(art.run(_to_layout(feed, art.input_layout).astype(np.float32)), art.input_layout)
 
     def head(y):
@@ -359,11 +374,16 @@ def import_artifact(art: Artifact, runtime, arch: str | Graph | None = None, num
     found = " found from the file" if arch is None else ""
     notes = [f"imported from {art.format} file {art.path} (id {best!r}{found})"]
     if art.quantized:
+        if np.any(np.ptp(got.reshape(len(got), -1), -1) == 0):
+            raise WeightsError(f"{art.path}: the quantized file gives one value for every class on random inputs "
+                               f"(its {art.output_activation} output quantized flat), so its top-1 cannot be checked; "
+                               "import the float file, or a quantized file with a linear (logits) head")
         agree = float(np.mean(np.argmax(got, -1) == np.argmax(want, -1)))
         probe.update(top1_agreement=agree, tolerance=None)
         notes.append(f"{art.quantized}; the probe compares top-1 (agreement {agree:.0%} on {len(x)} random inputs, "
-                     f"rel error {err:.1e})")
-        ok = agree >= QUANTIZED_TOP1
+                     f"rel error {err:.1e}), a coarse check: a mapping error smaller than the quantization noise "
+                     "passes it")
+        ok = agree >= QUANTIZED_TOP1 or err <= QUANTIZED_REL
     else:
         model = runtime.build(m.graph, "float32")
         runtime.set_weights(model, m.weights)
@@ -373,8 +393,9 @@ def import_artifact(art: Artifact, runtime, arch: str | Graph | None = None, num
         probe.update(tolerance=tol, float32_noise=noise)
         ok = err <= tol
     if not ok:
+        bound_q = f"top-1 agreement {QUANTIZED_TOP1:.0%} or {QUANTIZED_REL:.0%} relative"
         raise WeightsError(f"{art.path}: the file's {runtime.name} output differs from the float64 reference of "
-                           f"{best!r} with its weights by {err:.2e} relative (bound {probe['tolerance'] or 'top-1'}); "
+                           f"{best!r} with its weights by {err:.2e} relative (bound {probe['tolerance'] or bound_q}); "
                            "the file is not that net - not returning a wrong model")
     if m.folded:
         notes.append(f"{m.folded} batch norms were folded into their convs in the file: imported as identity batch "

@@ -79,9 +79,10 @@ def zoo_format(fmt: str | None) -> tuple[str, str] | None:
 
 def _detect_zoo(path: Path, fmt: str, arch: str | None) -> tuple[str, str] | None:
     """The zoo entry that wrote a native file carrying no lightnets graph, when exactly one fits its keys and
-    shapes (and ``arch``); several fitting entries are an error naming them. None: not a zoo file."""
+    shapes (and ``arch``); several fitting entries are an error naming them. None: not a zoo file (deployment
+    files, the ``imports`` rows, are matched by their weight ops instead)."""
     backend = F.FORMATS[fmt].backend
-    if backend is None or F.read_file_meta(path, fmt).graph is not None:
+    if backend is None or F.FORMATS[fmt].imports or F.read_file_meta(path, fmt).graph is not None:
         return None
     found = Z.detect_file(path, backend, fmt, arch)
     if len(found) > 1:
