@@ -129,7 +129,7 @@ def test_keras_applications_tflite_float_and_int8_import_as_their_id(tmp_path, a
         assert err <= 0.02, (k, err)
 
 
-def test_cli_ports_a_tflite_file_and_the_weights_run_like_litert(tmp_path, capsys):
+def test_cli_port_and_import_zoo_take_a_tflite_file_and_run_like_litert(tmp_path, capsys):
     net = _keras_app("MobileNet", alpha=0.25, classifier_activation=None)
     path = _convert(net, tmp_path / "m.tflite")
     out = tmp_path / "m.pt"
@@ -140,6 +140,10 @@ def test_cli_ports_a_tflite_file_and_the_weights_run_like_litert(tmp_path, capsy
     x = np.random.default_rng(3).standard_normal((2, 3, SIZE, SIZE)).astype(np.float32)
     want = lightnets.load_backend("tflite").forward(str(path), x)
     assert rel_error(lightnets.run(model, x), want) <= 1e-4
+    graph, weights, info = lightnets.import_zoo("keras", "MobileNet_0.25", path, input_size=SIZE)
+    assert graph.name == "mobilenet_v1_025_keras" and info["source"]["format"] == "tflite"
+    assert info["preprocessing"]["rescale"] == [1 / 127.5, -1.0]  # the zoo's preprocessing, not in the file
+    assert rel_error(reference.run(graph, weights, x.astype(np.float64)), want) <= 1e-4
 
 
 def test_bad_tflite_files_are_named_errors(tmp_path):
