@@ -15,7 +15,7 @@ $(STAMP): pyproject.toml constraints-dev.txt
 	touch $(STAMP)
 
 test: $(STAMP)
-	$(BIN)/python -m pytest -q --durations=15
+	$(BIN)/python -m pytest -q -n 2 --durations=15
 
 parity: $(STAMP)
 	$(BIN)/lightnets parity --out parity-report
