@@ -21,7 +21,9 @@ and output (softmax). This module (numpy only) maps an artifact onto a lightnets
   cannot tell them apart and needs ``arch``).
 - **the probe.** The file's own runtime (ONNX Runtime / LiteRT) runs a fixed random batch beside the
   float64 reference of the imported graph; the bound is the float32 noise of the same graph in that
-  runtime times :data:`FLOAT32_NOISE_FACTOR`. Quantized files are judged by top-1 agreement instead.
+  runtime times :data:`FLOAT32_NOISE_FACTOR`. Quantized files are probed inside their quantized input range
+  and judged by top-1 agreement or a loose relative bound instead (:data:`QUANTIZED_TOP1`,
+  :data:`QUANTIZED_REL`: a coarse check, a mapping error below the quantization noise passes it).
 """
 
 from __future__ import annotations
