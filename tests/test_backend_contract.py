@@ -14,6 +14,7 @@ import re
 from pathlib import Path
 
 import numpy as np
+import profiles
 import pytest
 
 import lightnets
@@ -33,7 +34,10 @@ pytestmark = [  # keras' own model.save converts tf.Variables with np.array(): a
 SIZE, CLASSES = 32, 10
 DTYPES = ("float64", "float32")
 OPS = op_cases()
-MODELS = [m for m in lightnets.list_models() if m.startswith(("mobilenet_v1_", "mobilenet_v2_"))]
+# the MobileNetV1/V2 ids: one width of each variant in `make test` (every width: LIGHTNETS_SLOW=1, and the
+# every-id parity matrix of tests/test_parity.py in torch and paddle)
+MODELS = profiles.smallest_of_each_variant(m for m in lightnets.list_models()
+                                           if m.startswith(("mobilenet_v1_", "mobilenet_v2_")))
 
 
 def collect_test_backends() -> list[str]:

@@ -3,6 +3,8 @@ and test_port.py leave.
 
 1. every torchvision/timm/paddle.vision entry (``zoo.list_zoo()``) imported and run in the KERAS backend;
 2. every keras.applications entry (``zoo.list_zoo("keras")``) imported and run in the PADDLE backend;
+   (1. and 2.: in ``make test`` the entry of fewest parameters of each zoo and id variant, i.e. one width of
+   each graph (``profiles.smallest_of_each_variant``); every entry with LIGHTNETS_SLOW=1)
 3. port round trips A->B->A bit-exact for every ordered pair with keras, over ``profiles.ids`` (every
    registered id with LIGHTNETS_SLOW=1)
    (the weight path of ``lightnets.port``: graph_of + export_weights + check_weights + build; the
@@ -36,6 +38,8 @@ NUM_CLASSES = 10
 TOL = 1e-4
 SIZE = 64  # as tests/test_zoo.py
 ERRORS: dict[str, float] = {}  # "zoo name -> backend": rel error, printed with -s
+ZOO_KEYS = profiles.smallest_of_each_variant(zoo.list_zoo(), arch=lambda k: zoo.ZOO[k].arch, source=lambda k: k[0])
+KERAS_KEYS = profiles.smallest_of_each_variant(zoo.list_zoo("keras"), arch=lambda k: zoo.ZOO[k].arch)
 
 
 def _env(**extra):
@@ -89,7 +93,8 @@ def test_torch_timm_and_paddle_zoo_imports_run_in_keras_in_one_subprocess(tmp_pa
     pytest.importorskip("paddle")
     cases = []
     x = _x()
-    for i, key in enumerate(zoo.list_zoo()):
+    assert {k[0] for k in ZOO_KEYS} == {k[0] for k in zoo.list_zoo()}  # every zoo
+    for i, key in enumerate(ZOO_KEYS):
         e = zoo.ZOO[key]
         model = _zoo_model(key)
         want = _forward(model, x, e.framework)
@@ -101,7 +106,7 @@ def test_torch_timm_and_paddle_zoo_imports_run_in_keras_in_one_subprocess(tmp_pa
         np.savez(stem.with_suffix(".io.npz"), x=x, want=want)
         cases.append({"name": f"{key[0]} {key[1]}", "graph": str(stem.with_suffix(".json")),
                       "weights": str(stem.with_suffix(".safetensors")), "io": str(stem.with_suffix(".io.npz"))})
-    assert len(cases) == len(zoo.list_zoo()) > 0
+    assert len(cases) == len(ZOO_KEYS) > 0
     (tmp_path / "cases.json").write_text(json.dumps(cases))
     errs = _py(KERAS_RUN, tmp_path / "cases.json", KERAS_BACKEND="tensorflow")
     assert sorted(errs) == sorted(c["name"] for c in cases)
@@ -145,12 +150,13 @@ print(json.dumps(out))
 def _keras_cases():
     # the sizes tests/test_zoo_keras.py uses: its CASES where listed, else 96 / 99 (odd: TF 'same' pads)
     sizes = dict(KERAS_CASES)
-    return [(n, sizes.get(n, 96 if i % 2 == 0 else 99)) for i, (_, n) in enumerate(zoo.list_zoo("keras"))]
+    return [(n, sizes.get(n, 96 if i % 2 == 0 else 99)) for i, (_, n) in enumerate(zoo.list_zoo("keras"))
+            if ("keras", n) in KERAS_KEYS]
 
 
 def test_keras_applications_imports_run_in_paddle_in_one_subprocess():
     cases = _keras_cases()
-    assert len(cases) == len(zoo.KERAS) > 0
+    assert len(cases) == len(KERAS_KEYS) > 0 and len(zoo.list_zoo("keras")) == len(zoo.KERAS)
     errs = _py(PADDLE_RUN, json.dumps(cases), KERAS_BACKEND="tensorflow")
     assert sorted(errs) == sorted(f"keras {n}@{s}" for n, s in cases)
     _judge(errs, "paddle")
@@ -197,7 +203,8 @@ print(json.dumps({"failed": {k: v for k, v in out.items() if v}, "ids": len(out)
 
 
 def test_port_round_trips_through_keras_bit_exact_in_one_subprocess():
-    ids = profiles.ids("mobilenet_v2_100_keras", "mobilenet_v3_large_100_keras", "shufflenet_v2_200_paddle")
+    ids = profiles.ids("mobilenet_v2_100_keras", "mobilenet_v3_large_100_keras", "shufflenet_v2_200_paddle",
+                       "shufflenet_v1_g3_050")  # (g3: the keras pairs of tests/test_port.py, probed, with SLOW)
     res = _py(ROUND_TRIPS, json.dumps(ids), KERAS_BACKEND="tensorflow")
     print(f"ROUNDTRIP ids={res['ids']} chains=4")
     assert res["ids"] == len(ids) > 0
