@@ -20,6 +20,9 @@ TRAIN_TARGETS = [t for t in TARGETS if t not in runner.INFERENCE_ONLY]  # train-
 # The runtimes whose per-model cost is a conversion or a trace (a TFLite conversion, a JAX compile: ~30 s a
 # model here) run every op case but one model and its backbone in `make test`; every id is `make parity`.
 SLOW_RUNTIMES = ("tflite", "keras-jax")
+# that one model, and the probe case (its per-node curve re-runs it in every target and dtype): the quick
+# model of fewest parameters (mobilenet_v1_025: ghostnet_050 took ~4 min in keras-jax float64 alone)
+CHEAPEST = min(QUICK, key=lambda m: registry.get_spec(m).num_params())
 
 
 @pytest.fixture(scope="module")
@@ -30,11 +33,12 @@ def matrix(tmp_path_factory):
     kinds = {c.id: "op" for c in ops}
     workdir = tmp_path_factory.mktemp("parity")
     results = runner.run_matrix(ops + models + backbones, [t for t in TARGETS if t not in SLOW_RUNTIMES],
-                                ["float32", "float64"], workdir / "main", kinds=kinds, train=True, probe=models[0].id)
+                                ["float32", "float64"], workdir / "main", kinds=kinds, train=True, probe=CHEAPEST)
     slow = [t for t in TARGETS if t in SLOW_RUNTIMES]
     if slow:  # beside torch, so that their gradients are compared with a framework's
-        more = runner.run_matrix(ops + models[:1] + backbones[:1], ["torch", *slow], ["float32", "float64"],
-                                 workdir / "slow", kinds=kinds, train=True)
+        one = [c for c in models + backbones if c.id in (CHEAPEST, CHEAPEST + C.FEATURES_SUFFIX)]
+        more = runner.run_matrix(ops + one, ["torch", *slow], ["float32", "float64"], workdir / "slow", kinds=kinds,
+                                 train=True)
         results += [r for r in more if any(t in r.target.split("~") for t in slow)]
     return results
 
