@@ -47,7 +47,7 @@ import numpy as np
 from lightnets import ops
 from lightnets import provenance as PV
 from lightnets import weights as W
-from lightnets.artifacts import Artifact, Layer
+from lightnets.artifacts import Artifact, Layer, then_rescale
 from lightnets.errors import BackendNotInstalledError, FileFormatError, LightnetsError
 from lightnets.graph import INPUT, Graph, Node
 from lightnets.reference import check_input
@@ -465,25 +465,21 @@ def _bn_layer(f: _OnnxFile, node) -> Layer:
 
 
 def _rescaling(f: _OnnxFile, g, x: str) -> tuple[tuple[float, float] | None, str]:
-    """Leading Mul/Div/Add/Sub of the input by scalars: ((scale, offset), the tensor after them)."""
-    scale, offset = 1.0, 0.0
+    """Leading Mul/Div/Add/Sub of the input by scalars (through Transposes): ((scale, offset), the tensor
+    after them)."""
+    rescaling = (1.0, 0.0)
     while len(f.users.get(x, [])) == 1 and f.users[x][0].op_type in ("Mul", "Div", "Add", "Sub", "Transpose"):
         node = f.users[x][0]
         if node.op_type == "Transpose":
             x = node.output[0]
             continue
         other = [i for i in node.input if i != x]
-        if len(other) != 1 or other[0] not in f.const or np.size(f.const[other[0]]) != 1:
+        if (len(other) != 1 or other[0] not in f.const or np.size(f.const[other[0]]) != 1
+                or (node.op_type in ("Sub", "Div") and node.input[0] != x)):
             break
-        c = float(np.asarray(f.const[other[0]]).reshape(()))
-        if node.op_type == "Mul":
-            scale, offset = scale * c, offset * c
-        elif node.op_type == "Div":
-            scale, offset = scale / c, offset / c
-        else:
-            offset += c if node.op_type == "Add" else -c
+        rescaling = then_rescale(rescaling, node.op_type.lower(), float(np.asarray(f.const[other[0]]).reshape(())))
         x = node.output[0]
-    return ((scale, offset) if (scale, offset) != (1.0, 0.0) else None), x
+    return (rescaling if rescaling != (1.0, 0.0) else None), x
 
 
 def read_artifact(path) -> Artifact:

@@ -53,7 +53,7 @@ import numpy as np
 
 from lightnets import layouts
 from lightnets import weights as W
-from lightnets.artifacts import Artifact, Layer
+from lightnets.artifacts import RESCALING_OPS, Artifact, Layer, then_rescale
 from lightnets.errors import BackendNotInstalledError, FileFormatError, InputShapeError, LightnetsError
 from lightnets.graph import Graph
 from lightnets.reference import check_input
@@ -538,25 +538,19 @@ def _tflite_linear(f: _TfliteFile, k: int) -> Layer:
 
 def _tflite_rescaling(f: _TfliteFile, t: int) -> tuple[float, float] | None:
     """Leading MUL/DIV/ADD/SUB of the input by scalar constants (through QUANTIZE): (scale, offset)."""
-    scale, offset = 1.0, 0.0
+    rescaling = (1.0, 0.0)
     while len(f.users.get(t, [])) == 1:
         name, _, ins, outs = f.ops[f.users[t][0]]
         if name == "QUANTIZE":
             t = outs[0]
             continue
         other = [i for i in ins if i != t]
-        if name not in ("MUL", "DIV", "ADD", "SUB") or len(other) != 1 or other[0] not in f.const \
+        if name.lower() not in RESCALING_OPS or len(other) != 1 or other[0] not in f.const \
                 or f.const[other[0]].size != 1 or (name in ("SUB", "DIV") and ins[0] != t):
             break
-        c = float(f.const[other[0]].reshape(()))
-        if name == "MUL":
-            scale, offset = scale * c, offset * c
-        elif name == "DIV":
-            scale, offset = scale / c, offset / c
-        else:
-            offset += c if name == "ADD" else -c
+        rescaling = then_rescale(rescaling, name.lower(), float(f.const[other[0]].reshape(())))
         t = outs[0]
-    return (scale, offset) if (scale, offset) != (1.0, 0.0) else None
+    return rescaling if rescaling != (1.0, 0.0) else None
 
 
 def _check_ops(f: _TfliteFile, path: Path) -> None:

@@ -8,6 +8,7 @@ The backend object is ``BACKEND`` (``lightnets.backends.base.Backend``).
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import operator
 import time
@@ -23,7 +24,6 @@ from lightnets import ops
 from lightnets import weights as W
 from lightnets.errors import LightnetsError, SpecError
 from lightnets.graph import INPUT, Graph, Node
-from lightnets.reference import check_input
 
 from .base import Backend, unreadable
 
@@ -322,90 +322,9 @@ def graph_of(model: GraphModule) -> Graph:
     return model.graph
 
 
-def _dtype(model: GraphModule) -> torch.dtype:
-    for t in model.parameters():
-        return t.dtype
-    return DTYPES[model.dtype_name]
-
-
-def _native_tensors(model: GraphModule) -> dict[str, torch.Tensor]:
-    """canonical name -> native tensor: the one canonical <-> native mapping (renames only)."""
-    native = dict(model.named_parameters())
-    native.update(model.named_buffers())
-    ops = {n.name: n.op for n in model.graph.nodes}
-    out = {}
-    for p in model.graph.params:
-        node, suffix = p.name.rsplit(".", 1)
-        out[p.name] = native[f"{node}.{NATIVE_NAMES[ops[node]][suffix]}"]
-    return out
-
-
-def set_weights(model: GraphModule, weights) -> None:
-    """Copy checked canonical weights into the model, cast to its dtype."""
-    with torch.no_grad():
-        for name, t in _native_tensors(model).items():
-            t.copy_(torch.from_numpy(np.ascontiguousarray(weights[name])).to(t.dtype))
-
-
-def get_weights(model: GraphModule) -> dict[str, np.ndarray]:
-    """Canonical weights as numpy arrays in the model's dtype."""
-    with torch.no_grad():
-        return {name: t.detach().cpu().numpy().copy() for name, t in _native_tensors(model).items()}
-
-
-def run(model: GraphModule, x: np.ndarray, return_all: bool = False):
-    """Eval forward of the NCHW numpy batch ``x``; ``return_all`` gives every node's output."""
-    check_input(model.graph, x)
-    param = next(model.parameters(), None)
-    device = param.device if param is not None else torch.device("cpu")
-    xt = torch.as_tensor(np.asarray(x), dtype=_dtype(model), device=device)
-    was_training = model.training
-    model.eval()
-    try:
-        with torch.inference_mode():
-            if return_all:
-                return {k: v.cpu().numpy() for k, v in model.forward_all(xt).items()}
-            return _numpy(model(xt))
-    finally:
-        model.train(was_training)
-
-
 def _numpy(y):
     """A model's output as numpy: one array, or a list of them (a multi-output graph)."""
     return [t.detach().cpu().numpy() for t in y] if isinstance(y, (list, tuple)) else y.detach().cpu().numpy()
-
-
-def train_forward(model: GraphModule, x: np.ndarray):
-    """One training-mode forward (BN on batch statistics, dropout off); returns output and new BN stats."""
-    check_input(model.graph, x)
-    xt = torch.as_tensor(np.asarray(x), dtype=_dtype(model))
-    model.eval()
-    bns = [m for m in model.modules() if isinstance(m, nn.BatchNorm2d)]
-    try:
-        for m in bns:
-            m.train()
-        with torch.no_grad():
-            out = _numpy(model(xt))
-    finally:
-        model.eval()
-    stats = {k: v.detach().numpy().copy() for k, v in _native_tensors(model).items()
-             if k.endswith((".mean", ".var"))}
-    return out, stats
-
-
-def gradients(model: GraphModule, x: np.ndarray, probe: np.ndarray) -> dict[str, np.ndarray]:
-    """Eval-mode gradients of ``sum(output * probe)`` w.r.t. every trainable parameter and the input."""
-    check_input(model.graph, x)
-    xt = torch.as_tensor(np.asarray(x), dtype=_dtype(model)).requires_grad_(True)
-    model.eval()
-    model.zero_grad(set_to_none=True)
-    probe = ([torch.as_tensor(p, dtype=xt.dtype) for p in probe] if model.graph.multi_output
-             else torch.as_tensor(probe, dtype=xt.dtype))
-    Backend.probe_loss(model(xt), probe).backward()
-    trainable = {p.name for p in model.graph.params if p.trainable}
-    grads = {k: t.grad.numpy().copy() for k, t in _native_tensors(model).items() if k in trainable}
-    model.zero_grad(set_to_none=True)
-    return {**grads, "input": xt.grad.numpy().copy()}
 
 
 # --- the fast inference path (lightnets.optimize) --------------------------------------------------
@@ -515,11 +434,59 @@ class TorchBackend(Backend):
     build = staticmethod(build)
     owns = staticmethod(owns)
     graph_of = staticmethod(graph_of)
-    set_weights = staticmethod(set_weights)
-    get_weights = staticmethod(get_weights)
-    run = staticmethod(run)
-    train_forward = staticmethod(train_forward)
-    gradients = staticmethod(gradients)
+
+    # hooks of the contract (Backend.run / train_forward / gradients / set_weights / get_weights)
+    def _variable(self, model, node, leaf):
+        return getattr(model.get_submodule(node.name), leaf)  # the module there now (e.g. a SyncBatchNorm)
+
+    def _value(self, var):
+        return var.detach().cpu().numpy().copy()
+
+    def _assign_variable(self, var, value):
+        with torch.no_grad():
+            var.copy_(torch.from_numpy(value).to(var.dtype))
+
+    def _input(self, model, x):
+        param = next(model.parameters(), None)
+        device = param.device if param is not None else torch.device("cpu")
+        dtype = param.dtype if param is not None else DTYPES[model.dtype_name]
+        return torch.as_tensor(x, dtype=dtype, device=device)
+
+    def _output(self, model, y):
+        return y if isinstance(y, np.ndarray) else y.detach().cpu().numpy()
+
+    @contextlib.contextmanager
+    def _evaluating(self, model):
+        was_training = model.training
+        model.eval()
+        try:
+            with torch.inference_mode():
+                yield
+        finally:
+            model.train(was_training)
+
+    def _call(self, model, x, return_all):
+        return model.forward_all(x) if return_all else model(x)
+
+    def _train_call(self, model, x):
+        model.eval()
+        try:
+            for m in model.modules():
+                if isinstance(m, nn.modules.batchnorm._BatchNorm):
+                    m.train()
+            with torch.no_grad():
+                return model(x)
+        finally:
+            model.eval()
+
+    def _backward(self, model, x, probe, variables):
+        x = x.requires_grad_(True)
+        model.eval()
+        model.zero_grad(set_to_none=True)
+        self.probe_loss(model(x), probe).backward()
+        grads = [v.grad.cpu().numpy().copy() for v in variables]
+        model.zero_grad(set_to_none=True)
+        return x.grad.cpu().numpy().copy(), grads
 
     # native I/O
     def _dropouts(self, model):
@@ -559,13 +526,8 @@ class TorchBackend(Backend):
     def forward(self, model, x):
         param = next(model.parameters(), None)
         dtype = param.dtype if param is not None else torch.float32
-        was_training = model.training
-        model.eval()
-        try:
-            with torch.inference_mode():
-                return _numpy(model(torch.as_tensor(np.asarray(x), dtype=dtype)))
-        finally:
-            model.train(was_training)
+        with self._evaluating(model):
+            return _numpy(model(torch.as_tensor(np.asarray(x), dtype=dtype)))
 
     def _cast_native(self, model, dtype):
         return copy.deepcopy(model).to(DTYPES[dtype])

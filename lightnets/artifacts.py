@@ -79,6 +79,21 @@ class Artifact(NamedTuple):
     input_range: tuple[float, float] | None = None  # a quantized input's representable range (the probe's inputs)
 
 
+RESCALING_OPS = ("mul", "div", "add", "sub")
+
+
+def then_rescale(rescaling: tuple[float, float], op: str, c: float) -> tuple[float, float]:
+    """``(scale, offset)`` of ``x * scale + offset`` followed by ``op`` (one of ``RESCALING_OPS``, the input
+    first) with the scalar ``c``: how the importers fold a file's leading scalar steps into
+    ``Artifact.rescaling``."""
+    scale, offset = rescaling
+    if op == "mul":
+        return scale * c, offset * c
+    if op == "div":
+        return scale / c, offset / c
+    return scale, offset + (c if op == "add" else -c)
+
+
 # --- units: a conv with its BN, or a linear ---------------------------------------------------------
 class Unit(NamedTuple):
     """A conv and its BN (``bn`` None: no BN - folded into the conv, or none in the net), or a linear."""
