@@ -207,7 +207,7 @@ def test_train_forward_switches_dropout_off_and_back():
 
 def _run_python(code: str, **env) -> dict:
     proc = subprocess.run([sys.executable, "-c", textwrap.dedent(code)], capture_output=True, text=True,
-                          cwd=ROOT, env={**os.environ, **env}, timeout=600)
+                          cwd=ROOT, env={**os.environ, "PYTHONPATH": str(ROOT / "tests"), **env}, timeout=600)
     assert proc.returncode == 0, proc.stderr[-3000:]
     return json.loads(proc.stdout.strip().splitlines()[-1])
 

@@ -18,18 +18,22 @@ TRAIN_TARGETS = [t for t in TARGETS if t not in runner.INFERENCE_ONLY]  # train-
 
 
 # The runtimes whose per-model cost is a conversion or a trace (a TFLite conversion, a JAX compile: ~30 s a
-# model here) run every op case but one model and its backbone in `make test`; every id is `make parity`.
-SLOW_RUNTIMES = ("tflite", "keras-jax")
+# model here) and keras on torch (keras' layer graph over torch ops, ~3x torch's time) run every op case but
+# one model and its backbone in `make test`; every id is `make parity`.
+SLOW_RUNTIMES = ("tflite", "keras-jax", "keras-torch")
 # that one model, and the probe case (its per-node curve re-runs it in every target and dtype): the quick
 # model of fewest parameters (mobilenet_v1_025: ghostnet_050 took ~4 min in keras-jax float64 alone)
 CHEAPEST = min(QUICK, key=lambda m: registry.get_spec(m).num_params())
+BACKBONES = [CHEAPEST, *(m for m in QUICK if m.startswith(("mobilenet_v3", "shufflenet_v2")))]
 
 
 @pytest.fixture(scope="module")
 def matrix(tmp_path_factory):
     ops = C.op_cases()
     models = C.model_cases(list(QUICK), input_size=64, num_classes=10)
-    backbones = C.feature_cases(list(QUICK), input_size=64, num_classes=10)  # every feature map
+    # backbones (every feature map) of three families: timm's taps with SE (v3) and without (v1), the
+    # shufflenets' stage ends
+    backbones = C.feature_cases(list(BACKBONES), input_size=64, num_classes=10)
     kinds = {c.id: "op" for c in ops}
     workdir = tmp_path_factory.mktemp("parity")
     results = runner.run_matrix(ops + models + backbones, [t for t in TARGETS if t not in SLOW_RUNTIMES],
@@ -77,10 +81,14 @@ def test_gradients_agree_across_backends_in_float64(matrix):
     grads = [r for r in matrix if r.kind == "grad" and r.dtype == "float64" and r.case in QUICK]
     backbone_grads = [r for r in matrix if r.kind == "grad" and r.dtype == "float64"
                       and r.case.endswith(C.FEATURES_SUFFIX)]
-    assert len(backbone_grads) == len(grads)  # gradients of the probe-weighted sum over every feature map
     fast = [t for t in TRAIN_TARGETS if t not in SLOW_RUNTIMES]
-    slow_pairs = len(TRAIN_TARGETS) - len(fast)  # each slow runtime is paired with torch on one model
-    assert len(grads) == len(QUICK) * len(fast) * (len(fast) - 1) // 2 + slow_pairs
+    slow = len(TRAIN_TARGETS) - len(fast)  # the slow runtimes and torch: every pair on one model
+
+    def pairs(n):
+        return n * (n - 1) // 2
+    assert len(grads) == len(QUICK) * pairs(len(fast)) + pairs(slow + 1)
+    # gradients of the probe-weighted sum over every feature map
+    assert len(backbone_grads) == len(BACKBONES) * pairs(len(fast)) + pairs(slow + 1)
     exact = [r for r in grads if T.effective_dtype(r.target, "float64") == "float64"]
     assert len(exact) >= len(QUICK) * 3  # torch, keras (tf), paddle: every pair
     exact += [r for r in backbone_grads if T.effective_dtype(r.target, "float64") == "float64"]

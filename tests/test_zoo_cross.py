@@ -3,8 +3,9 @@ and test_port.py leave.
 
 1. every torchvision/timm/paddle.vision entry (``zoo.list_zoo()``) imported and run in the KERAS backend;
 2. every keras.applications entry (``zoo.list_zoo("keras")``) imported and run in the PADDLE backend;
-   (1. and 2.: in ``make test`` the entry of fewest parameters of each zoo and id variant, i.e. one width of
-   each graph (``profiles.smallest_of_each_variant``); every entry with LIGHTNETS_SLOW=1)
+   (1. and 2.: in ``make test`` the entry of fewest parameters of each id variant, i.e. one width of each graph
+   whatever zoo has it (``profiles.smallest_of_each_variant``; tests/test_zoo.py imports every entry of every
+   zoo); every entry with LIGHTNETS_SLOW=1)
 3. port round trips A->B->A bit-exact for every ordered pair with keras, over ``profiles.ids`` (every
    registered id with LIGHTNETS_SLOW=1)
    (the weight path of ``lightnets.port``: graph_of + export_weights + check_weights + build; the
@@ -38,7 +39,15 @@ NUM_CLASSES = 10
 TOL = 1e-4
 SIZE = 64  # as tests/test_zoo.py
 ERRORS: dict[str, float] = {}  # "zoo name -> backend": rel error, printed with -s
-ZOO_KEYS = profiles.smallest_of_each_variant(zoo.list_zoo(), arch=lambda k: zoo.ZOO[k].arch, source=lambda k: k[0])
+
+
+def _params(key) -> int:
+    return lightnets.get_spec(zoo.ZOO[key].arch).num_params()
+
+
+ZOO_KEYS = profiles.smallest_of_each_variant(zoo.list_zoo(), arch=lambda k: zoo.ZOO[k].arch)
+ZOO_KEYS += [min((k for k in zoo.list_zoo() if k[0] == z), key=_params)
+             for z in sorted({k[0] for k in zoo.list_zoo()} - {k[0] for k in ZOO_KEYS})]  # and each zoo once
 KERAS_KEYS = profiles.smallest_of_each_variant(zoo.list_zoo("keras"), arch=lambda k: zoo.ZOO[k].arch)
 
 
@@ -203,8 +212,10 @@ print(json.dumps({"failed": {k: v for k, v in out.items() if v}, "ids": len(out)
 
 
 def test_port_round_trips_through_keras_bit_exact_in_one_subprocess():
-    ids = profiles.ids("mobilenet_v2_100_keras", "mobilenet_v3_large_100_keras", "shufflenet_v2_200_paddle",
-                       "shufflenet_v1_g3_050")  # (g3: the keras pairs of tests/test_port.py, probed, with SLOW)
+    # the smallest id of each family, the keras flavours' (every id with SLOW) and g3 (the keras pairs of
+    # tests/test_port.py, probed, with SLOW)
+    ids = profiles.ids("mobilenet_v1_025_keras", "mobilenet_v2_035_keras", "mobilenet_v3_large_075_keras",
+                       "shufflenet_v1_g3_050")
     res = _py(ROUND_TRIPS, json.dumps(ids), KERAS_BACKEND="tensorflow")
     print(f"ROUNDTRIP ids={res['ids']} chains=4")
     assert res["ids"] == len(ids) > 0
