@@ -30,7 +30,7 @@ from paddle import nn  # noqa: E402
 
 from lightnets import ops  # noqa: E402
 from lightnets.errors import LightnetsError  # noqa: E402
-from lightnets.graph import Graph, Node  # noqa: E402
+from lightnets.graph import Graph  # noqa: E402
 
 from .base import Backend, unreadable  # noqa: E402
 
@@ -182,29 +182,32 @@ _NUMPY_DTYPES = {paddle.float32: np.float32, paddle.float64: np.float64}
 
 
 class GraphLayer(nn.Layer):
-    """A lightnets graph as a paddle layer: forward runs the nodes in order."""
+    """A lightnets graph as a paddle layer: forward runs the nodes in order, each by the layer found at its
+    node's dotted name then (one that paddle replaced in place, as convert_sync_batchnorm does, runs)."""
 
     def __init__(self, graph: Graph, dtype: str):
         super().__init__()
         self.graph, self.lightnets_dtype = graph, dtype
-        self._nodes: list[tuple[Node, nn.Layer]] = []
-        self._layer_of: dict[str, nn.Layer] = {}
+        self._paths = {node.name: tuple(node.name.split(".")) for node in graph.nodes}
         for node in graph.nodes:
-            layer = CONVERTERS[node.op](node.attrs, graph.in_shapes(node))
-            *path, leaf = node.name.split(".")
+            *path, leaf = self._paths[node.name]
             parent = self
             for part in path:
                 if part not in parent._sub_layers:
                     parent.add_sublayer(part, nn.Layer())
                 parent = parent._sub_layers[part]
-            parent.add_sublayer(leaf, layer)
-            self._nodes.append((node, layer))
-            self._layer_of[node.name] = layer
+            parent.add_sublayer(leaf, CONVERTERS[node.op](node.attrs, graph.in_shapes(node)))
+
+    def layer(self, name: str) -> nn.Layer:
+        """The layer at node ``name`` now."""
+        layer = self
+        for part in self._paths[name]:
+            layer = layer._sub_layers[part]
+        return layer
 
     def forward(self, x, return_all: bool = False):
         # graph.walk frees what no later node reads (memory reuse) unless every output is kept
-        layers = self._layer_of
-        return self.graph.walk(x, lambda node, xs: layers[node.name](*xs), keep_all=return_all)
+        return self.graph.walk(x, lambda node, xs: self.layer(node.name)(*xs), keep_all=return_all)
 
 
 def build(graph: Graph, dtype: str = "float32") -> GraphLayer:
@@ -363,7 +366,7 @@ class PaddleBackend(Backend):
 
     # hooks of the contract
     def _variable(self, model, node, leaf):
-        return getattr(model._layer_of[node.name], leaf)
+        return getattr(model.layer(node.name), leaf)
 
     def _value(self, var):
         return var.numpy()
@@ -397,9 +400,9 @@ class PaddleBackend(Backend):
     def _train_call(self, model, x):
         model.eval()
         try:
-            for _, layer in model._nodes:
-                if isinstance(layer, nn.BatchNorm2D):
-                    layer.train()
+            for node in model.graph.nodes:
+                if node.op == "batch_norm":
+                    model.layer(node.name).train()
             with paddle.no_grad():
                 return model(x)
         finally:
@@ -523,20 +526,10 @@ class PaddleBackend(Backend):
         return trace
 
     def sync_batchnorm(self, model):
-        """``paddle.nn.SyncBatchNorm.convert_sync_batchnorm`` for a lightnets model, re-binding the graph's layers
-        (a GraphLayer runs the layers it captured at build: paddle's function alone swaps the sublayers and
-        leaves forward on the old BatchNorm2D). Paddle 3.3.1 registers the sync_batch_norm kernel for GPU only:
+        """``paddle.nn.SyncBatchNorm.convert_sync_batchnorm`` (a lightnets model runs the layers at its node names,
+        so paddle's function alone does the same). Paddle 3.3.1 registers the sync_batch_norm kernel for GPU only:
         on CPU the converted model's train-mode forward raises."""
-        model = nn.SyncBatchNorm.convert_sync_batchnorm(model)
-        if owns(model):
-            def current(name):
-                layer = model
-                for part in name.split("."):
-                    layer = layer._sub_layers[part]
-                return layer
-            model._layer_of = {name: current(name) for name in model._layer_of}
-            model._nodes = [(node, model._layer_of[node.name]) for node, _ in model._nodes]
-        return model
+        return nn.SyncBatchNorm.convert_sync_batchnorm(model)
 
     # fast inference path (lightnets.optimize folds the batch norms first)
     def optimize(self, model, compile=False):
@@ -549,7 +542,8 @@ class PaddleBackend(Backend):
         ``compile`` a folded conv adds its bias through the batch-norm kernel (:func:`_bias_via_batch_norm`)."""
         model.eval()
         if owns(model):
-            for node, layer in model._nodes:
+            for node in model.graph.nodes:
+                layer = model.layer(node.name)
                 if node.op == "global_avg_pool":
                     layer.fn = _global_avg_pool
                 elif node.op == "conv2d" and node.attrs["bias"] and not compile:

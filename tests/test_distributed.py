@@ -182,7 +182,7 @@ def _paddle_rank(out, mode):
     be.set_weights(model, w)
     if mode == "sync":
         model = be.sync_batchnorm(model)
-        assert type(model._layer_of[graph.nodes[1].name]).__name__ == "SyncBatchNorm"
+        assert type(model.layer(graph.nodes[1].name)).__name__ == "SyncBatchNorm"
     bns = [la for la in model.sublayers() if isinstance(la, nn.BatchNorm2D)]
     if mode == "frozen":
         for la in bns:
@@ -376,6 +376,23 @@ def test_torch_convert_sync_batchnorm_alone_takes_effect():
         before = synced(x)
         synced.head.fc = torch.nn.Identity()  # a replaced module is the one that runs
         assert synced(x).shape != before.shape
+
+
+def test_paddle_convert_sync_batchnorm_alone_takes_effect():
+    """paddle's own function on a lightnets model swaps the sublayers in place and forward runs them: paddle
+    3.3.1 has no CPU sync_batch_norm kernel, so the converted model's forward raises its error (had forward
+    kept the old BatchNorm2D layers, it would run unsynchronised, silently). A layer replaced by hand runs."""
+    paddle = pytest.importorskip("paddle")
+    model = lightnets.build("shufflenet_v1_g3_050", backend="paddle", num_classes=10, input_size=32)
+    x = paddle.randn([2, 3, 32, 32])
+    with paddle.no_grad():
+        before = model(x)
+        model.head.fc = paddle.nn.Identity()
+        assert model(x).shape != before.shape
+    synced = paddle.nn.SyncBatchNorm.convert_sync_batchnorm(model)
+    assert synced is model and type(model.layer("stem.bn")).__name__ == "SyncBatchNorm"
+    with pytest.raises(RuntimeError, match="sync_batch_norm"), paddle.no_grad():
+        synced(x)
 
 
 # --- slow: the engines ---------------------------------------------------------------------------------
