@@ -4,8 +4,9 @@ Each test is parametrised over :func:`collect_test_backends`; per-backend test f
 quirks of one framework. Frameworks are imported inside tests only, and test ids carry the backend
 name, so conftest runs the paddle cases first (tensorflow imported before paddle segfaults).
 
-Zoo models are the frameworks' own MobileNetV2 (torchvision, paddle.vision, keras.applications) with
-random weights, never downloaded.
+Zoo models are the frameworks' own MobileNetV2 (torchvision, paddle.vision) or MobileNet 0.25
+(keras.applications: keras builds and saves layer by layer, and it has 3x fewer layers) with random weights,
+never downloaded; the lightnets model of the native I/O tests is mobilenet_v1_025 for the same reason.
 """
 
 import functools
@@ -60,12 +61,12 @@ def _x(batch=2, seed=0, dtype="float32"):
 
 
 def _lightnets_model(name, seed=0, classes=CLASSES, dtype="float32"):
-    return lightnets.build("mobilenet_v2_035", backend=name, num_classes=classes, input_size=SIZE, seed=seed,
+    return lightnets.build("mobilenet_v1_025", backend=name, num_classes=classes, input_size=SIZE, seed=seed,
                            dtype=dtype)
 
 
 def _zoo_model(name, classes=CLASSES):
-    """The framework's own MobileNetV2, random weights."""
+    """The framework's own MobileNetV2 (keras: MobileNet 0.25), random weights."""
     if name == "torch":
         import torchvision
 
@@ -76,8 +77,8 @@ def _zoo_model(name, classes=CLASSES):
         return pm.mobilenet_v2(pretrained=False, num_classes=classes)
     import keras
 
-    return keras.applications.MobileNetV2(weights=None, classes=classes, classifier_activation=None,
-                                          input_shape=(SIZE, SIZE, 3))
+    return keras.applications.MobileNet(alpha=0.25, weights=None, classes=classes, classifier_activation=None,
+                                        input_shape=(SIZE, SIZE, 3))
 
 
 MAKERS = {"lightnets": _lightnets_model, "zoo": _zoo_model}
