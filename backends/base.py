@@ -310,6 +310,13 @@ class Backend:
         """The eps of every batch-norm layer of ``model``."""
         raise NotImplementedError
 
+    def float32_output(self, graph, weights, x) -> np.ndarray:
+        """``graph`` with canonical ``weights`` run in float32 on the NCHW batch ``x``: how an import measures the
+        float32 noise of a graph in this runtime (lightnets.artifacts' probe bound)."""
+        model = self.build(graph, "float32")
+        self.set_weights(model, weights)
+        return self.run(model, np.asarray(x, np.float32))
+
     def in_model_preprocessing(self, model):
         """``(scale, offset)`` of a rescaling layer inside ``model`` (keras), else None."""
         return None

@@ -21,7 +21,8 @@ and output (softmax). This module (numpy only) maps an artifact onto a lightnets
   cannot tell them apart and needs ``arch``).
 - **the probe.** The file's own runtime (ONNX Runtime / LiteRT) runs a fixed random batch beside the
   float64 reference of the imported graph; the bound is the float32 noise of the same graph in that
-  runtime times :data:`FLOAT32_NOISE_FACTOR`. Quantized files are probed inside their quantized input range
+  runtime (``Backend.float32_output``; LiteRT: the keras model a flat buffer is converted from) times
+  :data:`FLOAT32_NOISE_FACTOR`. Quantized files are probed inside their quantized input range
   and judged by top-1 agreement or a loose relative bound instead (:data:`QUANTIZED_TOP1`,
   :data:`QUANTIZED_REL`: a coarse check, a mapping error below the quantization noise passes it).
 """
@@ -402,9 +403,7 @@ def import_artifact(art: Artifact, runtime, arch: str | Graph | None = None, num
                      "passes it")
         ok = agree >= QUANTIZED_TOP1 or err <= QUANTIZED_REL
     else:
-        model = runtime.build(m.graph, "float32")
-        runtime.set_weights(model, m.weights)
-        ours = np.asarray(runtime.run(model, x.astype(np.float32)), np.float64)
+        ours = np.asarray(runtime.float32_output(m.graph, m.weights, x), np.float64)
         noise = rel_error(head(ours), want)
         tol = max(FLOAT32_NOISE_FACTOR * noise, FLOAT32_FLOOR)
         probe.update(tolerance=tol, float32_noise=noise)
