@@ -322,11 +322,6 @@ def graph_of(model: GraphModule) -> Graph:
     return model.graph
 
 
-def _numpy(y):
-    """A model's output as numpy: one array, or a list of them (a multi-output graph)."""
-    return [t.detach().cpu().numpy() for t in y] if isinstance(y, (list, tuple)) else y.detach().cpu().numpy()
-
-
 # --- the fast inference path (lightnets.optimize) --------------------------------------------------
 class ChannelsLastShuffle(ChannelShuffle):
     """The paper shuffle as ``torch.channel_shuffle`` (the same permutation), whose CPU kernel keeps a
@@ -527,7 +522,7 @@ class TorchBackend(Backend):
         param = next(model.parameters(), None)
         dtype = param.dtype if param is not None else torch.float32
         with self._evaluating(model):
-            return _numpy(model(torch.as_tensor(np.asarray(x), dtype=dtype)))
+            return self._outputs(model, model(torch.as_tensor(np.asarray(x), dtype=dtype)))
 
     def _cast_native(self, model, dtype):
         return copy.deepcopy(model).to(DTYPES[dtype])
