@@ -32,7 +32,8 @@ Any graph with a conv or an avg pool is thus float32-accurate in float64 (parity
 
 The backend object is ``BACKEND`` (``lightnets.backends.base.Backend``); its models are :class:`OnnxModel`
 (graph + canonical weights, sessions made on first use). ONNX Runtime runs inference only:
-``train_forward`` and ``gradients`` raise LightnetsError.
+``train_forward`` and ``gradients`` raise LightnetsError. Reading foreign .onnx files:
+:mod:`lightnets.backends.onnx_file` (``read_artifact``).
 """
 
 from __future__ import annotations
@@ -47,7 +48,6 @@ import numpy as np
 from lightnets import ops
 from lightnets import provenance as PV
 from lightnets import weights as W
-from lightnets.artifacts import Artifact, Layer, then_rescale
 from lightnets.errors import BackendNotInstalledError, FileFormatError, LightnetsError
 from lightnets.graph import INPUT, Graph, Node
 from lightnets.reference import check_input
@@ -307,222 +307,6 @@ def initializers(model, graph: Graph | None = None) -> dict[str, np.ndarray]:
     return out if graph is None else {p.name: out[p.name] for p in graph.params if p.name in out}
 
 
-# --- reading a foreign .onnx file (lightnets.artifacts) ------------------------------------------------
-# ops without weights that the light CNNs export to (torch.onnx, tf2onnx, paddle2onnx); anything else is refused
-WEIGHTLESS = frozenset("""Relu Clip HardSwish HardSigmoid Sigmoid Mul Add Sub Div Neg Max Min GlobalAveragePool
-    AveragePool MaxPool ReduceMean Flatten Reshape Transpose Concat Split Slice Gather Shape Unsqueeze Squeeze
-    Constant ConstantOfShape Identity Dropout Softmax Pad Cast Range Expand Tile Floor Ceil Equal Where
-    ScatterND""".split())
-_CONV_LIKE = {"Conv": "conv", "BatchNormalization": "bn", "Gemm": "linear", "MatMul": "linear"}
-
-
-class _OnnxFile:
-    """An onnx graph's constants (initializers, Constant nodes, Identity/DequantizeLinear of constants)
-    and producers, for :func:`read_artifact`."""
-
-    def __init__(self, model):
-        g = model.graph
-        self.const = {i.name: numpy_helper.to_array(i) for i in g.initializer}
-        self.producer, self.users = {}, {}
-        for node in g.node:
-            for o in node.output:
-                self.producer[o] = node
-            for i in node.input:
-                self.users.setdefault(i, []).append(node)
-            if node.op_type == "Constant" and node.attribute and node.attribute[0].name == "value":
-                self.const[node.output[0]] = numpy_helper.to_array(node.attribute[0].t)
-            elif node.op_type in ("Identity", "Cast") and node.input[0] in self.const:
-                v = self.const[node.input[0]]
-                self.const[node.output[0]] = v if node.op_type == "Identity" else v.astype(
-                    helper.tensor_dtype_to_np_dtype(_attrs(node)["to"]))
-            elif node.op_type == "DequantizeLinear" and all(i in self.const for i in node.input if i):
-                q, scale, *zp = (self.const[i] for i in node.input if i)
-                axis = _attrs(node).get("axis", 1)
-                shape = [1] * q.ndim
-                if np.ndim(scale):
-                    shape[axis] = -1
-                zero = zp[0].astype(np.float64).reshape(shape) if zp else 0.0
-                self.const[node.output[0]] = ((q.astype(np.float64) - zero) * scale.reshape(shape)).astype(np.float32)
-                self.dequantized = True
-
-    dequantized = False
-
-    def value(self, name: str, node, what: str) -> np.ndarray:
-        if name not in self.const:
-            raise FileFormatError(f"{node.op_type} node {node.name!r}: its {what} {name!r} is not a constant; "
-                                  "lightnets imports files whose weights are initializers")
-        return np.asarray(self.const[name])
-
-
-def _attrs(node) -> dict:
-    return {a.name: helper.get_attribute_value(a) for a in node.attribute}
-
-
-def _conv_layer(f: _OnnxFile, node) -> Layer:
-    a = _attrs(node)
-    w = f.value(node.input[1], node, "weight")
-    tensors = {"weight": w}
-    if len(node.input) > 2 and node.input[2]:
-        tensors["bias"] = f.value(node.input[2], node, "bias")
-    if any(d != 1 for d in a.get("dilations", [1, 1])):
-        raise FileFormatError(f"Conv {node.name!r} is dilated {a['dilations']}; the light CNNs have no dilated convs")
-    auto = a.get("auto_pad", b"NOTSET")
-    auto = auto.decode() if isinstance(auto, bytes) else auto
-    x = node.input[0]
-    if auto in ("SAME_UPPER", "SAME_LOWER"):
-        if auto == "SAME_LOWER":
-            raise FileFormatError(f"Conv {node.name!r} pads SAME_LOWER; TF 'same' is SAME_UPPER")
-        padding, pads = "same", (0, 0, 0, 0)
-    else:
-        t, l, b, r = a.get("pads", [0, 0, 0, 0])
-        padding, pads = "explicit", (t, b, l, r)
-        src, nhwc = f.producer.get(x), False
-        if src is not None and src.op_type == "Transpose" and tuple(_attrs(src).get("perm", ())) == _TO_NCHW:
-            src, nhwc = f.producer.get(src.input[0]), True  # tf2onnx: NHWC Pad -> Transpose -> Conv
-        if src is not None and src.op_type == "Pad":
-            extra = _zero_pad(f, src, nhwc)
-            pads = tuple(p + e for p, e in zip(pads, extra, strict=True))
-            x = src.input[0]
-    attrs = {"stride": tuple(a.get("strides", [1, 1])), "groups": int(a.get("group", 1)), "padding": padding,
-             "pads": pads}
-    out = _absorb_affine(f, tensors, node.output[0])
-    return Layer(node.name, node.op_type, "conv", tensors, attrs, (x,), out)
-
-
-_TO_NHWC, _TO_NCHW = (0, 2, 3, 1), (0, 3, 1, 2)
-
-
-def _absorb_affine(f: _OnnxFile, tensors: dict, out: str) -> str:
-    """Fold the per-channel Mul/Add/Sub by constants that alone follow a conv (tf2onnx writes a keras batch norm
-    as ``conv * scale + shift``, NCHW or behind a Transpose to NHWC) into its weight and bias; the tensor after
-    them. Scalars are not absorbed (hardswish's ``x + 3`` is not a bias)."""
-    c = tensors["weight"].shape[0]
-    w, b = tensors["weight"].astype(np.float64), np.asarray(tensors.get("bias", np.zeros(c)), np.float64)
-    nhwc, changed, end = False, False, out
-    while len(f.users.get(out, [])) == 1:
-        node = f.users[out][0]
-        if node.op_type == "Transpose" and tuple(_attrs(node).get("perm", ())) in (_TO_NHWC, _TO_NCHW):
-            nhwc, out = tuple(_attrs(node)["perm"]) == _TO_NHWC, node.output[0]
-            continue
-        other = [i for i in node.input if i != out]
-        if node.op_type not in ("Mul", "Add", "Sub") or len(other) != 1 or other[0] not in f.const:
-            break
-        v = np.asarray(f.const[other[0]], np.float64)
-        per_channel = {(c,), (1, c), (1, 1, c), (1, 1, 1, c)} if nhwc else {(c, 1, 1), (1, c, 1, 1)}
-        if c == 1 or v.shape not in per_channel or (node.op_type == "Sub" and node.input[0] != out):
-            break
-        v = v.reshape(c)
-        if node.op_type == "Mul":
-            w, b = w * v.reshape(-1, 1, 1, 1), b * v
-        else:
-            b = b + (v if node.op_type == "Add" else -v)
-        out = end = node.output[0]
-        changed = True
-    if changed:
-        tensors["weight"], tensors["bias"] = w.astype(tensors["weight"].dtype), b.astype(tensors["weight"].dtype)
-    return end
-
-
-def _zero_pad(f: _OnnxFile, node, nhwc: bool) -> tuple[int, int, int, int]:
-    """(top, bottom, left, right) of a constant zero Pad over the spatial axes of an NCHW (or NHWC) tensor."""
-    a = _attrs(node)
-    mode = a.get("mode", b"constant")
-    pads = a.get("pads") or list(f.value(node.input[1], node, "pads"))
-    value = float(f.value(node.input[2], node, "value")) if len(node.input) > 2 and node.input[2] else 0.0
-    h, w = (1, 2) if nhwc else (2, 3)
-    if (mode.decode() if isinstance(mode, bytes) else mode) != "constant" or value != 0 or len(pads) != 8 or \
-            any(pads[i] for i in range(8) if i % 4 not in (h, w)):
-        raise FileFormatError(f"Pad node {node.name!r} ({mode}, value {value}, pads {list(pads)}) is not a zero pad of "
-                              "height/width in front of a conv; lightnets imports zero padding only")
-    return int(pads[h]), int(pads[h + 4]), int(pads[w]), int(pads[w + 4])
-
-
-def _linear_layer(f: _OnnxFile, node) -> Layer:
-    a = _attrs(node)
-    if node.op_type == "Gemm":
-        if a.get("transA", 0) or a.get("alpha", 1.0) != 1.0 or a.get("beta", 1.0) != 1.0:
-            raise FileFormatError(f"Gemm {node.name!r} has transA/alpha/beta {a}; lightnets imports y = x W^T + b")
-        w = f.value(node.input[1], node, "weight")
-        tensors = {"weight": w if a.get("transB", 0) else w.T}
-        if len(node.input) > 2 and node.input[2]:
-            tensors["bias"] = f.value(node.input[2], node, "bias")
-        return Layer(node.name, "Gemm", "linear", tensors, {}, (node.input[0],), node.output[0])
-    w = f.value(node.input[1], node, "weight")  # MatMul x @ W: (in, out)
-    out, tensors = node.output[0], {"weight": w.T}
-    users = f.users.get(out, [])
-    if len(users) == 1 and users[0].op_type == "Add":
-        other = [i for i in users[0].input if i != out][0]
-        if other in f.const and np.ndim(f.const[other]) == 1:
-            tensors["bias"], out = np.asarray(f.const[other]), users[0].output[0]
-    return Layer(node.name, "MatMul", "linear", tensors, {}, (node.input[0],), out)
-
-
-def _bn_layer(f: _OnnxFile, node) -> Layer:
-    names = ("gamma", "beta", "mean", "var")
-    tensors = {k: f.value(i, node, k) for k, i in zip(names, node.input[1:5], strict=True)}
-    return Layer(node.name, node.op_type, "bn", tensors, {"eps": float(_attrs(node).get("epsilon", 1e-5))},
-                 (node.input[0],), node.output[0])
-
-
-def _rescaling(f: _OnnxFile, g, x: str) -> tuple[tuple[float, float] | None, str]:
-    """Leading Mul/Div/Add/Sub of the input by scalars (through Transposes): ((scale, offset), the tensor
-    after them)."""
-    rescaling = (1.0, 0.0)
-    while len(f.users.get(x, [])) == 1 and f.users[x][0].op_type in ("Mul", "Div", "Add", "Sub", "Transpose"):
-        node = f.users[x][0]
-        if node.op_type == "Transpose":
-            x = node.output[0]
-            continue
-        other = [i for i in node.input if i != x]
-        if (len(other) != 1 or other[0] not in f.const or np.size(f.const[other[0]]) != 1
-                or (node.op_type in ("Sub", "Div") and node.input[0] != x)):
-            break
-        rescaling = then_rescale(rescaling, node.op_type.lower(), float(np.asarray(f.const[other[0]]).reshape(())))
-        x = node.output[0]
-    return (rescaling if rescaling != (1.0, 0.0) else None), x
-
-
-def read_artifact(path) -> Artifact:
-    """A foreign .onnx file as a :class:`lightnets.artifacts.Artifact` (weights canonical, file order)."""
-    path = Path(path)
-    try:
-        model = onnx.load(str(path))
-        onnx.checker.check_model(model)
-    except Exception as e:  # noqa: BLE001 -- protobuf/checker raise their own errors on bad bytes
-        raise unreadable(path, ".onnx", e) from None
-    f, g = _OnnxFile(model), model.graph
-    unknown = [n for n in g.node if n.op_type not in WEIGHTLESS and n.op_type not in _CONV_LIKE
-               and n.op_type != "DequantizeLinear"]
-    if unknown:
-        n = unknown[0]
-        raise FileFormatError(f"{path.name}: unsupported ONNX op {n.op_type} (node {n.name!r}, one of {len(unknown)} "
-                              "such nodes); lightnets imports the light CNNs' ops (Conv, BatchNormalization, Gemm, "
-                              "MatMul and weightless activations, pools, shape ops)")
-    inputs = [i for i in g.input if i.name not in f.const]
-    if len(inputs) != 1:
-        raise FileFormatError(f"{path.name} has {len(inputs)} inputs; lightnets imports single-image-input nets")
-    dims = [d.dim_value or None for d in inputs[0].type.tensor_type.shape.dim]
-    if len(dims) != 4:
-        raise FileFormatError(f"{path.name}: input {inputs[0].name!r} has {len(dims)} dims, not 4 (an image batch)")
-    layout = "NHWC" if dims[3] in (1, 3) and dims[1] not in (1, 3) else "NCHW"
-    hw = tuple(dims[1:3]) if layout == "NHWC" else tuple(dims[2:4])
-    rescaling, _ = _rescaling(f, g, inputs[0].name)
-    readers = {"conv": _conv_layer, "bn": _bn_layer, "linear": _linear_layer}
-    layers = tuple(readers[_CONV_LIKE[n.op_type]](f, n) for n in g.node if n.op_type in _CONV_LIKE
-                   and not (n.op_type == "MatMul" and n.input[1] not in f.const))
-    last = f.producer.get(g.output[0].name)
-    activation = "softmax" if last is not None and last.op_type == "Softmax" else "linear"
-    elem = inputs[0].type.tensor_type.elem_type
-    dtype = np.float64 if elem == TensorProto.DOUBLE else np.float32
-    session = make_session(model.SerializeToString(), _default_threads())
-
-    def run_file(x):
-        return session.run(None, {inputs[0].name: np.ascontiguousarray(x, dtype)})[0]
-    quantized = "weights stored quantized (DequantizeLinear): dequantized on import" if f.dequantized else None
-    return Artifact(str(path), "onnx", layers, layout, hw if None not in hw else None, rescaling, activation,
-                    quantized, (), run_file)
-
-
 # --- the model --------------------------------------------------------------------------------------
 class OnnxModel:
     """A lightnets graph and its canonical weights, run by ONNX Runtime. The ONNX model is emitted from
@@ -646,7 +430,11 @@ class OnnxBackend(Backend):
     run = staticmethod(run)
     train_forward = staticmethod(_inference_only("train-mode forward"))
     gradients = staticmethod(_inference_only("gradients"))
-    read_artifact = staticmethod(read_artifact)
+
+    def read_artifact(self, path):
+        from . import onnx_file  # after this module's check that the onnx package is installed
+
+        return onnx_file.read_artifact(path, lambda model_bytes: make_session(model_bytes, _default_threads()))
 
     # native I/O: an .onnx file's initializers are the canonical weights
     def _read(self, path: Path, fmt):
