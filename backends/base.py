@@ -182,8 +182,20 @@ class Backend:
             return sum(reduce_sum(a * p) for a, p in zip(y, probe, strict=True))
         return reduce_sum(y * probe)
 
+    @contextlib.contextmanager
     def _evaluating(self, model):
-        """Context: eval mode and no autograd; the previous mode is restored after."""
+        """Context: eval mode and no autograd (``_no_grad``); the previous train/eval mode is restored after."""
+        was_training = model.training
+        model.eval()
+        try:
+            with self._no_grad():
+                yield
+        finally:
+            if was_training:
+                model.train()
+
+    def _no_grad(self):
+        """Context: no autograd recording."""
         return contextlib.nullcontext()
 
     @contextlib.contextmanager

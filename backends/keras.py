@@ -427,6 +427,9 @@ class KerasBackend(Backend):
     def _output(self, model, y):
         return _to_nchw(y, _dtype(model))
 
+    def _evaluating(self, model):
+        return contextlib.nullcontext()  # a keras call is in inference mode unless it passes training=True
+
     def _call(self, model, x, return_all):
         if not return_all:
             return model.predict_on_batch(x)

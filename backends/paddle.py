@@ -7,7 +7,6 @@ The backend object is ``BACKEND`` (``lightnets.backends.base.Backend``).
 
 from __future__ import annotations
 
-import contextlib
 import copy
 import os
 import sys
@@ -380,16 +379,8 @@ class PaddleBackend(Backend):
     def _output(self, model, y):
         return y if isinstance(y, np.ndarray) else y.numpy()
 
-    @contextlib.contextmanager
-    def _evaluating(self, model):
-        training = model.training
-        model.eval()
-        try:
-            with paddle.no_grad():
-                yield
-        finally:
-            if training:
-                model.train()
+    def _no_grad(self):
+        return paddle.no_grad()
 
     def _dropouts(self, model):
         return [layer for layer in model.sublayers() if isinstance(layer, nn.Dropout)]

@@ -8,7 +8,6 @@ The backend object is ``BACKEND`` (``lightnets.backends.base.Backend``).
 
 from __future__ import annotations
 
-import contextlib
 import copy
 import operator
 import time
@@ -450,15 +449,8 @@ class TorchBackend(Backend):
     def _output(self, model, y):
         return y if isinstance(y, np.ndarray) else y.detach().cpu().numpy()
 
-    @contextlib.contextmanager
-    def _evaluating(self, model):
-        was_training = model.training
-        model.eval()
-        try:
-            with torch.inference_mode():
-                yield
-        finally:
-            model.train(was_training)
+    def _no_grad(self):
+        return torch.inference_mode()
 
     def _call(self, model, x, return_all):
         return model.forward_all(x) if return_all else model(x)
