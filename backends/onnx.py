@@ -52,7 +52,8 @@ from lightnets.errors import BackendNotInstalledError, FileFormatError, Lightnet
 from lightnets.graph import INPUT, Graph, Node
 from lightnets.reference import check_input
 
-from .base import Backend, unreadable
+from .base import unreadable
+from .compiled import CompiledModel, InferenceRuntime
 
 try:
     import onnx
@@ -308,15 +309,14 @@ def initializers(model, graph: Graph | None = None) -> dict[str, np.ndarray]:
 
 
 # --- the model --------------------------------------------------------------------------------------
-class OnnxModel:
+class OnnxModel(CompiledModel):
     """A lightnets graph and its canonical weights, run by ONNX Runtime. The ONNX model is emitted from
     them on first use (again after ``set_weights``); ``proto()`` gives it."""
 
-    def __init__(self, graph: Graph, dtype: str):
-        if dtype not in DTYPES:
-            raise LightnetsError(f"dtype {dtype!r} is not supported; use one of {tuple(DTYPES)}")
-        self.graph, self.dtype = graph, dtype
-        self.weights = {k: v.astype(DTYPES[dtype][0]) for k, v in W.init_weights(graph, 0, calibrate=False).items()}
+    DTYPES = {k: np_type for k, (np_type, _) in DTYPES.items()}
+
+    def __init__(self, graph: Graph, dtype: str = "float32"):
+        super().__init__(graph, dtype)
         self.threads = _default_threads()
         self._sessions: dict[bool, object] = {}
 
@@ -367,69 +367,29 @@ def make_session(model_bytes: bytes, threads: int = 0):
     return ort.InferenceSession(model_bytes, so, providers=["CPUExecutionProvider"])
 
 
-# --- the backend contract -----------------------------------------------------------------------
-def build(graph: Graph, dtype: str = "float32") -> OnnxModel:
-    """The ONNX Runtime model of ``graph`` in ``dtype`` (deterministic placeholder weights until set)."""
-    return OnnxModel(graph, dtype)
-
-
-def owns(model) -> bool:
-    return isinstance(model, OnnxModel)
-
-
-def graph_of(model: OnnxModel) -> Graph:
-    return model.graph
-
-
-def set_weights(model: OnnxModel, weights) -> None:
-    """Copy checked canonical weights into the model, cast to its dtype."""
-    checked = W.check_weights(model.graph, weights)
-    model.weights = {k: np.array(v, DTYPES[model.dtype][0]) for k, v in checked.items()}
-    model.invalidate()
-
-
-def get_weights(model: OnnxModel) -> dict[str, np.ndarray]:
-    return {k: v.copy() for k, v in model.weights.items()}
-
-
-def run(model: OnnxModel, x: np.ndarray, return_all: bool = False):
-    """Eval forward of the NCHW numpy batch ``x`` (a list of outputs for a graph with ``outputs``);
-    ``return_all`` gives every node's output."""
-    check_input(model.graph, x)
-    sess = model.session(return_all)
-    outs = sess.run(None, {INPUT: np.ascontiguousarray(x, DTYPES[model.dtype][0])})
-    if return_all:
-        return {o.name: v for o, v in zip(sess.get_outputs(), outs, strict=True)}
-    return list(outs) if model.graph.multi_output else outs[0]
-
-
-def _inference_only(what: str):
-    def refuse(model, *args):
-        raise LightnetsError(f"{what} is not supported by onnxruntime (an inference runtime: no train-mode batch "
-                             "norm, no gradients); use the torch, keras or paddle backend for it")
-    return refuse
-
-
 # --- the backend object ---------------------------------------------------------------------------
-class OnnxBackend(Backend):
-    """ONNX Runtime: models emitted as ONNX from the IR, NCHW, inference only."""
-
-    @property
-    def computes_float64(self) -> bool:
-        return False  # onnxruntime's CPU Conv/AveragePool have no double kernel (see parity/tolerances.py)
+class OnnxBackend(InferenceRuntime):
+    """ONNX Runtime: models emitted as ONNX from the IR, NCHW, inference only (its CPU Conv/AveragePool have
+    no double kernel: ``computes_float64`` is False)."""
 
     name = "onnxruntime"
     FORMATS = {"onnx": ".onnx"}
     NATIVE_NAMES = NATIVE_NAMES
+    model_class = OnnxModel
 
-    build = staticmethod(build)
-    owns = staticmethod(owns)
-    graph_of = staticmethod(graph_of)
-    set_weights = staticmethod(set_weights)
-    get_weights = staticmethod(get_weights)
-    run = staticmethod(run)
-    train_forward = staticmethod(_inference_only("train-mode forward"))
-    gradients = staticmethod(_inference_only("gradients"))
+    def build(self, graph: Graph, dtype: str = "float32") -> OnnxModel:
+        """The ONNX Runtime model of ``graph`` in ``dtype`` (deterministic placeholder weights until set)."""
+        return OnnxModel(graph, dtype)
+
+    def run(self, model: OnnxModel, x: np.ndarray, return_all: bool = False):
+        """Eval forward of the NCHW numpy batch ``x`` (a list of outputs for a graph with ``outputs``);
+        ``return_all`` gives every node's output."""
+        check_input(model.graph, x)
+        sess = model.session(return_all)
+        outs = sess.run(None, {INPUT: np.ascontiguousarray(x, model.DTYPES[model.dtype])})
+        if return_all:
+            return {o.name: v for o, v in zip(sess.get_outputs(), outs, strict=True)}
+        return list(outs) if model.graph.multi_output else outs[0]
 
     def read_artifact(self, path):
         from . import onnx_file  # after this module's check that the onnx package is installed
@@ -445,24 +405,17 @@ class OnnxBackend(Backend):
         return initializers(model)
 
     def _write(self, model, path, fmt):
-        proto = model.proto() if owns(model) else model
+        proto = model.proto() if self.owns(model) else model
         onnx.save(proto, path)
 
-    def state_dict(self, model):
-        if owns(model):
-            return get_weights(model)
+    def _file_state_dict(self, model):
         if isinstance(model, onnx.ModelProto):
             return initializers(model)
         raise LightnetsError(f"{type(model).__name__} is not an onnxruntime model (OnnxModel or onnx.ModelProto)")
 
-    def _assign(self, model, sd):
-        if not owns(model):
-            raise LightnetsError("only lightnets OnnxModels take weights; export the model again instead")
-        set_weights(model, sd)
-
     def forward(self, model, x):
-        if owns(model):
-            return run(model, x)
+        if self.owns(model):
+            return self.run(model, x)
         proto = model if isinstance(model, onnx.ModelProto) else onnx.load(str(model))
         sess = make_session(proto.SerializeToString(), _default_threads())
         elem = proto.graph.input[0].type.tensor_type.elem_type
@@ -473,14 +426,12 @@ class OnnxBackend(Backend):
     def _cast_native(self, model, dtype):
         if isinstance(model, onnx.ModelProto):
             graph, w = read_onnx(model)
-            copy = build(graph, dtype)
-            set_weights(copy, w)
+            copy = self.build(graph, dtype)
+            self.set_weights(copy, w)
             return copy
         raise LightnetsError(f"cannot cast a {type(model).__name__}; pass an OnnxModel or a lightnets onnx.ModelProto")
 
-    def bn_eps(self, model):
-        if owns(model):
-            return {float(n.attrs["eps"]) for n in model.graph.nodes if n.op == "batch_norm"}
+    def _file_bn_eps(self, model):
         return {float(a.f) for n in model.graph.node if n.op_type == "BatchNormalization"
                 for a in n.attribute if a.name == "epsilon"}
 
@@ -492,7 +443,7 @@ class OnnxBackend(Backend):
         model.threads = _default_threads()
         model.invalidate()
         sess = model.session(False)
-        dtype = DTYPES[model.dtype][0]
+        dtype = model.DTYPES[model.dtype]
         return (lambda x: np.ascontiguousarray(x, dtype)), (lambda x: sess.run(None, {INPUT: x})[0])
 
 

@@ -51,6 +51,7 @@ from lightnets.reference import check_input
 
 from . import tflite_file
 from .base import Backend
+from .compiled import CompiledModel, InferenceRuntime
 
 DTYPES = {"float32": np.float32, "float64": np.float64}  # requested dtype -> output dtype (compute: float32)
 QUANTIZE = ("int8",)
@@ -244,22 +245,22 @@ _CACHE = _BufferCache()
 
 
 # --- the model ------------------------------------------------------------------------------------------
-class TFLiteModel:
+class TFLiteModel(CompiledModel):
     """A lightnets graph and its canonical weights, run as a TFLite flat buffer (converted on first use).
 
     ``quantize="int8"`` with ``calibration`` (NCHW images) makes the int8 model (float32 input/output);
     ``static_hw`` fixes the flat buffer's height/width to the graph's. ``flat_buffer()`` gives the bytes.
     """
 
+    DTYPES = DTYPES
+
     def __init__(self, graph: Graph, dtype: str = "float32", quantize: str | None = None,
                  calibration: np.ndarray | None = None, static_hw: bool = False):
-        if dtype not in DTYPES:
-            raise LightnetsError(f"dtype {dtype!r} is not supported; use one of {tuple(DTYPES)}")
+        super().__init__(graph, dtype)
         if quantize is not None and quantize not in QUANTIZE:
             raise LightnetsError(f"quantize={quantize!r} is not supported; use None (float32) or one of {QUANTIZE}")
-        self.graph, self.dtype, self.quantize, self.static_hw = graph, dtype, quantize, static_hw
+        self.quantize, self.static_hw = quantize, static_hw
         self.calibration = None if calibration is None else np.asarray(calibration, np.float32)
-        self.weights = {k: v.astype(DTYPES[dtype]) for k, v in W.init_weights(graph, 0, calibrate=False).items()}
         self.threads = _default_threads()
         self._buffers: dict[bool, bytes] = {}
         self._runners: dict[bool, Runner] = {}
@@ -290,13 +291,7 @@ class TFLiteModel:
         self._runners.clear()
 
 
-# --- the backend contract ---------------------------------------------------------------------------------
-def build(graph: Graph, dtype: str = "float32") -> TFLiteModel:
-    """The TFLite model of ``graph`` (float32 compute; ``dtype`` is the weights' and outputs' dtype)."""
-    _tensorflow()  # fail now, not at the first run, when the converter cannot work here
-    return TFLiteModel(graph, dtype)
-
-
+# --- int8 ---------------------------------------------------------------------------------------------
 def quantize_int8(model: TFLiteModel, calibration: np.ndarray) -> TFLiteModel:
     """The int8 model of ``model``'s graph and weights, calibrated on the NCHW images ``calibration``."""
     check_input(model.graph, np.asarray(calibration))
@@ -305,50 +300,9 @@ def quantize_int8(model: TFLiteModel, calibration: np.ndarray) -> TFLiteModel:
     return q
 
 
-def owns(model) -> bool:
-    return isinstance(model, TFLiteModel)
-
-
-def graph_of(model: TFLiteModel) -> Graph:
-    return model.graph
-
-
-def set_weights(model: TFLiteModel, weights) -> None:
-    """Copy checked canonical weights into the model (in its dtype); the flat buffer is converted again."""
-    checked = W.check_weights(model.graph, weights)
-    model.weights = {k: np.array(v, DTYPES[model.dtype]) for k, v in checked.items()}
-    model.invalidate()
-
-
-def get_weights(model: TFLiteModel) -> dict[str, np.ndarray]:
-    return {k: v.copy() for k, v in model.weights.items()}
-
-
-def run(model: TFLiteModel, x: np.ndarray, return_all: bool = False):
-    """Eval forward of the NCHW numpy batch ``x`` (outputs in the model's dtype, computed in float32 or int8);
-    ``return_all`` gives every node's output by node name."""
-    x = np.asarray(x)
-    check_input(model.graph, x)  # also: the graph has a valid output at x's height/width
-    runner = model.runner(return_all)
-    outs = runner(nhwc(x))
-    dtype = DTYPES[model.dtype]
-    if return_all:
-        return {n.name: _nchw(outs[n.name], dtype) for n in model.graph.nodes}
-    if model.graph.multi_output:  # a backbone: the list of its outputs, by name
-        return [_nchw(outs[o], dtype) for o in model.graph.outputs]
-    return _nchw(outs[runner.output_names[0]], dtype)
-
-
-def _inference_only(what: str):
-    def refuse(model, *args):
-        raise LightnetsError(f"{what} is not supported by TFLite (an inference runtime: no train-mode batch "
-                             "norm, no gradients); use the torch, keras or paddle backend for it")
-    return refuse
-
-
 def _flat_buffer_of(model) -> bytes:
     """The bytes of a TFLite model given as a TFLiteModel, bytes or a path."""
-    if owns(model):
+    if isinstance(model, TFLiteModel):
         return model.flat_buffer()
     if isinstance(model, (bytes, bytearray)):
         return bytes(model)
@@ -358,12 +312,9 @@ def _flat_buffer_of(model) -> bytes:
 
 
 # --- the backend object -------------------------------------------------------------------------------
-class TFLiteBackend(Backend):
-    """TFLite: keras models converted by the TFLite converter, run by the LiteRT interpreter; inference only."""
-
-    @property
-    def computes_float64(self) -> bool:
-        return False  # LiteRT interprets float32 only
+class TFLiteBackend(InferenceRuntime):
+    """TFLite: keras models converted by the TFLite converter, run by the LiteRT interpreter; inference only
+    (float32 kernels: ``computes_float64`` is False)."""
 
     def float32_output(self, graph, weights, x):
         """The float32 keras model a flat buffer of ``graph`` is converted from, run on ``x``: the same float32
@@ -380,14 +331,26 @@ class TFLiteBackend(Backend):
                     "linear": {"weight": "weight", "bias": "bias"},
                     "batch_norm": {"gamma": "gamma", "beta": "beta", "mean": "mean", "var": "var"}}
 
-    build = staticmethod(build)
-    owns = staticmethod(owns)
-    graph_of = staticmethod(graph_of)
-    set_weights = staticmethod(set_weights)
-    get_weights = staticmethod(get_weights)
-    run = staticmethod(run)
-    train_forward = staticmethod(_inference_only("train-mode forward"))
-    gradients = staticmethod(_inference_only("gradients"))
+    model_class = TFLiteModel
+
+    def build(self, graph: Graph, dtype: str = "float32") -> TFLiteModel:
+        """The TFLite model of ``graph`` (float32 compute; ``dtype`` is the weights' and outputs' dtype)."""
+        _tensorflow()  # fail now, not at the first run, when the converter cannot work here
+        return TFLiteModel(graph, dtype)
+
+    def run(self, model: TFLiteModel, x: np.ndarray, return_all: bool = False):
+        """Eval forward of the NCHW numpy batch ``x`` (outputs in the model's dtype, computed in float32 or
+        int8); ``return_all`` gives every node's output by node name."""
+        x = np.asarray(x)
+        check_input(model.graph, x)  # also: the graph has a valid output at x's height/width
+        runner = model.runner(return_all)
+        outs = runner(nhwc(x))
+        dtype = DTYPES[model.dtype]
+        if return_all:
+            return {n.name: _nchw(outs[n.name], dtype) for n in model.graph.nodes}
+        if model.graph.multi_output:  # a backbone: the list of its outputs, by name
+            return [_nchw(outs[o], dtype) for o in model.graph.outputs]
+        return _nchw(outs[runner.output_names[0]], dtype)
     quantize_int8 = staticmethod(quantize_int8)
 
     def read_artifact(self, path):
@@ -402,21 +365,14 @@ class TFLiteBackend(Backend):
     def _write(self, model, path, fmt):
         Path(path).write_bytes(_flat_buffer_of(model))
 
-    def state_dict(self, model):
-        if owns(model):
-            return get_weights(model)
+    def _file_state_dict(self, model):
         raise LightnetsError(f"{type(model).__name__} is not a lightnets TFLiteModel; a .tflite file's weights do "
                              "not map back to canonical weights")
 
-    def _assign(self, model, sd):
-        if not owns(model):
-            raise LightnetsError("only lightnets TFLiteModels take weights; export the model again instead")
-        set_weights(model, sd)
-
     def forward(self, model, x):
         """Eval forward of a TFLiteModel, or of a float32-input ``.tflite`` file (path or bytes), on NCHW ``x``."""
-        if owns(model):
-            return run(model, x)
+        if self.owns(model):
+            return self.run(model, x)
         x = np.asarray(x)
         runner = Runner(_flat_buffer_of(model), _default_threads())
         return _nchw(runner(nhwc(x))[runner.output_names[0]], np.float32)
@@ -425,9 +381,7 @@ class TFLiteBackend(Backend):
         raise LightnetsError(f"cannot cast a {type(model).__name__}; TFLite files are float32 (or int8): build a "
                              "TFLiteModel from the graph and weights instead")
 
-    def bn_eps(self, model):
-        if owns(model):
-            return {float(n.attrs["eps"]) for n in model.graph.nodes if n.op == "batch_norm"}
+    def _file_bn_eps(self, model):
         raise LightnetsError("a .tflite file has no batch-norm layers (the converter folds them into the convs)")
 
     # bench

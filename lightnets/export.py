@@ -152,7 +152,7 @@ def to_tflite(source, quantize: str | None = None, calibration=None, dynamic_hw:
         raise LightnetsError(f"graph {graph.name!r} is fixed to its {graph.input_shape[1]}x{graph.input_shape[2]} "
                              "input (meta fixed_size); export it with static height/width (dynamic_hw=False)")
     model = TL.TFLiteModel(graph, "float32", static_hw=dynamic_hw is False)
-    TL.set_weights(model, weights)
+    TL.BACKEND.set_weights(model, weights)
     if quantize == "int8":
         if calibration is None:
             calibration = seeded_images(graph, CALIBRATION_IMAGES, CALIBRATION_SEED)
@@ -168,7 +168,7 @@ def top1_agreement(model, graph: Graph, weights, images: np.ndarray, chunk: int 
     agree = 0
     for i in range(0, len(images), chunk):
         x = images[i: i + chunk]
-        agree += int(np.sum(TL.run(model, x).argmax(1) == run(graph, weights, x).argmax(1)))
+        agree += int(np.sum(TL.BACKEND.run(model, x).argmax(1) == run(graph, weights, x).argmax(1)))
     return agree, len(images)
 
 
@@ -209,7 +209,7 @@ def export_tflite(source, path, overwrite: bool = False, quantize: str | None = 
             from .reference import run
 
             x = np.random.default_rng(seed).standard_normal((1, *graph.input_shape))
-            rel = rel_error(TL.run(model, x), run(graph, weights, x))
+            rel = rel_error(TL.BACKEND.run(model, x), run(graph, weights, x))
             if not rel <= PROBE_REL:
                 raise LightnetsError(f"the TFLite export of {graph.name!r} gives {rel:.2e} relative error against "
                                      f"the float64 reference on a probe image (bound {PROBE_REL:g}); nothing "

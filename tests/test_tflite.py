@@ -129,7 +129,7 @@ def test_parity_target_is_inference_only():
     assert lightnets.api.backend_of(m) is BE and BE.bn_eps(m) == {1e-5} and not m._buffers
     x = np.zeros((1, 3, 32, 32), np.float32)
     for call in (lambda: BE.train_forward(m, x), lambda: BE.gradients(m, x, np.zeros((1, 10)))):
-        with pytest.raises(LightnetsError, match="not supported by TFLite"):
+        with pytest.raises(LightnetsError, match="not supported by tflite"):
             call()
 
 
