@@ -9,6 +9,7 @@ import sys
 
 import numpy as np
 import pytest
+from keras_apps import draw_batch_norms
 
 torch = pytest.importorskip("torch")
 torchvision = pytest.importorskip("torchvision")
@@ -229,13 +230,7 @@ def test_keras_onnx_export_imports_as_its_keras_id(tmp_path, app, kwargs, arch):
     kw = {"classifier_activation": None, **kwargs}
     net = getattr(keras.applications, app)(input_shape=(96, 96, 3), weights=None, **kw)
     rng = np.random.default_rng(0)
-    for layer in net.layers:
-        if isinstance(layer, keras.layers.BatchNormalization):
-            c = layer.gamma.shape[0]
-            layer.gamma.assign(rng.uniform(0.5, 1.5, c))
-            layer.beta.assign(rng.uniform(-0.2, 0.2, c))
-            layer.moving_mean.assign(rng.uniform(-0.1, 0.1, c))
-            layer.moving_variance.assign(rng.uniform(1e-3, 1.0, c))
+    draw_batch_norms(net, rng, statistics=True)
     net(np.zeros((1, 96, 96, 3), "float32"))
     path = tmp_path / f"{app}.onnx"
     net.export(str(path), format="onnx", verbose=False)

@@ -7,14 +7,13 @@ tensorflow is imported inside tests only and this module never imports paddle (t
 one process segfaults; conftest runs the paddle tests first). Skipped without tensorflow/keras.
 """
 
-import importlib.util
 import json
-import os
 import subprocess
 import sys
 
 import numpy as np
 import pytest
+from keras_apps import TFLITE_CONVERTER
 from profiles import SLOW
 
 import lightnets
@@ -31,13 +30,7 @@ from lightnets.parity import cases as C
 from lightnets.parity import runner
 from lightnets.parity import tolerances as T
 
-pytestmark = [
-    pytest.mark.skipif(importlib.util.find_spec("tensorflow") is None or importlib.util.find_spec("keras") is None,
-                       reason="tensorflow/keras are not installed"),
-    pytest.mark.skipif(os.environ.get("KERAS_BACKEND", "tensorflow") != "tensorflow",
-                       reason="the TFLite converter needs keras on tensorflow"),
-    pytest.mark.filterwarnings("ignore::DeprecationWarning", "ignore::UserWarning"),
-]
+pytestmark = TFLITE_CONVERTER
 
 BE = load_backend("tflite")
 OP_CASES = C.op_cases()

@@ -7,11 +7,10 @@ itself on the float64 reference and LiteRT (float32 <= 1e-4 relative) or, for in
 tensorflow is imported in-process, paddle never (conftest runs the paddle tests first).
 """
 
-import importlib.util
-import os
 
 import numpy as np
 import pytest
+from keras_apps import TFLITE_CONVERTER, draw_batch_norms
 from profiles import SLOW
 
 import lightnets
@@ -20,13 +19,7 @@ from lightnets import cli, reference
 from lightnets.errors import FileFormatError, WeightsError
 from lightnets.numerics import rel_error, softmax
 
-pytestmark = [
-    pytest.mark.skipif(importlib.util.find_spec("tensorflow") is None or importlib.util.find_spec("keras") is None,
-                       reason="tensorflow/keras are not installed"),
-    pytest.mark.skipif(os.environ.get("KERAS_BACKEND", "tensorflow") != "tensorflow",
-                       reason="the TFLite converter needs keras on tensorflow"),
-    pytest.mark.filterwarnings("ignore::DeprecationWarning", "ignore::UserWarning"),
-]
+pytestmark = TFLITE_CONVERTER
 
 SIZE = 96
 
@@ -39,12 +32,8 @@ def _keras_app(app: str, value_range=(-1, 1), **kwargs):
     keras.utils.set_random_seed(0)
     net = getattr(keras.applications, app)(input_shape=(SIZE, SIZE, 3), weights=None, **kwargs)
     rng = np.random.default_rng(0)
-    for layer in net.layers:
-        if isinstance(layer, keras.layers.BatchNormalization):
-            c = layer.gamma.shape[0]
-            layer.gamma.assign(rng.uniform(0.5, 1.5, c))
-            layer.beta.assign(rng.uniform(-0.2, 0.2, c))
-            layer.momentum = 0.0
+    for layer in draw_batch_norms(net, rng, statistics=False):
+        layer.momentum = 0.0
     net(rng.uniform(*value_range, (8, SIZE, SIZE, 3)).astype(np.float32), training=True)
     return net
 
