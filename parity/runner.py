@@ -31,7 +31,7 @@ from lightnets.transforms import foldable_batch_norms
 
 from . import tolerances as T
 from .cases import Case, make_input
-from .worker import unpack
+from .worker import load, unpack
 
 TARGETS: dict[str, tuple[str, dict[str, str]]] = {
     "torch": ("torch", {}),
@@ -150,17 +150,6 @@ class Matrix:
         return {t: w.out for t, w in workers.run_all(jobs_, parallel=jobs, on_done=done).items()}
 
     # --- comparison ---------------------------------------------------------------------------
-    @staticmethod
-    def _load(out: Path, dtype: str, case_id: str) -> tuple[dict | None, str]:
-        status = json.loads((out / "status.json").read_text())
-        if "__worker__" in status:
-            return None, status["__worker__"]["error"]
-        s = status.get(f"{dtype}/{case_id}", {"ok": False, "error": "not run"})
-        if not s["ok"]:
-            return None, s["error"]
-        with np.load(out / dtype / f"{case_id}.npz") as z:
-            return {k: z[k] for k in z.files}, ""
-
     def _tol(self, case_id: str, dtype: str, target: str) -> float:
         table = T.OP_REL if self.kinds.get(case_id) == "op" else T.MODEL_REL
         return table[T.effective_dtype(target, dtype)]
@@ -173,7 +162,7 @@ class Matrix:
             got = {}
             for target, out in outs.items():
                 tol = self._tol(case_id, dtype, target)
-                arrays, err = self._load(out, dtype, case_id)
+                arrays, err = load(out, dtype, case_id)
                 if arrays is not None and len(unpack(arrays, "output")) != len(ref):
                     arrays, err = None, (f"the target returned {len(unpack(arrays, 'output'))} outputs, the graph "
                                          f"has {len(ref)}")
@@ -231,7 +220,7 @@ class Matrix:
         """Per-node errors along depth for ``case_ids`` in ``target``, and the first node over tolerance."""
         located = {}
         for case_id in case_ids:
-            arrays, err = self._load(out, dtype, case_id)
+            arrays, err = load(out, dtype, case_id)
             if arrays is None:
                 located[case_id] = ({"error": err}, [])
                 continue

@@ -32,6 +32,7 @@ from lightnets.graph import Graph
 from lightnets.numerics import rel_error
 
 from . import tolerances as T
+from .worker import load
 
 DEFAULT_MODELS = ("mobilenet_v2_100", "shufflenet_v1_g3_100", "ghostnet_100")
 DEFAULT_SIZE, BATCH, NUM_CLASSES = 64, 4, 10
@@ -223,19 +224,15 @@ def run_workers(run: Run, targets: list[str], dtypes: list[str], opt_names: list
 
 
 def _load_trace(out: Path, dtype: str, case: str, opt: str):
-    status = json.loads((out / "status.json").read_text())
-    if "__worker__" in status:
-        return None, status["__worker__"]["error"]
-    s = status.get(f"{dtype}/{case}.{opt}", {"ok": False, "error": "not run"})
-    if not s["ok"]:
-        return None, s["error"]
-    with np.load(out / dtype / f"{case}.{opt}.npz") as z:
-        steps = {}
-        for k in z.files:
-            if "/" in k:
-                t, name = k.split("/", 1)
-                steps.setdefault(int(t), {})[name] = z[k]
-        return {"weights": [steps[t] for t in sorted(steps)], "losses": z["losses"]}, ""
+    arrays, err = load(out, dtype, f"{case}.{opt}")
+    if arrays is None:
+        return None, err
+    steps = {}
+    for k, v in arrays.items():
+        if "/" in k:
+            t, name = k.split("/", 1)
+            steps.setdefault(int(t), {})[name] = v
+    return {"weights": [steps[t] for t in sorted(steps)], "losses": arrays["losses"]}, ""
 
 
 def _compare(a: dict, b: dict, excluded: set[str], order: list[str]):

@@ -66,6 +66,19 @@ def pack(key: str, y) -> dict[str, np.ndarray]:
     return {key: y}
 
 
+def load(out: Path, dtype: str, key: str) -> tuple[dict[str, np.ndarray] | None, str]:
+    """``(arrays, "")`` of the case ``key`` a worker wrote under ``out`` (``<dtype>/<key>.npz``), else
+    ``(None, why)``: the case's error, or the worker's (``status.json``'s ``__worker__`` entry)."""
+    status = json.loads((out / "status.json").read_text())
+    if "__worker__" in status:
+        return None, status["__worker__"]["error"]
+    s = status.get(f"{dtype}/{key}", {"ok": False, "error": "not run"})
+    if not s["ok"]:
+        return None, s["error"]
+    with np.load(out / dtype / f"{key}.npz") as z:
+        return {k: z[k] for k in z.files}, ""
+
+
 def unpack(arrays, key: str) -> list[np.ndarray]:
     """The outputs :func:`pack` stored under ``key``, as a list (of one for a single-output graph)."""
     if key in arrays:
