@@ -28,6 +28,7 @@ from .base import Backend, unreadable
 
 _GRAPH = "_lightnets_graph"  # attribute of the model holding the Graph
 _ALL = "_lightnets_all"  # cached keras.Model over every node's output (return_all)
+_FROZEN = "_lightnets_frozen"  # optimize(compile=True): tf_frozen.FrozenSessions of the model
 _LAYERS = None  # the custom layer classes, defined on first use (keras is imported lazily)
 
 
@@ -432,7 +433,8 @@ class KerasBackend(Backend):
 
     def _call(self, model, x, return_all):
         if not return_all:
-            return model.predict_on_batch(x)
+            frozen = getattr(model, _FROZEN, None)
+            return model.predict_on_batch(x) if frozen is None else frozen(x)
         every = getattr(model, _ALL, None)
         if every is None:  # built once; shares the model's layers and weights
             import keras
@@ -590,7 +592,12 @@ class KerasBackend(Backend):
     def _shapes(self, model):
         return {_state_key(layer, w): tuple(w.shape) for layer in model.layers for w in layer.weights}
 
+    def set_weights(self, model, weights):
+        super().set_weights(model, weights)
+        model.__dict__.pop(_FROZEN, None)  # optimize(compile=True)'s snapshot of the old weights
+
     def _assign(self, model, sd):
+        model.__dict__.pop(_FROZEN, None)
         for layer in model.layers:
             for w in layer.weights:
                 w.assign(np.asarray(self.to_numpy(sd[_state_key(layer, w)]), dtype=w.dtype))
@@ -598,8 +605,10 @@ class KerasBackend(Backend):
     def forward(self, model, x):
         x = np.asarray(x)
         dtype = np.dtype(model.inputs[0].dtype) if getattr(model, "inputs", None) else x.dtype
-        # predict_on_batch: inference mode, the same compiled path as run()
-        y = model.predict_on_batch(np.ascontiguousarray(x.transpose(0, 2, 3, 1), dtype=dtype))
+        # predict_on_batch: inference mode, the same compiled path as run() (or its frozen sessions)
+        x = np.ascontiguousarray(x.transpose(0, 2, 3, 1), dtype=dtype)
+        frozen = getattr(model, _FROZEN, None)
+        y = model.predict_on_batch(x) if frozen is None else frozen(x)
         ys = [np.asarray(v) for v in y] if isinstance(y, (list, tuple)) else [np.asarray(y)]
         ys = [np.ascontiguousarray(v.transpose(0, 3, 1, 2)) if v.ndim == 4 else v for v in ys]
         return ys if isinstance(y, (list, tuple)) else ys[0]
@@ -645,6 +654,9 @@ class KerasBackend(Backend):
 
         def to_input(x):
             return np.ascontiguousarray(np.asarray(x).transpose(0, 2, 3, 1))
+        frozen = getattr(model, _FROZEN, None)
+        if frozen is not None:
+            return to_input, frozen
         if keras.backend.backend() == "tensorflow":
             import tensorflow as tf
 
@@ -654,13 +666,16 @@ class KerasBackend(Backend):
 
     # fast inference path (lightnets.optimize folds the batch norms first)
     def optimize(self, model, compile=False):
-        """The fast eval form of ``model`` (a fresh lightnets model, or any keras model): the model itself,
-        run in graph mode by a ``tf.function`` (``predict_on_batch`` in ``lightnets.run``, ``timed_call`` in
-        the bench), XLA off whatever ``compile`` says. Measured here (tf 2.21, 2 threads, 224 px, folded
-        inverted-residual net of the bench): ``jit_compile=True`` ran 10x (batch 1) to 26x (batch 16) slower than
-        the plain tf.function (2.3x / 8.4x on the channel-shuffle net; XLA's CPU convolutions replace TF's oneDNN
-        kernels), and
-        a frozen concrete function (variables as constants) 2x slower; so neither is used."""
+        """The fast eval form of ``model`` (a fresh lightnets model, or any keras model): the model itself, run in
+        graph mode by a ``tf.function`` (``predict_on_batch`` in ``lightnets.run``, ``timed_call`` in the bench);
+        with ``compile`` on tensorflow, run by frozen-graph sessions (:mod:`lightnets.backends.tf_frozen`, which
+        says what was measured, XLA included). On keras' jax/torch backends ``compile`` changes nothing."""
+        import keras
+
+        if compile and keras.backend.backend() == "tensorflow":
+            from .tf_frozen import FrozenSessions
+
+            object.__setattr__(model, _FROZEN, FrozenSessions(model))
         return model
 
     # --- training: the IR's loss, optimizers and schedule (lightnets.optim) ----------------------------

@@ -9,8 +9,9 @@ a lightnets model that ``lightnets.run`` (and ``return_all=True``, ``export_weig
 - torch: the folded ``GraphModule`` in channels_last memory format (channel shuffles as
   ``torch.channel_shuffle``); ``compile=True``: a :class:`~lightnets.backends.torch.CompiledGraphModule`
   running a frozen ``torch.jit.trace`` of it, traced on the first call at each input shape.
-- keras: the folded functional ``keras.Model``, compiled (``model.compile(jit_compile=compile)``) so
-  that ``predict_on_batch`` and the bench's ``tf.function`` run with XLA exactly when ``compile``.
+- keras: the folded functional ``keras.Model``, run by ``predict_on_batch`` / the bench's ``tf.function``;
+  ``compile=True`` on tensorflow: by frozen-graph sessions of it (weights as constants, one session per input
+  shape, :mod:`lightnets.backends.tf_frozen`; XLA measured 10-26x slower here and is not used).
 - paddle: the folded ``GraphLayer`` with its forward as ``paddle.jit.to_static``; ``compile=True``: a
   :class:`~lightnets.backends.paddle.PredictorLayer` running a ``paddle.inference`` predictor (oneDNN on,
   IR optimisation on) of the folded graph saved with ``paddle.jit.save`` to a temporary directory.
@@ -47,7 +48,7 @@ def optimize(model, compile: bool = False):
 
     ``compile=False``: the framework's eager fast path, ready at once. ``compile=True``: the
     compiled/frozen variant that measured fastest here, paying a one-time cost (torch: a trace per input
-    shape on first use; paddle: save + predictor creation; keras: an XLA compilation per input shape).
+    shape on first use; paddle: save + predictor creation; keras: a frozen graph and session per input shape).
     """
     if not isinstance(compile, bool):
         raise LightnetsError(f"compile must be True or False, got {compile!r}")

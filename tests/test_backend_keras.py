@@ -195,6 +195,33 @@ def test_any_input_size_and_input_errors():
             KB.run(model, bad)
 
 
+def test_compiled_fast_path_runs_frozen_sessions_and_drops_them_on_new_weights():
+    """optimize(compile=True) on tensorflow: frozen-graph sessions per input shape (lightnets.backends.tf_frozen);
+    a net and a backbone (a list of outputs) match the unfolded reference at two batch sizes, and new weights set
+    through lightnets drop the snapshot of the old ones."""
+    keras = pytest.importorskip("keras")
+    if keras.backend.backend() != "tensorflow":
+        pytest.skip("frozen sessions are tensorflow's")
+    x = np.random.default_rng(0).standard_normal((2, 3, 32, 32))
+    for features in (False, True):
+        model = lightnets.build("mobilenet_v3_small_075", backend="keras", num_classes=10, input_size=32,
+                                features=features)
+        ref = reference.run(KB.graph_of(model), lightnets.export_weights(model), x)
+        fast = lightnets.optimize(model, compile=True)
+        assert kb._FROZEN in vars(fast)
+        for n in (2, 1):
+            got = lightnets.run(fast, x[:n].astype("float32"))
+            pairs = zip(got, ref, strict=True) if features else [(got, ref)]
+            assert all(rel_error(a, b[:n]) <= MODEL_REL["float32"] for a, b in pairs)
+        assert len(vars(fast)[kb._FROZEN].sessions) == 2
+    w = {k: v * 1.1 if k.endswith(".weight") else v for k, v in lightnets.export_weights(fast).items()}
+    KB.set_weights(fast, w)
+    assert kb._FROZEN not in vars(fast)
+    want = reference.run(KB.graph_of(fast), w, x)
+    assert all(rel_error(a, b) <= MODEL_REL["float32"] for a, b in zip(lightnets.run(fast, x.astype("float32")),
+                                                                      want, strict=True))
+
+
 def test_train_forward_switches_dropout_off_and_back():
     graph = lightnets.get_spec("mobilenet_v2_035", num_classes=10, input_size=64)  # has a dropout
     model = lightnets.build(graph, backend="keras", dtype="float64")

@@ -88,17 +88,18 @@ def test_optimize_needs_a_lightnets_model_and_a_bool():
         lightnets.optimize(lightnets.build("mobilenet_v1_025", backend="torch", input_size=32), compile="yes")
 
 
-def test_keras_fast_path_through_the_parity_runner(tmp_path):
-    """keras in a worker subprocess: mode="fast" builds the folded model, lightnets.optimize, run."""
+@pytest.mark.parametrize("mode", ["fast", "compiled"])
+def test_keras_fast_path_through_the_parity_runner(tmp_path, mode):
+    """keras in a worker subprocess: the folded model, lightnets.optimize(compile=mode == "compiled"), run."""
     if importlib.util.find_spec("keras") is None:  # not imported here: tensorflow in this process breaks later imports
         pytest.skip("keras is not installed")
     from lightnets.parity import cases as C
     from lightnets.parity import runner
 
     models = C.model_cases(list(KERAS_IDS), input_size=SIZE, num_classes=CLASSES)
-    results = runner.run_matrix(models, ["keras"], ["float32"], tmp_path, mode="fast", locate=False)
+    results = runner.run_matrix(models, ["keras"], ["float32"], tmp_path, mode=mode, locate=False)
     failed = [(r.case, r.target, r.rel_err, r.error[:300]) for r in results if r.failed]
     assert failed == []
     assert {r.case for r in results if r.kind == "model"} == set(KERAS_IDS)
     request = json.loads(next((tmp_path / "out" / "main").glob("*/request.json")).read_text())
-    assert request["mode"] == "fast"
+    assert request["mode"] == mode
