@@ -26,7 +26,7 @@ from pathlib import Path
 
 import numpy as np
 
-from lightnets import optim, registry, workers
+from lightnets import backward, optim, registry, workers
 from lightnets import weights as W
 from lightnets.graph import Graph
 from lightnets.numerics import rel_error
@@ -64,7 +64,7 @@ PROFILE_NOTE = (
     "batch 256, linearly scaled). AdamW's update g / (|g| + eps) amplifies float64 gradient rounding by up "
     "to lr / (4 eps) where |g| ~ eps: at eps 1e-8 torch vs the reference measured 1.35e-10 after one step "
     "(shufflenet_v1_g3_100), at 1e-7 mobilenet_v2_100 grew 3.3e-11 -> 1.1e-10 in 5 steps; the profile uses "
-    "eps 1e-6 (RoBERTa's). Under AdamW the parameters of optim.null_gradient_params (train-mode gradient "
+    "eps 1e-6 (RoBERTa's). Under AdamW the parameters of backward.null_gradient_params (train-mode gradient "
     "identically 0, float noise only, which Adam normalises into steps) are reported, not judged.")
 
 
@@ -99,7 +99,7 @@ class TrainResult:
     per_step: list = field(default_factory=list)  # worst judged rel error after each step
     worst: list = field(default_factory=list)  # the tensor of that worst error, per step
     loss_err: list = field(default_factory=list)  # |loss - ref loss| per step
-    null_err: float = float("nan")  # worst over optim.null_gradient_params, when not judged (AdamW)
+    null_err: float = float("nan")  # worst over backward.null_gradient_params, when not judged (AdamW)
     tol: float = float("nan")
     status: str = "pass"  # pass | fail | error | info
     divergence: dict | None = None  # first {"step", "param", "rel_err"} over tol (float32: over FLOAT32_MARK)
@@ -251,7 +251,7 @@ def compare(run: Run, outs: dict[str, Path], dtypes: list[str], opt_names: list[
     """Every target against the reference, and every pair of targets, per case, optimizer and dtype."""
     results = []
     for cid, graph in run.cases.items():
-        null = set(optim.null_gradient_params(graph))
+        null = set(backward.null_gradient_params(graph))
         order = [p.name for p in graph.params]
         for opt in opt_names:
             excluded = null if optimizers()[opt].kind == "adamw" else set()

@@ -34,7 +34,7 @@ import pytest
 from profiles import SLOW
 
 import lightnets
-from lightnets import optim
+from lightnets import backward, optim
 from lightnets import weights as W
 from lightnets.layouts import to_canonical
 from lightnets.numerics import rel_error
@@ -47,7 +47,7 @@ SPEC = optim.SGD(lr=0.01, momentum=0.875)
 REL = 1e-10  # float64, as the train-step parity (parity/train.py TRAIN_REL)
 PADDLE_SYNC_ERROR = "(NotFound) The kernel `sync_batch_norm` is not registered."
 TORCH_SYNC_ERROR = "SyncBatchNorm layers only work with GPU modules"
-NOISE = 1e-12  # |gradient| / max |gradient| of optim.null_gradient_params (measured <= 5e-16 in torch)
+NOISE = 1e-12  # |gradient| / max |gradient| of backward.null_gradient_params (measured <= 5e-16 in torch)
 
 
 def problem():
@@ -228,7 +228,7 @@ ENGINES = {"torch": run_torch, "keras": run_keras, "paddle": run_paddle}
 
 def trainable(graph, mode) -> list[str]:
     """The parameters the optimizer updates: all, or (frozen BN) all but BN gamma/beta."""
-    names = optim.trainable_names(graph)
+    names = backward.trainable_names(graph)
     if mode == "frozen":
         bns = {n.name for n in graph.nodes if n.op == "batch_norm"}
         names = [k for k in names if k.rsplit(".", 1)[0] not in bns]
@@ -263,16 +263,16 @@ def expected(mode: str):
     out = {"weights": [], "own": [], "bcast": [], "train": mode != "frozen"}
     for t in range(STEPS):
         if mode in ("sync", "frozen"):
-            cache = optim.forward(graph, cur, xs[t], train=mode == "sync")
+            cache = backward.forward(graph, cur, xs[t], train=mode == "sync")
             dz = optim.cross_entropy(cache.values[graph.output], ys[t])[1]
-            grads = optim.backward(graph, cache, dz)
+            grads = backward.backward(graph, cache, dz)
             own = [cache.stats or {k: cur[k] for k in stats}] * RANKS
             bcast = own
         else:
             per = [optim.loss_and_gradients(graph, {**cur, **own[r]}, shard(xs[t], r), shard(ys[t], r))
                    for r in range(RANKS)]
             grads = {k: sum(p[1][k] for p in per) / RANKS for k in names}
-            bcast = [optim.forward(graph, {**cur, **own[0]}, shard(xs[t], r)).stats for r in range(RANKS)]
+            bcast = [backward.forward(graph, {**cur, **own[0]}, shard(xs[t], r)).stats for r in range(RANKS)]
             own = [p[2] for p in per]
         if t == 0:
             out["grads"] = {k: grads[k] for k in names}
@@ -319,7 +319,7 @@ def _check(ranks, exp, stats_of=None, grads=True):
                 want = stats_of(r, t)
                 report[f"rank{r} step{t + 1} bn stats"] = _worst({k: got[f"{t}/{k}"] for k in want}, want)
         if grads:  # a null-gradient parameter's train-mode gradient is rounding noise: held to its size only
-            null = set(optim.null_gradient_params(problem()[0])) if exp["train"] else set()
+            null = set(backward.null_gradient_params(problem()[0])) if exp["train"] else set()
             want = {k: v for k, v in exp["grads"].items() if k not in null}
             report[f"rank{r} step1 grads"] = _worst({k: got[f"grad/{k}"] for k in want}, want)
             scale = max(float(np.abs(v).max()) for v in want.values())

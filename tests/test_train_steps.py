@@ -21,7 +21,7 @@ import pytest
 from profiles import SLOW
 
 import lightnets
-from lightnets import optim
+from lightnets import backward, optim
 from lightnets import weights as W
 from lightnets.errors import InputShapeError
 from lightnets.graph import GraphBuilder
@@ -158,7 +158,7 @@ def test_backward_matches_torch_on_every_op(case, torch_be):
     model = torch_be.build(case.graph, "float64")
     torch_be.set_weights(model, w)
     want = torch_be.gradients(model, x, probe)
-    got = optim.gradients(case.graph, w, x, probe)
+    got = backward.gradients(case.graph, w, x, probe)
     assert set(got) == set(want)
     errs = {k: rel_error(got[k], want[k]) for k in want}
     assert max(errs.values()) <= GRAD_REL, errs
@@ -172,7 +172,7 @@ def _torch_train_grads(be, graph, w, x, probe):
     with be.training(model):
         xt = torch.tensor(x, requires_grad=True)
         out = model(xt)
-        names = optim.trainable_names(graph)
+        names = backward.trainable_names(graph)
         tensors = {n: t for n, t in zip(names, _canonical_tensors(model, graph, names), strict=True)}
         grads = torch.autograd.grad((out * torch.as_tensor(probe)).sum(), [xt, *tensors.values()])
     return {"input": grads[0].numpy(), **{n: g.numpy() for n, g in zip(names, grads[1:], strict=True)}}
@@ -192,8 +192,8 @@ def test_train_mode_backward_matches_torch(arch, torch_be):
     x = make_input(graph, 4, 0)
     probe = np.random.default_rng(1).standard_normal((4, *graph.output_shape))
     want = _torch_train_grads(torch_be, graph, w, x, probe)
-    got = optim.gradients(graph, w, x, probe, train=True)
-    null = set(optim.null_gradient_params(graph))
+    got = backward.gradients(graph, w, x, probe, train=True)
+    null = set(backward.null_gradient_params(graph))
     scale = max(float(np.abs(v).max()) for v in want.values())
     errs = {k: rel_error(got[k], want[k]) for k in want if k not in null}
     assert max(errs.values()) <= GRAD_REL, sorted(errs.items(), key=lambda kv: -kv[1])[:3]
@@ -209,7 +209,7 @@ def test_null_gradient_params_finds_bn_betas_that_only_feed_batch_norms():
     z = g.conv_bn_act("c", y, 4, 3, act=None)  # c.bn -> 3x3 padded conv: pads break the shift, not null
     z = g.conv_bn_act("d", z, 4, 3, act="relu")
     g.classifier(z, 3)
-    assert optim.null_gradient_params(g.build()) == ["a.bn.beta"]
+    assert backward.null_gradient_params(g.build()) == ["a.bn.beta"]
 
 
 # --- the optimizer formulas against the frameworks, on raw tensors -------------------------------------------
