@@ -279,6 +279,16 @@ def to_onnx(graph: Graph, weights: Mapping[str, np.ndarray], dtype: str = "float
     return model
 
 
+def checked(model):
+    """``model`` (an emitted ``onnx.ModelProto``) after the full onnx checker: a failure is a lowering bug."""
+    try:
+        onnx.checker.check_model(model, full_check=True)
+    except onnx.checker.ValidationError as e:
+        raise LightnetsError(f"the ONNX export of {model.graph.name!r} fails the onnx checker ({str(e)[:300]}); "
+                             "please report it with the model id") from None
+    return model
+
+
 def read_onnx(path_or_model) -> tuple[Graph, dict[str, np.ndarray]]:
     """The lightnets graph (card in ``meta``) and canonical weights an exported .onnx file carries."""
     model = path_or_model

@@ -1,5 +1,6 @@
 """The spec alone (numpy only): ops, graph IR, reference, weights, registry, errors, packaging rules."""
 
+import ast
 import json
 import re
 import subprocess
@@ -23,6 +24,25 @@ def test_import_lightnets_imports_no_framework():
             f"print([m for m in {FRAMEWORKS!r} if m in sys.modules])")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
     assert out.strip() == "[]"
+
+
+def test_no_framework_import_outside_backends_but_the_zoo_constructors():
+    """Framework and runtime packages are imported in backends/ only; the zoo's entry constructors
+    (lightnets/zoo/entries.py, inside functions) are the one exception: they make the zoo's own models."""
+    packages = {*FRAMEWORKS, "torchvision", "timm", "onnx", "onnxruntime", "ai_edge_litert", "tf2onnx", "paddle2onnx"}
+    offenders = []
+    for path in [*(ROOT / "lightnets").rglob("*.py"), *(ROOT / "parity").rglob("*.py")]:
+        tree = ast.parse(path.read_text())
+        top_level = set(tree.body)
+        for node in ast.walk(tree):
+            names = ([a.name for a in node.names] if isinstance(node, ast.Import)
+                     else [node.module or ""] if isinstance(node, ast.ImportFrom) and node.level == 0 else [])
+            if not any(n.split(".")[0] in packages for n in names):
+                continue
+            allowed = path == ROOT / "lightnets" / "zoo" / "entries.py" and node not in top_level
+            if not allowed:
+                offenders.append(f"{path.relative_to(ROOT)}:{node.lineno}")
+    assert offenders == []
 
 
 def test_no_backend_names_an_architecture():
