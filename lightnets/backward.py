@@ -15,7 +15,7 @@ import numpy as np
 
 from . import ops
 from .graph import INPUT, Graph
-from .reference import F, _pad, _sigmoid, batch_norm, channel_shuffle, check_input, run_node
+from .reference import F, batch_norm, channel_shuffle, check_input, pad_hw, run_node, sigmoid
 
 
 def trainable_names(graph: Graph) -> list[str]:
@@ -105,7 +105,7 @@ def _conv2d_backward(x, w, a, dy):
     g = a["groups"]
     kh, kw = a["kernel"]
     pads = ops.effective_pads(a, (h, wd))
-    xp = _pad(x, pads)
+    xp = pad_hw(x, pads)
     wg = w.reshape(g, o // g, c // g, kh, kw)
     dyg = dy.reshape(n, g, o // g, ho * wo)
     dw = np.zeros_like(wg)
@@ -122,7 +122,7 @@ def _conv2d_backward(x, w, a, dy):
 def _max_pool_backward(x, a, dy):
     _, _, ho, wo = dy.shape
     pads = ops.effective_pads(a, x.shape[2:])
-    xp = _pad(x, pads, -np.inf)
+    xp = pad_hw(x, pads, -np.inf)
     kh, kw = a["kernel"]
     offsets = [(i, j) for i in range(kh) for j in range(kw)]
     first = np.argmax(np.stack([xp[_window_slice(a, i, j, ho, wo)] for i, j in offsets]), axis=0)
@@ -139,10 +139,10 @@ def _avg_pool_backward(x, a, dy):
     if a["count_include_pad"]:
         scaled = dy / (kh * kw)
     else:
-        ones = _pad(np.ones((1, 1, *x.shape[2:]), F), pads)
+        ones = pad_hw(np.ones((1, 1, *x.shape[2:]), F), pads)
         count = sum(ones[_window_slice(a, i, j, ho, wo)] for i in range(kh) for j in range(kw))
         scaled = dy / count
-    dxp = np.zeros_like(_pad(x, pads))
+    dxp = np.zeros_like(pad_hw(x, pads))
     for i in range(kh):
         for j in range(kw):
             dxp[_window_slice(a, i, j, ho, wo)] += scaled
@@ -158,7 +158,7 @@ def _activation_backward(kind: str, x, dy):
         return np.where((x > -3) & (x < 3), dy / 6.0, 0.0)
     if kind == "hardswish":  # torch's rule at the kinks: 0 below -3, x/3 + 1/2 on [-3, 3], 1 above
         return dy * np.where(x < -3, 0.0, np.where(x <= 3, x / 3.0 + 0.5, 1.0))
-    s = _sigmoid(x)
+    s = sigmoid(x)
     if kind == "sigmoid":
         return dy * s * (1.0 - s)
     if kind == "swish":

@@ -13,7 +13,7 @@ from .graph import Graph, Node
 F = np.float64
 
 
-def _pad(x: np.ndarray, pads, value=0.0) -> np.ndarray:
+def pad_hw(x: np.ndarray, pads, value=0.0) -> np.ndarray:
     t, b, l, r = pads
     if not any(pads):
         return x
@@ -34,7 +34,7 @@ def conv2d(x, w, b, a, out_shape):
     n, c = x.shape[:2]
     o, ho, wo = out_shape
     g = a["groups"]
-    xp = _pad(x, ops.effective_pads(a, x.shape[2:]))
+    xp = pad_hw(x, ops.effective_pads(a, x.shape[2:]))
     wg = w.reshape(g, o // g, c // g, *w.shape[2:])
     y = np.zeros((n, g, o // g, ho * wo), F)
     for i, j, win in _windows(xp, a, ho, wo):
@@ -52,7 +52,7 @@ def _relu6(x):
     return np.minimum(np.maximum(x, 0.0), 6.0)
 
 
-def _sigmoid(x):
+def sigmoid(x):
     """1 / (1 + exp(-x)), written per sign so that it neither overflows nor cancels."""
     e = np.exp(-np.abs(x))
     return np.where(x >= 0, 1.0 / (1.0 + e), e / (1.0 + e))
@@ -63,8 +63,8 @@ ACTIVATIONS: dict[str, Callable[[np.ndarray], np.ndarray]] = {
     "relu6": _relu6,
     "hardsigmoid": lambda x: _relu6(x + 3.0) / 6.0,
     "hardswish": lambda x: x * _relu6(x + 3.0) / 6.0,
-    "sigmoid": _sigmoid,
-    "swish": lambda x: x * _sigmoid(x),
+    "sigmoid": sigmoid,
+    "swish": lambda x: x * sigmoid(x),
 }
 
 
@@ -75,7 +75,7 @@ def channel_shuffle(x, groups):
 
 
 def max_pool2d(x, a, out_shape):
-    xp = _pad(x, ops.effective_pads(a, x.shape[2:]), -np.inf)
+    xp = pad_hw(x, ops.effective_pads(a, x.shape[2:]), -np.inf)
     _, ho, wo = out_shape
     return np.max([win for _, _, win in _windows(xp, a, ho, wo)], axis=0)
 
@@ -83,11 +83,11 @@ def max_pool2d(x, a, out_shape):
 def avg_pool2d(x, a, out_shape):
     _, ho, wo = out_shape
     pads = ops.effective_pads(a, x.shape[2:])
-    total = sum(win for _, _, win in _windows(_pad(x, pads), a, ho, wo))
+    total = sum(win for _, _, win in _windows(pad_hw(x, pads), a, ho, wo))
     if a["count_include_pad"]:
         return total / (a["kernel"][0] * a["kernel"][1])
     ones = np.ones((1, 1, *x.shape[2:]), F)
-    count = sum(win for _, _, win in _windows(_pad(ones, pads), a, ho, wo))
+    count = sum(win for _, _, win in _windows(pad_hw(ones, pads), a, ho, wo))
     return total / count
 
 
