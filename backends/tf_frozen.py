@@ -5,8 +5,9 @@ Why a session: with the weights constant, grappler folds and fuses more and oneD
 blocked layout between calls, where a ``tf.function`` reads every weight variable per call. Measured here
 (tf 2.21, 2 threads, 224 px, BN-folded lightnets models of the bench, interleaved in one process; ms): the
 hardswish/squeeze-excite inverted-residual net at batch 1 / 16: tf.function 20.1 / 300.9, this 15.2 / 295.7;
-the ghost-module net: 29.8 / 137.9, this 22.7 / 126.5. A frozen *concrete function* called from TF2 (the same constants) ran 1.7-2.1x slower than
-the tf.function, and XLA (``jit_compile=True``) 10-26x slower: neither is used.
+the ghost-module net: 29.8 / 137.9, this 22.7 / 126.5. A frozen *concrete function* called from TF2 (the same
+constants) ran 1.7-2.1x slower than the tf.function, and XLA (``jit_compile=True``) 10-26x slower: neither is
+used.
 
 The weights are a snapshot taken when a shape is first run (optimize again after changing them; lightnets'
 ``set_weights``/``load_state_dict`` drop the snapshot).
