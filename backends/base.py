@@ -337,6 +337,11 @@ class Backend:
         """The activation of the model's last layer ("linear" for logits)."""
         return "linear"
 
+    def input_hw(self, model) -> tuple[int, int] | None:
+        """The ``(height, width)`` a model is built for (keras.applications built with ``input_shape``), or None
+        if it takes any size."""
+        return None
+
     # --- bench ---------------------------------------------------------------------------------
     def set_threads(self, n: int) -> None:
         """Pin the framework's intra-op threads to ``n`` (inter-op to 1) where it allows."""

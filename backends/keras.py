@@ -639,6 +639,10 @@ class KerasBackend(Backend):
         act = getattr(model.layers[-1], "activation", None)
         return getattr(act, "__name__", "linear") if act is not None else "linear"
 
+    def input_hw(self, model):
+        hw = tuple(model.inputs[0].shape[1:3])
+        return hw if all(isinstance(d, int) for d in hw) else None
+
     # bench
     def set_threads(self, n):
         import keras

@@ -98,8 +98,24 @@ class Graph:
 
     @property
     def fixed_size(self) -> bool:
-        """Whether the graph is valid at its build size only (``meta["fixed_size"]``)."""
-        return bool(self.meta.get("fixed_size", False))
+        """Whether the graph is valid at its build size only (see :attr:`fixed_size_reason`)."""
+        return self.fixed_size_reason is not None
+
+    @cached_property
+    def fixed_size_reason(self) -> str | None:
+        """Why the graph takes its build size only, or None if other sizes follow from its shapes: either
+        ``meta["fixed_size"]`` (TF pads baked for the build size) or a shape only the build size gives (e.g. a
+        flatten of a spatial map before a linear), found by inferring the graph at 2x and 3x the build size
+        (both keep the parity of the size, so strided branches that meet at the build size meet there too)."""
+        if self.meta.get("fixed_size", False):
+            return "meta fixed_size: its pads were resolved for that size"
+        c, h, w = self.input_shape
+        for k in (2, 3):
+            try:
+                self._infer((c, k * h, k * w))
+            except SpecError as e:
+                return f"at {k * h}x{k * w} {e}"
+        return None
 
     def shapes_at(self, h: int, w: int) -> dict[str, ops.Shape]:
         """Shapes of every value for an ``h`` x ``w`` input (pads of ``padding="same"`` nodes follow the
@@ -110,8 +126,8 @@ class Graph:
         if (h, w) not in cache:
             if self.fixed_size:
                 raise SpecError(f"graph {self.name!r} is fixed to {self.input_shape[1]}x{self.input_shape[2]} "
-                                f"inputs (meta fixed_size), not {h}x{w}; resize the input or rebuild the graph "
-                                "at that size")
+                                f"inputs ({self.fixed_size_reason}), not {h}x{w}; resize the input or rebuild the "
+                                "graph at that size")
             cache[(h, w)] = self._infer((self.input_shape[0], h, w))
         return cache[(h, w)]
 

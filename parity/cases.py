@@ -47,6 +47,12 @@ def _flat(g):
     return [g.add("flat", "flatten", g.add("gap", "global_avg_pool", INPUT))]
 
 
+def _spatial_flat(g):
+    """A map made (C, 1, 1) by a conv as large as the input, flattened: the graph fixes its input size."""
+    k = g.input_shape[1]
+    return [g.add("flat", "flatten", g.add("conv", "conv2d", INPUT, out_channels=5, kernel=k, bias=True))]
+
+
 def op_cases() -> list[Case]:
     """Every op of the vocabulary with its edge attributes (groups, depthwise, stride 2, odd sizes...)."""
     cases = [
@@ -96,6 +102,11 @@ def op_cases() -> list[Case]:
         _one("flatten", (5, 4, 4), "flatten", pre=lambda g: [g.add("gap", "global_avg_pool", INPUT)]),
         _one("linear", (6, 3, 3), "linear", pre=_flat, out_features=4),
         _one("linear_nobias", (6, 3, 3), "linear", pre=_flat, out_features=3, bias=False),
+        # size-fixed heads (ONNX's Gemm cases): a (C, 1, 1) input, and flatten of a map a conv sized it at two sizes
+        _one("linear_of_1x1_input", (4, 1, 1), "linear", pre=lambda g: [g.add("flat", "flatten", INPUT)],
+             out_features=3),
+        _one("linear_of_conv_5px", (3, 5, 5), "linear", pre=_spatial_flat, out_features=4),
+        _one("linear_of_conv_8px", (3, 8, 8), "linear", pre=_spatial_flat, out_features=4),
         _one("dropout_eval_identity", (3, 4, 4), "dropout", rate=0.5),
     ]
     return cases

@@ -36,6 +36,14 @@ def _small():
     return lightnets.get_spec("mobilenet_v1_025", input_size=32, num_classes=4)
 
 
+def _flatten_head():
+    """A 5x5 conv without padding, flattened into a linear: the shapes fix the input to 5x5."""
+    g = GraphBuilder("flat_head", (3, 5, 5))
+    g.add("fc", "linear", g.add("flat", "flatten", g.add("conv", "conv2d", "input", out_channels=4, kernel=5)),
+          out_features=2)
+    return g.build()
+
+
 def _tiny(h=16, w=16):
     """conv 7x7 without padding, then a 3x3 stride-2 max pool: needs an input of at least 9x9."""
     g = GraphBuilder("tiny", (3, h, w))
@@ -206,6 +214,9 @@ CATALOGUE = [
      "input size 8x8 is too small for graph 'tiny'", "at least 9x9"),
     ("input_too_small_one_axis", lambda: reference.check_input(_tiny(), np.zeros((1, 3, 30, 6))),
      E.InputShapeError, "input size 30x6 is too small", "at least 9x9"),
+    ("input_other_size_of_a_flatten_head", lambda: reference.check_input(_flatten_head(), np.zeros((1, 3, 6, 6))),
+     E.InputShapeError, "input size 6x6 differs from the 5x5 that graph 'flat_head' is fixed to",
+     "rebuild the graph at that size"),
     ("input_nhwc_to_reference", lambda: reference.run(_small(), W.init_weights(_small()), np.zeros((1, 32, 32, 3))),
      E.InputShapeError, "32 channels", "is it in NCHW layout?"),
     # --- backends -------------------------------------------------------------------------------

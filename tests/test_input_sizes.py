@@ -33,7 +33,8 @@ KERAS_SCRIPT = textwrap.dedent("""
     import keras
     import lightnets
     from lightnets import zoo
-    model_sizes, out = json.loads(sys.argv[1]), {}
+    model_sizes, out, imported = json.loads(sys.argv[1]), {}, {}
+    IMPORT_SIZES = (160, 200, 225)
     for name, ctor, kw in [("MobileNetV2", "MobileNetV2", {}), ("MobileNetV3Small", "MobileNetV3Small", {}),
                            ("MobileNet_0.25", "MobileNet", {"alpha": 0.25})]:
         if ctor.startswith("MobileNetV3"):
@@ -57,6 +58,26 @@ KERAS_SCRIPT = textwrap.dedent("""
             for be, m in models.items():
                 got = np.asarray(lightnets.run(m, x), np.float64)
                 out[f"{name} {be} {n}"] = float(np.abs(got - want).max() / np.abs(want).max())
+            if name != "MobileNetV2" and n in IMPORT_SIZES:  # the model states its size: no size argument
+                g2, w2, _ = zoo.import_zoo("keras", name, twin)
+                got = lightnets.reference.run(g2, w2, x.astype(np.float64))
+                out[f"{name} import {n}"] = float(np.abs(got - want).max() / np.abs(want).max())
+                imported[f"{name} {n}"] = [list(g2.input_shape), g2.fixed_size]
+    free = keras.applications.MobileNetV3Small(weights=None, input_shape=None, classifier_activation=None,
+                                               include_preprocessing=False)
+    try:
+        zoo.import_zoo("keras", "MobileNetV3Small", free)
+        imported["size-free"] = "imported"
+    except lightnets.errors.WeightsError as e:
+        imported["size-free"] = str(e)
+    g3, _, info = zoo.import_zoo("keras", "MobileNetV3Small", free, input_size=96)
+    imported["size-free 96"] = [list(g3.input_shape), g3.fixed_size, info["notes"][-1]]
+    try:
+        zoo.import_zoo("keras", "MobileNet_0.25", keras.applications.MobileNet(
+            alpha=0.25, weights=None, input_shape=(200, 200, 3), classifier_activation=None), input_size=224)
+        imported["contradicting size"] = "imported"
+    except lightnets.errors.WeightsError as e:
+        imported["contradicting size"] = str(e)
     g = lightnets.get_spec("mobilenet_v1_025_keras", input_size=64)
     dynamic = lightnets.build(g, "keras")
     fixed = lightnets.build(lightnets.Graph(g.name, g.input_shape, g.nodes, {**g.meta, "fixed_size": True}), "keras")
@@ -66,6 +87,7 @@ KERAS_SCRIPT = textwrap.dedent("""
     except lightnets.errors.InputShapeError as e:
         refused = str(e)
     out["shapes"] = [list(dynamic.inputs[0].shape), list(fixed.inputs[0].shape), refused]
+    out["imported"] = imported
     print("RESULT" + json.dumps(out))
 """)
 
@@ -79,7 +101,15 @@ def test_keras_ids_equal_keras_applications_built_at_each_size():
     dynamic, fixed, refused = errs.pop("shapes")
     assert dynamic == [None, None, None, 3] and fixed == [None, 64, 64, 3]  # any size unless the graph is fixed
     assert "fixed to 64x64" in refused
-    assert len(errs) == 2 * sum(len(sizes) for sizes in MODEL_SIZES.values())
+    imported = errs.pop("imported")
+    # keras models built at 160/200/225 import at their own size (graph, probe and outputs follow it)
+    assert imported.pop("MobileNetV3Small 160") == [[3, 160, 160], False]
+    assert imported.pop("MobileNet_0.25 225") == [[3, 225, 225], False]
+    assert "takes any input size" in imported["size-free"] and "pass input_size=" in imported["size-free"]
+    assert imported["size-free 96"][:2] == [[3, 96, 96], True] and "fixed to the 96x96" in imported["size-free 96"][2]
+    assert "input_size=224, but the model is built for 200x200" in imported["contradicting size"]
+    n_imports = sum(n in (160, 200, 225) for name, sizes in MODEL_SIZES.items() if name != "MobileNetV2" for n in sizes)
+    assert len(errs) == 2 * sum(len(sizes) for sizes in MODEL_SIZES.values()) + n_imports
     worst = max(errs.values())
     print(f"\nworst keras.applications vs lightnets (keras/torch) over {MODEL_SIZES}: {worst:.2e}")
     assert worst <= 1e-5, {k: v for k, v in errs.items() if v > 1e-5}

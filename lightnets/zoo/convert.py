@@ -209,11 +209,13 @@ def probe(e: ZooEntry, model, graph: Graph, canonical: Mapping[str, np.ndarray],
 
 # --- import / export -----------------------------------------------------------------------------
 def _import(zoo: str, name: str, sd: dict, model, nc: int, input_size: int, probe_size: int, probe_seed: int,
-            source: Mapping[str, Any], notes=()) -> tuple[Graph, W.Weights, dict, Any]:
+            source: Mapping[str, Any], notes=(), fixed_size: bool = False) -> tuple[Graph, W.Weights, dict, Any]:
     e, be = entry(zoo, name), _backend(entry(zoo, name))
     shapes = {k: tuple(np.shape(v)) for k, v in sd.items()}
     nmap = match(zoo_graph(zoo, name, nc), shapes, e.framework, e.layouts)
     graph = zoo_graph(zoo, name, nc, input_size)
+    if fixed_size:
+        graph = graph.replace(meta={**graph.meta, "fixed_size": True})
     canonical = W.check_weights(graph, {c: np.ascontiguousarray(L.to_canonical(sd[k], layout))
                                         for c, (k, layout) in nmap.items()})
     size = input_size if e.fixed_input else probe_size
@@ -245,7 +247,31 @@ def _import(zoo: str, name: str, sd: dict, model, nc: int, input_size: int, prob
     return graph, canonical, info, model
 
 
-def import_zoo(zoo: str, name: str, source, input_size: int = 224, probe_size: int = PROBE_SIZE,
+def _input_size(be, e: ZooEntry, model, input_size: int | None, what: str) -> tuple[int, bool, list[str]]:
+    """``(size, fixed, notes)``: the size to import a zoo model at - the one it is built for (keras.applications
+    states it; ``input_size``, if given, must equal it), else ``input_size`` (default 224) - and whether the graph
+    must be fixed to that size (a size-free model of a zoo whose pads depend on the size)."""
+    hw = be.input_hw(model) if model is not None else None
+    if hw is not None:
+        if hw[0] != hw[1]:
+            raise WeightsError(f"{what}: the model is built for {hw[0]}x{hw[1]} inputs; lightnets graphs of zoo "
+                               "models are square: rebuild it with a square input_shape")
+        if input_size is not None and input_size != hw[0]:
+            raise WeightsError(f"{what}: input_size={input_size}, but the model is built for {hw[0]}x{hw[1]} "
+                               f"inputs; omit input_size (the model's own size is used) or rebuild the model at "
+                               f"{input_size}x{input_size}")
+        return hw[0], False, []
+    if model is None or not e.fixed_input:
+        return 224 if input_size is None else input_size, False, []
+    if input_size is None:
+        raise WeightsError(f"{what}: the model takes any input size (built with input_shape=None), and its pads "
+                           "(keras.applications' correct_pad) match the graph's at one size only; pass input_size= "
+                           "the size you run it at, or rebuild the model with input_shape=(n, n, 3)")
+    return input_size, True, [f"the {what} model takes any input size, but its correct_pad pads (k//2-1, k//2) at "
+                              f"every size; the graph is fixed to the {input_size}x{input_size} it was probed at"]
+
+
+def import_zoo(zoo: str, name: str, source, input_size: int | None = None, probe_size: int = PROBE_SIZE,
                probe_seed: int = PROBE_SEED) -> tuple[Graph, W.Weights, dict]:
     """Import a zoo model (object or state dict) -> ``(graph, canonical_weights, info)``.
 
@@ -254,16 +280,19 @@ def import_zoo(zoo: str, name: str, source, input_size: int = 224, probe_size: i
     ``"probe"``, zoo details under ``"zoo"``) plus the explicit ``"name_map"`` and ``"probe_rel_error"``.
     Every key and shape is checked; then the zoo model (the given one, or a fresh one loaded strictly
     with the given state dict) and the float64 reference run on a probe batch (:func:`probe`).
-    Models built for one input size (keras.applications) are probed at ``input_size``.
+    ``input_size`` (default 224): the graph's build size. A model built for one input size (keras.applications
+    with ``input_shape``) is imported and probed at its own size; one that takes any size but whose pads depend
+    on it (a keras.applications model with ``input_shape=None``) needs ``input_size`` and gives a graph fixed to it.
     """
     if isinstance(source, (str, os.PathLike)) and formats.FORMATS[formats.format_of(source)].imports:
-        return _import_artifact(zoo, name, Path(source), input_size)
+        return _import_artifact(zoo, name, Path(source), 224 if input_size is None else input_size)
     e = entry(zoo, name)
     be = _backend(e)
     sd, model = _state_dict_of(be, source, zoo, name)
     nc = _check_fit(be, zoo, name, sd)
-    graph, canonical, info, _ = _import(zoo, name, sd, model, nc, input_size, probe_size, probe_seed,
-                                        {"kind": "zoo", "zoo": zoo, "name": name})
+    size, fixed, notes = _input_size(be, e, model, input_size, f"{zoo} {name}")
+    graph, canonical, info, _ = _import(zoo, name, sd, model, nc, size, probe_size, probe_seed,
+                                        {"kind": "zoo", "zoo": zoo, "name": name}, notes, fixed)
     return graph, canonical, info
 
 
