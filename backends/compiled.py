@@ -84,6 +84,17 @@ class InferenceRuntime(Backend):
             return {float(n.attrs["eps"]) for n in model.graph.nodes if n.op == "batch_norm"}
         return self._file_bn_eps(model)
 
+    def optimize(self, model, compile=False):
+        """The model as given: ``lightnets.optimize`` passes it with the batch norms folded, and the runtime optimises
+        its graph itself when it loads it (there is no compiled variant)."""
+        if compile:
+            raise LightnetsError(f"{self.name} has no compiled variant (the runtime compiles the model when it loads "
+                                 "it); use lightnets.optimize(model)")
+        if not self.owns(model):
+            raise LightnetsError(f"{type(model).__name__} is not a lightnets {self.model_class.__name__}; build one "
+                                 f"with lightnets.build(..., backend={self.name!r})")
+        return model
+
     def _file_bn_eps(self, model) -> set[float]:
         """The batch-norm eps of a runtime file that lightnets did not build."""
         raise NotImplementedError

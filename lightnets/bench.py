@@ -13,6 +13,11 @@ framework's eval path: torch ``inference_mode``, keras a ``tf.function``, paddle
   weights, no downloads; the zoo table of ``lightnets.zoo``), as a user runs it;
 - ``twin_compiled``: the twin through the backend's ``optimize(compile=True)`` (no BN folding by lightnets).
 
+The inference runtimes (``onnxruntime``, ``tflite``) run lightnets' own export (``plain``; ``fast``: with the
+batch norms folded) and the twin's export, made the way the zoo's users make it (``RUNTIME_TWINS``): the
+torchvision/timm twin through ``torch.onnx.export`` (TorchScript exporter, dynamic batch) in ONNX Runtime, the
+keras.applications twin through ``tf.lite.TFLiteConverter.from_keras_model`` in LiteRT (XNNPack).
+
 Per variant: median/p90/min latency, images/s, the one-time costs (``convert_s``: the optimize call;
 ``first_call_s``: the first call at that batch size, where lazy compilers trace), peak memory, and the
 output's relative difference from the plain model's (twin variants: from the twin's). Throughput is
@@ -40,13 +45,17 @@ import tempfile
 import time
 import traceback
 from pathlib import Path
+from typing import Any, NamedTuple
 
 import numpy as np
 
-BACKENDS = ("torch", "keras", "paddle")
+BACKENDS = ("torch", "keras", "paddle", "onnxruntime", "tflite")
+# inference runtime -> the framework whose zoo twins it runs, exported as that zoo's users export them
+RUNTIME_TWINS = {"onnxruntime": "torch", "tflite": "keras"}
 # THE default bench models (the CLI's default too)
 DEFAULT_MODELS = ("mobilenet_v2_100", "mobilenet_v3_large_100", "shufflenet_v2_100", "ghostnet_100")
 VARIANTS = ("plain", "fast", "compiled", "twin", "twin_compiled")
+RUNTIME_VARIANTS = ("plain", "fast", "twin")  # a runtime compiles what it loads: no compiled variants
 FAST_VARIANTS = ("fast", "compiled")  # a framework's fast path: the better of these
 WARMUP = 3
 WARMUP_S = 0.5
@@ -88,6 +97,44 @@ def make_twin(key: tuple[str, str], size: int):
     from . import zoo
 
     return zoo.entry(*key).make(1000, size)
+
+
+def twins_of(backend: str) -> dict[str, tuple[str, str]]:
+    """lightnets id -> the zoo twin ``backend`` times (a runtime: its framework's twins, exported)."""
+    return TWINS[RUNTIME_TWINS.get(backend, backend)]
+
+
+class Timed(NamedTuple):
+    """A model that is only a call: ``to_input(x_nchw)`` makes the native input, ``call`` runs it."""
+
+    to_input: Any
+    call: Any
+
+
+def runtime_twin(runtime: str, key: tuple[str, str], size: int, work: Path, threads: int) -> Timed:
+    """The zoo twin ``key`` exported as its users export it, loaded in ``runtime``."""
+    from .frameworks import load_backend
+
+    twin = make_twin(key, size)
+    if runtime == "onnxruntime":
+        import torch
+
+        from .backends import onnx as O
+
+        path = work / f"twin-{key[1]}.onnx"
+        x = torch.randn(1, 3, size, size)
+        torch.onnx.export(twin.eval(), (x,), str(path), dynamo=False, input_names=["input"], output_names=["logits"],
+                          dynamic_axes={"input": {0: "batch"}, "logits": {0: "batch"}})
+        sess = O.make_session(path.read_bytes(), threads)
+        return Timed(lambda x: np.ascontiguousarray(x, np.float32), lambda x: sess.run(None, {"input": x})[0])
+    load_backend("tflite")
+    import tensorflow as tf
+
+    from .backends import tflite as TL
+
+    runner = TL.Runner(bytes(tf.lite.TFLiteConverter.from_keras_model(twin).convert()), threads)
+    out = runner.output_names[0]
+    return Timed(TL.nhwc, lambda x: runner(x)[out])
 
 
 def thread_env(threads: int) -> dict[str, str]:
@@ -166,7 +213,7 @@ def _rel(a, b) -> float:
     return float(np.max(np.abs(a - b)) / (np.max(np.abs(b)) or 1.0))
 
 
-def _make_variant(be, name: str, model_id: str, size: int, made: dict):
+def _make_variant(be, name: str, model_id: str, size: int, made: dict, work: str, threads: int):
     """``(model, convert_s, same_weights)`` of variant ``name``; ``made`` holds the variants built before it.
     ``same_weights``: it holds the weights of the model it is compared with (plain, or the twin)."""
     import lightnets
@@ -177,6 +224,8 @@ def _make_variant(be, name: str, model_id: str, size: int, made: dict):
         plain = made.get("plain") or lightnets.build(model_id, backend=be.name, input_size=size)
         t0 = time.perf_counter()
         return lightnets.optimize(plain, compile=name == "compiled"), round(time.perf_counter() - t0, 3), True
+    if be.name in RUNTIME_TWINS:  # an inference runtime: the twin's export
+        return runtime_twin(be.name, twins_of(be.name)[model_id], size, Path(work), threads), None, True
     twin = make_twin(TWINS[be.name][model_id], size)
     if name == "twin":
         return twin, None, True
@@ -191,10 +240,12 @@ def _make_variant(be, name: str, model_id: str, size: int, made: dict):
     return be.optimize(twin, compile=True), round(time.perf_counter() - t0, 3), same
 
 
-def _bench_model(be, model_id: str, batches: list[int], size: int, repeats: int, wanted: list[str]) -> list[dict]:
+def _bench_model(be, model_id: str, batches: list[int], size: int, repeats: int, wanted: list[str], work: str,
+                 threads: int) -> list[dict]:
     """Every wanted variant of ``model_id`` at every batch size: built (and its memory measured) at the first."""
-    twin_key = TWINS[be.name].get(model_id)
-    names = [n for n in VARIANTS if n in wanted and (twin_key is not None or not n.startswith("twin"))]
+    twin_key = twins_of(be.name).get(model_id)
+    variants = RUNTIME_VARIANTS if be.name in RUNTIME_TWINS else VARIANTS
+    names = [n for n in variants if n in wanted and (twin_key is not None or not n.startswith("twin"))]
     made: dict = {}
     built: dict[str, dict] = {}
     same: dict[str, bool] = {}
@@ -208,9 +259,9 @@ def _bench_model(be, model_id: str, batches: list[int], size: int, repeats: int,
                 gc.collect()
                 base = _reset_peak()
                 t0 = time.perf_counter()
-                made[name], convert_s, same[name] = _make_variant(be, name, model_id, size, made)
+                made[name], convert_s, same[name] = _make_variant(be, name, model_id, size, made, work, threads)
                 built[name] = {"convert_s": convert_s, "build_s": round(time.perf_counter() - t0, 3)}
-            to_input, call = be.timed_call(made[name])
+            to_input, call = made[name] if isinstance(made[name], Timed) else be.timed_call(made[name])
             xi = to_input(x)
             t0 = time.perf_counter()
             outputs[name] = call(xi)
@@ -288,7 +339,7 @@ def run_worker(req: dict) -> dict:
     for model_id in req["models"]:
         try:
             out["rows"] += _bench_model(be, model_id, req["batches"], req["size"], req["repeats"],
-                                        req.get("variants", list(VARIANTS)))
+                                        req.get("variants", list(VARIANTS)), req["work"], req["threads"])
         except Exception as e:  # noqa: BLE001
             out["errors"].append({"model": model_id, "error": f"{type(e).__name__}: {e}",
                                   "traceback": traceback.format_exc(limit=5)})

@@ -20,7 +20,6 @@ PARITY_TARGETS = ("torch", "keras", "keras-torch", "keras-jax", "paddle", "onnxr
 # tflite converts every model with the TFLite converter (~5-30 s each): asked for by name, not run by default
 DEFAULT_PARITY_TARGETS = tuple(t for t in PARITY_TARGETS if t != "tflite")
 DTYPES = ("float32", "float64")
-BENCH_BACKENDS = ("torch", "keras", "paddle")
 
 
 def _csv(allowed: tuple[str, ...] | None = None):
@@ -411,6 +410,7 @@ def make_parser() -> argparse.ArgumentParser:
     s.add_argument("--out", default="parity-report", help="directory for report.md/json and divergence.png")
     s.set_defaults(func=cmd_parity)
 
+    from .bench import BACKENDS as BENCH_BACKENDS
     from .bench import DEFAULT_MODELS, VARIANTS
 
     s = sub.add_parser("bench", help="inference latency of lightnets models (plain, fast path) vs their zoo twins, "

@@ -47,6 +47,22 @@ def test_bench_tiny_torch(tmp_path, capsys):
     assert "mobilenet_v2_100" in printed and "fastest mobilenet_v2_100 bs1: torch" in printed
 
 
+def test_bench_tiny_onnxruntime_times_our_export_and_the_twins_export(tmp_path, capsys):
+    """ONNX Runtime runs lightnets' export (plain, BN folded) and torchvision's torch.onnx export of the twin."""
+    pytest.importorskip("onnxruntime")
+    pytest.importorskip("torchvision")
+    out = tmp_path / "rep"
+    code = cli.main(["bench", "--models", "mobilenet_v2_100", "--backends", "onnxruntime", "--batch", "2",
+                     "--size", "64", "--repeats", "3", "--threads", "1", "--out", str(out)])
+    assert code == 0, capsys.readouterr().out
+    res = json.loads((out / "bench.json").read_text())["backends"]["onnxruntime"]
+    assert not res.get("failed") and res["errors"] == []
+    (row,) = res["rows"]
+    assert row["twin_name"] == "torchvision.mobilenet_v2" and set(row["variants"]) == set(bench.RUNTIME_VARIANTS)
+    assert row["variants"]["fast"]["rel_vs_plain"] <= 1e-5  # the folded export computes the plain export's function
+    assert all(s["n"] == 3 and s["median_ms"] > 0 for s in row["variants"].values())
+
+
 def test_bench_worker_goes_through_the_shared_launcher(tmp_path, monkeypatch):
     """The bench and the parity runner start workers through lightnets.workers (one env pinning)."""
     from lightnets import workers
