@@ -48,7 +48,7 @@ import numpy as np
 from lightnets import ops
 from lightnets import provenance as PV
 from lightnets import weights as W
-from lightnets.errors import BackendNotInstalledError, FileFormatError, LightnetsError
+from lightnets.errors import BackendNotInstalledError, FileFormatError, LightnetsError, runtime_failure
 from lightnets.graph import INPUT, Graph, Node
 from lightnets.reference import check_input
 
@@ -426,12 +426,24 @@ class OnnxBackend(InferenceRuntime):
     def forward(self, model, x):
         if self.owns(model):
             return self.run(model, x)
+        from lightnets.artifacts import in_batches
+
+        from .onnx_file import run_onnx
+
+        where = model.graph.name if isinstance(model, onnx.ModelProto) else Path(model)
         proto = model if isinstance(model, onnx.ModelProto) else onnx.load(str(model))
-        sess = make_session(proto.SerializeToString(), _default_threads())
+        try:
+            sess = make_session(proto.SerializeToString(), _default_threads())
+        except Exception as e:  # noqa: BLE001 -- onnxruntime raises its own exception types
+            raise runtime_failure(where, self.name, proto.graph.input[0].name, np.shape(x), e,
+                                  "ONNX Runtime cannot load the model; check it with onnx.checker and re-export it "
+                                  "at an opset ONNX Runtime supports") from None
         elem = proto.graph.input[0].type.tensor_type.elem_type
         dtype = np.float64 if elem == TensorProto.DOUBLE else np.float32
-        outs = sess.run(None, {sess.get_inputs()[0].name: np.ascontiguousarray(x, dtype)})
-        return outs[0] if len(outs) == 1 else list(outs)
+        inp = sess.get_inputs()[0]
+        batch = inp.shape[0] if inp.shape and isinstance(inp.shape[0], int) else None  # a fixed batch: in chunks
+        shown = "x".join(str(d) if isinstance(d, int) else "?" for d in inp.shape)
+        return in_batches(lambda xb: run_onnx(sess, where, inp.name, shown, xb, dtype), np.asarray(x), batch)
 
     def _cast_native(self, model, dtype):
         if isinstance(model, onnx.ModelProto):

@@ -14,8 +14,8 @@ import numpy as np
 import onnx
 from onnx import TensorProto, helper, numpy_helper
 
-from lightnets.artifacts import Artifact, Layer, then_rescale
-from lightnets.errors import FileFormatError
+from lightnets.artifacts import Artifact, Layer, in_batches, then_rescale
+from lightnets.errors import FileFormatError, LightnetsError, runtime_failure
 
 from .base import unreadable
 
@@ -226,10 +226,32 @@ def read_artifact(path, session_of) -> Artifact:
     activation = "softmax" if last is not None and last.op_type == "Softmax" else "linear"
     elem = inputs[0].type.tensor_type.elem_type
     dtype = np.float64 if elem == TensorProto.DOUBLE else np.float32
-    session = session_of(model.SerializeToString())
+    name, batch = inputs[0].name, dims[0]
+    shown = "x".join(str(d or "?") for d in dims)
+    try:
+        session = session_of(model.SerializeToString())
+    except Exception as e:  # noqa: BLE001 -- onnxruntime raises its own exception types
+        raise runtime_failure(path, "onnxruntime", name, dims, e, "the file passes the onnx checker but ONNX Runtime "
+                              "cannot load it; re-export it for the default ai.onnx domain at an opset ONNX Runtime "
+                              "supports (or run it through onnxruntime's own optimizer first)") from None
 
     def run_file(x):
-        return session.run(None, {inputs[0].name: np.ascontiguousarray(x, dtype)})[0]
+        return in_batches(lambda xb: run_onnx(session, path, name, shown, xb, dtype), np.asarray(x), batch)
     quantized = "weights stored quantized (DequantizeLinear): dequantized on import" if f.dequantized else None
     return Artifact(str(path), "onnx", layers, layout, hw if None not in hw else None, rescaling, activation,
-                    quantized, (), run_file)
+                    quantized, (), run_file, batch=batch, outputs=len(g.output))
+
+
+def run_onnx(session, path, name: str, shown: str, x: np.ndarray, dtype=np.float32):
+    """One ONNX Runtime call of a file's session on ``x`` (its output, or the list of its outputs); the runtime's
+    errors re-raised as a RuntimeFailure naming the file, the input tensor, its shape in the file and the fix."""
+    try:
+        outs = session.run(None, {name: np.ascontiguousarray(x, dtype)})
+    except LightnetsError:
+        raise
+    except Exception as e:  # noqa: BLE001 -- onnxruntime raises its own exception types
+        raise runtime_failure(path, "onnxruntime", name, np.shape(x), e,
+                              f"the file's input is {shown} (NCHW or NHWC as the file says): feed "
+                              "float32 images of that shape (a fixed batch one chunk at a time), or re-export the "
+                              "file with dynamic axes") from None
+    return outs[0] if len(outs) == 1 else list(outs)

@@ -321,7 +321,13 @@ class TFLiteBackend(InferenceRuntime):
         rounding as the converted file without a conversion (~20 s a net) per import probe."""
         from lightnets.frameworks import load_backend
 
-        return load_backend("keras").run(keras_model(graph, weights), np.asarray(x, np.float32))
+        kb = load_backend("keras")
+        if graph.multi_output:  # keras_model's named-outputs wrapper carries no graph: the keras model itself
+            _tensorflow()
+            model = kb.build(graph, "float32")
+            kb.set_weights(model, {k: np.asarray(v, np.float32) for k, v in weights.items()})
+            return kb.run(model, np.asarray(x, np.float32))
+        return kb.run(keras_model(graph, weights), np.asarray(x, np.float32))
 
     name = "tflite"
     FORMATS = {"tflite": ".tflite"}
@@ -374,8 +380,17 @@ class TFLiteBackend(InferenceRuntime):
         if self.owns(model):
             return self.run(model, x)
         x = np.asarray(x)
-        runner = Runner(_flat_buffer_of(model), _default_threads())
-        return _nchw(runner(nhwc(x))[runner.output_names[0]], np.float32)
+        buf = _flat_buffer_of(model)
+        try:
+            interpreter = make_interpreter(buf, _default_threads())
+        except Exception as e:  # noqa: BLE001 -- flatbuffers and the interpreter raise their own
+            raise tflite_file.unreadable(model if isinstance(model, (str, os.PathLike)) else "the flat buffer",
+                                         ".tflite", e) from None
+        sig = interpreter.get_input_details()[0].get("shape_signature")
+        batch = int(sig[0]) if sig is not None and len(sig) and sig[0] > 0 else None
+        where = Path(model) if isinstance(model, (str, os.PathLike)) else "the flat buffer"
+        y = tflite_file.file_runner(interpreter, where, batch)(nhwc(x))  # fixed batch, integer I/O, errors named
+        return [_nchw(v, np.float32) for v in y] if isinstance(y, list) else _nchw(y, np.float32)
 
     def _cast_native(self, model, dtype):
         raise LightnetsError(f"cannot cast a {type(model).__name__}; TFLite files are float32 (or int8): build a "

@@ -15,8 +15,8 @@ from pathlib import Path
 import numpy as np
 
 from lightnets import layouts
-from lightnets.artifacts import RESCALING_OPS, Artifact, Layer, then_rescale
-from lightnets.errors import BackendNotInstalledError, FileFormatError
+from lightnets.artifacts import RESCALING_OPS, Artifact, Layer, in_batches, then_rescale
+from lightnets.errors import BackendNotInstalledError, FileFormatError, LightnetsError, runtime_failure
 
 from .base import Backend, unreadable
 
@@ -255,25 +255,49 @@ def read_artifact(path, interpreter_of) -> Artifact:
         io = np.dtype(_NP_TYPES.get(f.tensors[t_in].Type(), np.uint8)).name
         quantized = (f"integer-quantized weights dequantized on import (scale, zero point; int32 bias scale = input "
                      f"scale x weight scale), {io} input")
-    inp, out = interpreter.get_input_details()[0], interpreter.get_output_details()[0]
+    inp = interpreter.get_input_details()[0]
     first = f.users.get(t_in, [])
     quantized_input = t_in if np.dtype(inp["dtype"]).kind in "iu" else \
         (f.ops[first[0]][3][0] if len(first) == 1 and f.ops[first[0]][0] == "QUANTIZE" else None)
-
-    def run_file(x):
-        x = np.asarray(x, np.float32)
-        if tuple(inp["shape"]) != x.shape:
-            interpreter.resize_tensor_input(inp["index"], x.shape)
-        interpreter.allocate_tensors()
-        scale, zero = inp["quantization"]
-        if np.dtype(inp["dtype"]).kind in "iu":  # an integer-input file: quantize as the converter's input would
-            info = np.iinfo(inp["dtype"])
-            x = np.clip(np.round(x / scale + zero), info.min, info.max)
-        interpreter.set_tensor(inp["index"], x.astype(inp["dtype"]))
-        interpreter.invoke()
-        y = interpreter.get_tensor(out["index"])
-        scale, zero = out["quantization"]
-        return (y.astype(np.float32) - zero) * scale if np.dtype(out["dtype"]).kind in "iu" else y
+    run_file = file_runner(interpreter, path, dims[0])
     return Artifact(str(path), "tflite", layers, layout, hw if None not in hw else None,
                     _tflite_rescaling(f, t_in), activation, quantized, tuple(dict.fromkeys(f.notes)), run_file,
-                    None if quantized_input is None else f.quantized_range(quantized_input))
+                    None if quantized_input is None else f.quantized_range(quantized_input), batch=dims[0],
+                    outputs=sg.OutputsLength())
+
+
+def file_runner(interpreter, path, batch: int | None):
+    """``run(x)``: a LiteRT interpreter of a file on the float32 NHWC batch ``x`` -> its float32 output (a list for
+    several), integer inputs quantized and integer outputs dequantized by their scale and zero point, a file whose
+    batch is fixed to ``batch`` fed that many images at a time (resizing a fixed-batch file's input fails in XNNPack:
+    "failed to reshape runtime"), any other batch by resizing the input. The interpreter's errors are re-raised as a
+    RuntimeFailure naming the file, the input tensor and the fix."""
+    inp, outs = interpreter.get_input_details()[0], interpreter.get_output_details()
+    shown = "x".join(str(d) if d > 0 else "?" for d in inp.get("shape_signature", inp["shape"]))
+
+    def once(x):
+        try:
+            if tuple(inp["shape"]) != x.shape:
+                interpreter.resize_tensor_input(inp["index"], x.shape)
+                inp["shape"] = np.array(x.shape)
+            interpreter.allocate_tensors()
+            scale, zero = inp["quantization"]
+            if np.dtype(inp["dtype"]).kind in "iu":  # an integer-input file: quantize as the converter's input would
+                info = np.iinfo(inp["dtype"])
+                x = np.clip(np.round(x / scale + zero), info.min, info.max)
+            interpreter.set_tensor(inp["index"], x.astype(inp["dtype"]))
+            interpreter.invoke()
+            ys = []
+            for out in outs:
+                y = interpreter.get_tensor(out["index"])
+                scale, zero = out["quantization"]
+                ys.append((y.astype(np.float32) - zero) * scale if np.dtype(out["dtype"]).kind in "iu" else y)
+        except LightnetsError:
+            raise
+        except Exception as e:  # noqa: BLE001 -- the interpreter raises RuntimeError/ValueError of its own
+            raise runtime_failure(path, "LiteRT", inp["name"], x.shape, e,
+                                  f"the file's input is NHWC {shown}: feed float32 images of that shape (a fixed "
+                                  "batch one chunk at a time), or convert the model with a dynamic batch") from None
+        return ys[0] if len(ys) == 1 else ys
+
+    return lambda x: in_batches(once, np.asarray(x, np.float32), batch)

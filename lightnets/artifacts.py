@@ -34,10 +34,11 @@ from typing import Any, NamedTuple
 
 import numpy as np
 
+from . import features as FT
 from . import ops, reference, registry
 from . import provenance as PV
 from . import weights as W
-from .errors import FileFormatError, WeightsError
+from .errors import FileFormatError, LightnetsError, WeightsError, runtime_failure
 from .frameworks import load_backend
 from .graph import Graph, Node
 from .numerics import rel_error, softmax
@@ -76,8 +77,29 @@ class Artifact(NamedTuple):
     output_activation: str  # "linear" | "softmax"
     quantized: str | None  # e.g. "int8 weights dequantized (per-channel scales)", else None
     notes: tuple[str, ...]
-    run: Any  # run(x: float32 array in input_layout) -> float32 outputs, the file's own runtime
+    run: Any  # run(x: float32 array in input_layout) -> float32 output (a list: one per file output), any batch
     input_range: tuple[float, float] | None = None  # a quantized input's representable range (the probe's inputs)
+    batch: int | None = None  # the file's fixed batch (None: dynamic); ``run`` feeds it that many images at a time
+    outputs: int = 1  # how many outputs the file has (a backbone: one per feature map)
+
+
+def in_batches(run, x: np.ndarray, batch: int | None):
+    """``run(x)`` for a file whose batch is fixed to ``batch`` (None: dynamic, one call): ``x`` in chunks of
+    ``batch`` images, the last one padded with copies of its last image, outputs (an array or a list of
+    arrays) cut back and concatenated."""
+    if batch is None or len(x) == batch:
+        return run(x)
+    parts = []
+    for i in range(0, len(x), batch):
+        chunk = x[i: i + batch]
+        n = len(chunk)
+        if n < batch:
+            chunk = np.concatenate([chunk, np.repeat(chunk[-1:], batch - n, 0)])
+        y = run(chunk)
+        parts.append([v[:n] for v in y] if isinstance(y, list) else y[:n])
+    if isinstance(parts[0], list):
+        return [np.concatenate(vs) for vs in zip(*parts, strict=True)]
+    return np.concatenate(parts)
 
 
 RESCALING_OPS = ("mul", "div", "add", "sub")
@@ -319,11 +341,16 @@ def fitting(art: Artifact, arch: str | Graph | None = None, num_classes: int | N
     fu = file_units(art)
     if not fu:
         raise FileFormatError(f"{art.path} holds no conv or linear weights; it is not one of the light CNNs")
+    if input_size is None and isinstance(arch, Graph) and arch.input_shape[1] == arch.input_shape[2]:
+        input_size = arch.input_shape[1]  # a recorded graph: a dynamic-size file at the graph's own size
     hw = _size(art, input_size)
     top = _has_top(fu)
     n = num_classes or classes_of(art) or 1000
     if isinstance(arch, Graph):  # a file's recorded graph (a lightnets export's sidecar)
         graphs = {arch.name: lambda: arch.replace(input_shape=(arch.input_shape[0], *hw))}
+    elif art.outputs > 1:  # a backbone file (one output per feature map): the ids' feature graphs
+        graphs = {mid: functools.partial(_feature_spec, mid, hw[0])
+                  for mid in ([arch] if arch is not None else registry.list_models())}
     else:
         graphs = {mid: functools.partial(registry.get_spec, mid, num_classes=n, input_size=hw[0], include_top=top)
                   for mid in ([arch] if arch is not None else registry.list_models())}
@@ -338,6 +365,28 @@ def fitting(art: Artifact, arch: str | Graph | None = None, num_classes: int | N
         elif closest is None or m.matched > closest[1].matched:
             closest = (mid, m)
     return fits, hw, closest
+
+
+def _feature_spec(mid: str, size: int) -> Graph:
+    """The backbone graph of id ``mid`` (default feature maps), as ``lightnets.build(mid, features=True)``."""
+    return FT.feature_graph(registry.get_spec(mid, input_size=size), None)
+
+
+def _paired(got: list[np.ndarray], want: list[np.ndarray], path: str, mid: str) -> list[np.ndarray]:
+    """The file's outputs in the order of the graph's (the same shapes in order, else each graph output takes the
+    first unused file output of its shape); WeightsError when the outputs do not correspond."""
+    shapes = [tuple(v.shape) for v in want]
+    if [tuple(v.shape) for v in got] == shapes:
+        return got
+    left, out = list(range(len(got))), []
+    for w in shapes:
+        k = next((i for i in left if tuple(got[i].shape) == w), None) if len(got) == len(want) else None
+        if k is None:
+            raise WeightsError(f"{path}: the file's output shapes {[tuple(v.shape) for v in got]} != the {mid} "
+                               f"graph's {shapes} (NCHW); is it a file of that net (features=True for a backbone)?")
+        left.remove(k)
+        out.append(got[k])
+    return out
 
 
 def _to_layout(x: np.ndarray, layout: str) -> np.ndarray:
@@ -370,28 +419,52 @@ def import_artifact(art: Artifact, runtime, arch: str | Graph | None = None, num
     else:
         x = rng.standard_normal(shape)
         feed = x if art.rescaling is None else (x - art.rescaling[1]) / art.rescaling[0]
-    got = _from_layout(art.run(_to_layout(feed, art.input_layout).astype(np.float32)), art.input_layout)
+    fed = _to_layout(feed, art.input_layout).astype(np.float32)
+    try:
+        raw = art.run(fed)
+    except LightnetsError:
+        raise
+    except Exception as e:  # noqa: BLE001 -- the runtimes raise their own exception types
+        raise runtime_failure(art.path, runtime.name, "input", fed.shape, e,
+                              f"the import probe fed {len(fed)} random {art.input_layout} images of the file's input "
+                              "size; check the file runs in its runtime on such a batch, or pass input_size= for a "
+                              "file with dynamic height/width") from None
+    raw = raw if isinstance(raw, list) else [raw]
+    raw = [_from_layout(y, art.input_layout) for y in raw]
 
-    def head(y):
-        return softmax(y) if art.output_activation == "softmax" else y
+    def outputs(y) -> list[np.ndarray]:
+        if isinstance(y, list):
+            return [np.asarray(v, np.float64) for v in y]
+        return [softmax(y) if art.output_activation == "softmax" else np.asarray(y, np.float64)]
 
     errors = {}
     for mid, m in fits:
-        want = head(reference.run(m.graph, m.weights, x))
-        if want.shape != got.shape:
-            raise WeightsError(f"{art.path}: the file's output shape {got.shape} != the {mid} graph's {want.shape}")
-        errors[mid] = (rel_error(got, want), want)
+        want = outputs(reference.run(m.graph, m.weights, x))
+        got_m = _paired(raw, want, art.path, mid)
+        errors[mid] = (max(rel_error(g, w) for g, w in zip(got_m, want, strict=True)), want, got_m)
     best = min(errors, key=lambda k: errors[k][0])
     ties = [k for k in errors if errors[k][0] <= 10 * errors[best][0] + 1e-12 and k != best]
     if ties:
         raise WeightsError(f"{art.path} fits several ids that compute the same here: {', '.join([best, *ties])}; "
                            "pass arch= (CLI --arch)")
     m = dict(fits)[best]
-    err, want = errors[best]
-    probe = {"rel_error": err, "runtime": runtime.name, "shape": tuple(x.shape)}
+    err, want, got = errors[best]
+    probe = {"rel_error": err, "runtime": runtime.name, "shape": tuple(x.shape), "file_batch": art.batch}
     found = " found from the file" if arch is None else ""
     notes = [f"imported from {art.format} file {art.path} (id {best!r}{found})"]
-    if art.quantized:
+    if art.batch is not None:
+        notes.append(f"the file's batch is fixed to {art.batch}: lightnets runs it {art.batch} image(s) at a time "
+                     f"(the import probe: {len(x)} images in {-(-len(x) // art.batch)} runs); the imported model "
+                     "takes any batch")
+    if len(got) > 1:
+        notes.append(f"{len(got)} outputs (feature maps), each probed against the float64 reference")
+    if art.quantized and len(got) > 1:  # a quantized backbone: no classes to agree on, the relative error only
+        probe.update(tolerance=QUANTIZED_REL)
+        notes.append(f"{art.quantized}; the probe compares each feature map within {QUANTIZED_REL:.0%} relative "
+                     f"(rel error {err:.1e}), a coarse check")
+        ok = err <= QUANTIZED_REL
+    elif art.quantized:
+        got, want = got[0], want[0]
         if np.any(np.ptp(got.reshape(len(got), -1), -1) == 0):
             raise WeightsError(f"{art.path}: the quantized file gives one value for every class on random inputs "
                                f"(its {art.output_activation} output quantized flat), so its top-1 cannot be checked; "
@@ -403,8 +476,8 @@ def import_artifact(art: Artifact, runtime, arch: str | Graph | None = None, num
                      "passes it")
         ok = agree >= QUANTIZED_TOP1 or err <= QUANTIZED_REL
     else:
-        ours = np.asarray(runtime.float32_output(m.graph, m.weights, x), np.float64)
-        noise = rel_error(head(ours), want)
+        ours = outputs(runtime.float32_output(m.graph, m.weights, x))
+        noise = max(rel_error(o, w) for o, w in zip(ours, want, strict=True))
         tol = max(FLOAT32_NOISE_FACTOR * noise, FLOAT32_FLOOR)
         probe.update(tolerance=tol, float32_noise=noise)
         ok = err <= tol

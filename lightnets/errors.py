@@ -50,3 +50,16 @@ class InputShapeError(LightnetsError, ValueError):
 
 class FileFormatError(LightnetsError, ValueError):
     """A weights or graph file is unreadable, truncated, of the wrong format or of another arch."""
+
+
+class RuntimeFailure(LightnetsError, RuntimeError):
+    """A file's own runtime (ONNX Runtime, LiteRT) failed to load or run it during an import or an export."""
+
+
+def runtime_failure(path, runtime: str, tensor: str, shape, error: BaseException, fix: str) -> RuntimeFailure:
+    """A :class:`RuntimeFailure` naming the file, the runtime, the tensor fed (name and shape), the runtime's own
+    message (its first line) and the fix."""
+    name = getattr(path, "name", None) or str(path)
+    first = (str(error).strip().splitlines() or [""])[0][:300]
+    return RuntimeFailure(f"{name}: {runtime} failed on input tensor {tensor!r} of shape {tuple(shape)} "
+                          f"({type(error).__name__}: {first}); {fix}")

@@ -100,16 +100,26 @@ def to_onnx(source, dtype: str = "float32", dynamic_hw: bool | None = None, inpu
     return O.checked(O.to_onnx(graph, weights, dtype, dynamic_hw)), graph, weights
 
 
+def outputs_rel_error(got, want) -> float:
+    """The largest relative error over a graph's outputs (one array, or a list: a backbone's feature maps)."""
+    from .numerics import rel_error
+
+    got, want = (got, want) if isinstance(want, list) else ([got], [want])
+    if not isinstance(got, list) or len(got) != len(want):
+        raise LightnetsError(f"the export gives {len(got) if isinstance(got, list) else 1} output(s), the graph "
+                             f"{len(want)}; please report it with the model id")
+    return max(rel_error(g, w) for g, w in zip(got, want, strict=True))
+
+
 def probe(model, graph: Graph, weights, seed: int = 0) -> float | None:
-    """Relative error of one random image through ``model`` in onnxruntime against the float64 reference
-    (None without onnxruntime)."""
+    """Relative error of one random image through ``model`` in onnxruntime against the float64 reference, the
+    largest over the graph's outputs (None without onnxruntime)."""
     if importlib.util.find_spec("onnxruntime") is None:
         return None
-    from .numerics import rel_error
     from .reference import run
 
     x = np.random.default_rng(seed).standard_normal((1, *graph.input_shape))
-    return rel_error(onnx_module().BACKEND.forward(model, x), run(graph, weights, x))
+    return outputs_rel_error(onnx_module().BACKEND.forward(model, x), run(graph, weights, x))
 
 
 # --- TFLite ------------------------------------------------------------------------------------------
@@ -160,6 +170,16 @@ def top1_agreement(model, graph: Graph, weights, images: np.ndarray, chunk: int 
     return agree, len(images)
 
 
+def feature_rel_error(model, graph: Graph, weights, images: np.ndarray, chunk: int = 8) -> float:
+    """The largest relative error of any feature map of the backbone ``model`` (a TFLiteModel) against the float64
+    reference on ``images`` (an int8 backbone has no classes to agree on)."""
+    from .reference import run
+
+    TL = tflite_module()  # noqa: N806
+    return max(outputs_rel_error(TL.BACKEND.run(model, images[i: i + chunk]), run(graph, weights, images[i: i + chunk]))
+               for i in range(0, len(images), chunk))
+
+
 class TFLiteExport(NamedTuple):
     """A written TFLite export: its path and what its check measured (also in the card's notes)."""
 
@@ -185,7 +205,13 @@ def export_tflite(source, path, overwrite: bool = False, quantize: str | None = 
                                  f"{CALIBRATION_IMAGES} N(0, 1) NCHW images, seed {CALIBRATION_SEED}")
         note = (f"TFLite int8 post-training full-integer quantization (int8 weights/activations, float32 "
                 f"input/output); representative dataset: {report['calibration']}")
-        if check:
+        if check and graph.multi_output:
+            images = seeded_images(graph, AGREEMENT_IMAGES, AGREEMENT_SEED)
+            rel = feature_rel_error(model, graph, weights, images)
+            report.update(feature_rel_error=rel, images=len(images), agreement_seed=AGREEMENT_SEED)
+            note += (f"; {len(graph.output_names)} feature maps: largest rel error against the float64 reference "
+                     f"{rel:.1%} on {len(images)} N(0, 1) images, seed {AGREEMENT_SEED}")
+        elif check:
             agree, n = top1_agreement(model, graph, weights, seeded_images(graph, AGREEMENT_IMAGES, AGREEMENT_SEED))
             report.update(top1_agreement=agree / n, agreeing=agree, images=n, agreement_seed=AGREEMENT_SEED)
             note += (f"; top-1 agreement with the float64 reference {agree}/{n} = {agree / n:.1%} on N(0, 1) "
@@ -193,11 +219,10 @@ def export_tflite(source, path, overwrite: bool = False, quantize: str | None = 
     else:
         note = "TFLite float32 export (tf.lite.TFLiteConverter.from_keras_model)"
         if check:
-            from .numerics import rel_error
             from .reference import run
 
             x = np.random.default_rng(seed).standard_normal((1, *graph.input_shape))
-            rel = rel_error(TL.BACKEND.run(model, x), run(graph, weights, x))
+            rel = outputs_rel_error(TL.BACKEND.run(model, x), run(graph, weights, x))
             if not rel <= PROBE_REL:
                 raise LightnetsError(f"the TFLite export of {graph.name!r} gives {rel:.2e} relative error against "
                                      f"the float64 reference on a probe image (bound {PROBE_REL:g}); nothing "
