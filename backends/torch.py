@@ -12,6 +12,7 @@ import copy
 import operator
 import time
 import warnings
+from collections import OrderedDict
 from collections.abc import Callable, Mapping
 
 import numpy as np
@@ -506,8 +507,12 @@ class TorchBackend(Backend):
         return {k: tuple(v.shape) for k, v in model.state_dict().items()}
 
     def _assign(self, model, sd: Mapping):
-        tensors = {k: v if isinstance(v, torch.Tensor) else torch.from_numpy(np.ascontiguousarray(v))
-                   for k, v in sd.items()}
+        tensors = OrderedDict((k, v if isinstance(v, torch.Tensor) else torch.from_numpy(np.ascontiguousarray(v)))
+                              for k, v in sd.items())
+        # torch passes each module its state-dict version from ``state_dict._metadata``; a module whose
+        # _load_from_state_dict checks it refuses a plain dict. The keys are the model's own (checked), so the
+        # model's own metadata is theirs unless the dict brings one
+        tensors._metadata = getattr(sd, "_metadata", None) or model.state_dict()._metadata
         model.load_state_dict(tensors, strict=False)  # keys checked already; absent ones are optional
 
     def forward(self, model, x):

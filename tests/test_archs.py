@@ -1,8 +1,10 @@
-"""ShuffleNetV1/V2, MobileNetV3, GhostNet specs: counts against docs/design.md §3 and the zoo twins, forward
-numerics against the twins (float64, test-local positional weight mapping), channel shuffle order.
+"""ShuffleNetV1/V2, MobileNetV3, GhostNet, MNASNet specs: counts against docs/design.md §3 and the zoo twins,
+forward numerics against the twins (float64, test-local positional weight mapping), channel shuffle order.
 
 Frameworks are imported inside tests only; tensorflow never (paddle tests run first, see conftest).
 """
+
+from collections import OrderedDict
 
 import numpy as np
 import pytest
@@ -11,7 +13,7 @@ import lightnets
 from lightnets import reference, registry, weights
 from lightnets.archs import shufflenet_v1
 
-FAMILIES = ("shufflenet_v1", "shufflenet_v2", "mobilenet_v3", "ghostnet")
+FAMILIES = ("shufflenet_v1", "shufflenet_v2", "mobilenet_v3", "ghostnet", "mnasnet")
 
 # docs/design.md §3: trainable parameters of the zoo twins at 1000 classes.
 PARAMS = {
@@ -29,6 +31,11 @@ PARAMS = {
     "mobilenet_v2_140_keras": 6_108_776,
     "mobilenet_v3_large_100_keras": 5_483_032, "mobilenet_v3_large_075_keras": 3_993_528,
     "mobilenet_v3_small_100_keras": 2_542_856, "mobilenet_v3_small_075_keras": 2_041_872,
+    # MNASNet: torchvision mnasnet0_5..1_3 and timm mnasnet_050..140 (B1), timm semnasnet_050..140 (A1), mnasnet_small
+    "mnasnet_b1_050": 2_218_512, "mnasnet_b1_075": 3_170_208, "mnasnet_b1_100": 4_383_312,
+    "mnasnet_b1_130": 6_282_256, "mnasnet_b1_140": 7_115_728,
+    "mnasnet_a1_050": 2_082_006, "mnasnet_a1_075": 2_912_278, "mnasnet_a1_100": 3_887_038,
+    "mnasnet_a1_140": 6_105_992, "mnasnet_small_100": 2_030_264,
 }
 # docs/design.md §3: official megvii ShuffleNetV1 (rounded to 0.01M there; within 1% here).
 SHUFFLENET_V1_PARAMS = {
@@ -42,6 +49,7 @@ MACS = {
     "shufflenet_v2_050": 41, "shufflenet_v2_100": 146, "shufflenet_v2_150": 299, "shufflenet_v2_200": 591,
     "mobilenet_v3_large_100": 219, "mobilenet_v3_small_100": 56,
     "ghostnet_050": 42, "ghostnet_100": 141, "ghostnet_130": 226,
+    "mnasnet_b1_100": 315, "mnasnet_a1_100": 312,
 }
 
 
@@ -88,6 +96,19 @@ TORCH_TWINS = [  # (our id, zoo, constructor, kwargs)
     ("ghostnet_050", "timm", "ghostnet_050", {}),
     ("ghostnet_100", "timm", "ghostnet_100", {}),
     ("ghostnet_130", "timm", "ghostnet_130", {}),
+    ("mnasnet_b1_050", "torchvision", "mnasnet0_5", {}),
+    ("mnasnet_b1_075", "torchvision", "mnasnet0_75", {}),
+    ("mnasnet_b1_100", "torchvision", "mnasnet1_0", {}),
+    ("mnasnet_b1_130", "torchvision", "mnasnet1_3", {}),
+    ("mnasnet_b1_050", "timm", "mnasnet_050", {}),
+    ("mnasnet_b1_075", "timm", "mnasnet_075", {}),
+    ("mnasnet_b1_100", "timm", "mnasnet_100", {}),
+    ("mnasnet_b1_140", "timm", "mnasnet_140", {}),
+    ("mnasnet_a1_050", "timm", "semnasnet_050", {}),
+    ("mnasnet_a1_075", "timm", "semnasnet_075", {}),
+    ("mnasnet_a1_100", "timm", "semnasnet_100", {}),
+    ("mnasnet_a1_140", "timm", "semnasnet_140", {}),
+    ("mnasnet_small_100", "timm", "mnasnet_small", {}),
 ]
 
 
@@ -161,6 +182,9 @@ TORCH_NUMERICS = [  # (our id, zoo, constructor, kwargs, builder overrides to ma
     ("mobilenet_v3_large_075_paddle", "torchvision", "mobilenet_v3_large", {"width_mult": 0.75}, {}),
     ("mobilenet_v3_small_075", "timm", "mobilenetv3_small_075", {}, {"eps": 1e-5}),
     ("ghostnet_100", "timm", "ghostnet_100", {}, {}),
+    ("mnasnet_b1_075", "torchvision", "mnasnet0_75", {}, {}),
+    ("mnasnet_a1_075", "timm", "semnasnet_075", {}, {}),
+    ("mnasnet_small_100", "timm", "mnasnet_small", {}, {}),
 ]
 
 
@@ -173,8 +197,9 @@ def test_forward_matches_torch_twin_float64(model_id, zoo, ctor, kwargs, overrid
     sd = {k: v for k, v in twin.state_dict().items() if not k.endswith("num_batches_tracked")}
     w = weights.init_weights(graph, seed=1)
     native = _native(graph, [(k, tuple(v.shape)) for k, v in sd.items()], w)
-    result = twin.load_state_dict({k: torch.from_numpy(np.ascontiguousarray(v)) for k, v in native.items()},
-                                  strict=False)
+    tensors = OrderedDict((k, torch.from_numpy(np.ascontiguousarray(v))) for k, v in native.items())
+    tensors._metadata = twin.state_dict()._metadata  # module versions: torchvision MNASNet refuses a dict without
+    result = twin.load_state_dict(tensors, strict=False)
     assert not result.unexpected_keys and all(k.endswith("num_batches_tracked") for k in result.missing_keys)
     x = np.random.default_rng(2).standard_normal((2, 3, 64, 64))
     with torch.no_grad():
@@ -261,7 +286,7 @@ def test_shufflenet_v1_channel_rule_reproduces_the_official_tables():
 # --- any input size, features without the top ----------------------------------------------
 def test_every_id_builds_at_any_input_size_and_without_top():
     ids = _ids()
-    assert len(ids) == 28 + 8 + 6 + 3 + 4  # + 4 mobilenet_v3 *_keras
+    assert len(ids) == 28 + 8 + 6 + 3 + 4 + 10  # + 4 mobilenet_v3 *_keras, + 10 mnasnet
     for model_id in ids:
         full = lightnets.get_spec(model_id)
         assert full.output_shape == (1000,)
@@ -274,8 +299,30 @@ def test_every_id_builds_at_any_input_size_and_without_top():
 
 def test_reference_runs_at_the_smallest_input():
     x = np.random.default_rng(0).standard_normal((1, 3, 32, 32))
-    smallest = ("shufflenet_v1_g8_050", "shufflenet_v2_025_paddle", "mobilenet_v3_small_075", "ghostnet_050")
+    smallest = ("shufflenet_v1_g8_050", "shufflenet_v2_025_paddle", "mobilenet_v3_small_075", "ghostnet_050",
+                "mnasnet_small_100")
     for model_id in smallest:
         g = lightnets.get_spec(model_id, num_classes=3, input_size=32)
         out = reference.run(g, weights.init_weights(g), x)
         assert out.shape == (1, 3) and np.all(np.isfinite(out))
+
+
+# --- MNASNet ----------------------------------------------------------------------------------
+def test_mnasnet_structure_follows_figure_7():
+    """B1: no SE, residual on every repeat; A1: SE (relu, sigmoid, squeeze from the block input) on stages 3, 5,
+    6; small: the 8 -> 8 SepConv keeps its residual (timm has_skip); torchvision's width rounding."""
+    b1, a1, small = (lightnets.get_spec(f"mnasnet_{v}") for v in ("b1_100", "a1_100", "small_100"))
+    assert not any(".se." in n.name for n in b1.nodes)
+    assert b1.node("stem.bn").attrs["momentum"] == 1 - 0.9997 and b1.node("stem.bn").attrs["eps"] == 1e-5
+    assert sum(n.op == "add" for n in b1.nodes) == 2 + 2 + 2 + 1 + 3
+    assert a1.shapes["blocks.3.se.fc1"][0] == 6 and a1.shapes["blocks.4.se.fc1"][0] == 10  # round(24/4), 40/4
+    assert a1.node("blocks.3.se.gate").attrs["kind"] == "sigmoid" and a1.node("blocks.3.se.act").attrs["kind"] == "relu"
+    se_blocks = {int(n.name.split(".")[1]) for n in a1.nodes if n.name.endswith(".se.scale")}
+    assert se_blocks == {3, 4, 5, 10, 11, 12, 13, 14}
+    assert "blocks.0.add" in {n.name for n in small.nodes}
+    # torchvision _get_depths(0.5): [16, 8, 16, 24, 40, 48, 96, 160]; head stays 1280
+    g = lightnets.get_spec("mnasnet_b1_050")
+    assert [g.shapes[n][0] for n in ("stem.act", "blocks.0.project.bn", "blocks.1.project.bn", "blocks.4.project.bn",
+                                     "blocks.7.project.bn", "blocks.10.project.bn", "blocks.12.project.bn",
+                                     "blocks.16.project.bn", "head.conv.act")] == [16, 8, 16, 24, 40, 48, 96, 160, 1280]
+

@@ -51,3 +51,15 @@ class FeaturePoint(NamedTuple):
     module: str
     node: str
     stage: int
+
+
+def squeeze_excite(g, name: str, x: str, squeeze: int, act: str = "relu", gate: str = "hardsigmoid") -> str:
+    """SE: global pool -> 1x1 conv (bias) to ``squeeze`` -> ``act`` -> 1x1 conv (bias) back -> ``gate`` -> scale
+    ``x``, as ``name.pool .fc1 .act .fc2 .gate .scale`` (the squeeze rule is the family's)."""
+    c = g.channels(x)
+    s = g.add(f"{name}.pool", "global_avg_pool", x)
+    s = g.add(f"{name}.fc1", "conv2d", s, out_channels=squeeze, kernel=1, bias=True)
+    s = g.add(f"{name}.act", "activation", s, kind=act)
+    s = g.add(f"{name}.fc2", "conv2d", s, out_channels=c, kernel=1, bias=True)
+    s = g.add(f"{name}.gate", "activation", s, kind=gate)
+    return g.add(f"{name}.scale", "mul", [x, s])

@@ -131,6 +131,11 @@ TORCHVISION = {
     ("torchvision", "shufflenet_v2_x1_0"): _tv("shufflenet_v2_100", "shufflenet_v2_x1_0"),
     ("torchvision", "shufflenet_v2_x1_5"): _tv("shufflenet_v2_150", "shufflenet_v2_x1_5"),
     ("torchvision", "shufflenet_v2_x2_0"): _tv("shufflenet_v2_200", "shufflenet_v2_x2_0"),
+    # MNASNet-B1; BN momentum 1 - 0.9997 (torchvision's _BN_MOMENTUM)
+    ("torchvision", "mnasnet0_5"): _tv("mnasnet_b1_050", "mnasnet0_5", 1e-5, 1 - 0.9997),
+    ("torchvision", "mnasnet0_75"): _tv("mnasnet_b1_075", "mnasnet0_75", 1e-5, 1 - 0.9997),
+    ("torchvision", "mnasnet1_0"): _tv("mnasnet_b1_100", "mnasnet1_0", 1e-5, 1 - 0.9997),
+    ("torchvision", "mnasnet1_3"): _tv("mnasnet_b1_130", "mnasnet1_3", 1e-5, 1 - 0.9997),
 }
 TIMM = {  # timm builds every BN with eps 1e-5 (lightnets' MobileNetV3 ids default to 1e-3)
     ("timm", "ghostnet_050"): _tm("ghostnet_050", "ghostnet_050"),
@@ -147,6 +152,16 @@ TIMM = {  # timm builds every BN with eps 1e-5 (lightnets' MobileNetV3 ids defau
     ("timm", "mobilenetv3_large_100"): _tm("mobilenet_v3_large_100", "mobilenetv3_large_100"),
     ("timm", "mobilenetv3_small_075"): _tm("mobilenet_v3_small_075", "mobilenetv3_small_075"),
     ("timm", "mobilenetv3_small_100"): _tm("mobilenet_v3_small_100", "mobilenetv3_small_100"),
+    # MNASNet: mnasnet_* is B1 (torchvision's graph), semnasnet_* is A1 (SE), mnasnet_small the TF "mnasnet-small"
+    ("timm", "mnasnet_050"): _tm("mnasnet_b1_050", "mnasnet_050"),
+    ("timm", "mnasnet_075"): _tm("mnasnet_b1_075", "mnasnet_075"),
+    ("timm", "mnasnet_100"): _tm("mnasnet_b1_100", "mnasnet_100"),
+    ("timm", "mnasnet_140"): _tm("mnasnet_b1_140", "mnasnet_140"),
+    ("timm", "semnasnet_050"): _tm("mnasnet_a1_050", "semnasnet_050"),
+    ("timm", "semnasnet_075"): _tm("mnasnet_a1_075", "semnasnet_075"),
+    ("timm", "semnasnet_100"): _tm("mnasnet_a1_100", "semnasnet_100"),
+    ("timm", "semnasnet_140"): _tm("mnasnet_a1_140", "semnasnet_140"),
+    ("timm", "mnasnet_small"): _tm("mnasnet_small_100", "mnasnet_small"),
 }
 PADDLE = {
     ("paddle", "mobilenet_v1"): _pd("mobilenet_v1_100", "mobilenet_v1"),
