@@ -9,15 +9,19 @@ import pytest
 from lightnets import bench, cli
 
 
-def test_bench_tiny_torch(tmp_path, capsys):
-    pytest.importorskip("torch")
+def _tiny_bench(tmp_path, capsys, backend: str, batch: int) -> tuple[dict, object]:
+    """``lightnets bench`` of mobilenet_v2_100 at 64 px, 3 repeats, 1 thread: (bench.json, the report dir)."""
     pytest.importorskip("torchvision")
     pytest.importorskip("matplotlib")
     out = tmp_path / "rep"
-    code = cli.main(["bench", "--models", "mobilenet_v2_100", "--backends", "torch", "--batch", "1",
+    code = cli.main(["bench", "--models", "mobilenet_v2_100", "--backends", backend, "--batch", str(batch),
                      "--size", "64", "--repeats", "3", "--threads", "1", "--out", str(out)])
     assert code == 0, capsys.readouterr().out
-    report = json.loads((out / "bench.json").read_text())
+    return json.loads((out / "bench.json").read_text()), out
+
+
+def test_bench_tiny_torch(tmp_path, capsys):
+    report, out = _tiny_bench(tmp_path, capsys, "torch", 1)
     assert report["meta"]["size"] == 64 and report["meta"]["batches"] == [1]
     assert report["import_lightnets"]["median_s"] > 0
     res = report["backends"]["torch"]
@@ -50,12 +54,7 @@ def test_bench_tiny_torch(tmp_path, capsys):
 def test_bench_tiny_onnxruntime_times_our_export_and_the_twins_export(tmp_path, capsys):
     """ONNX Runtime runs lightnets' export (plain, BN folded) and torchvision's torch.onnx export of the twin."""
     pytest.importorskip("onnxruntime")
-    pytest.importorskip("torchvision")
-    out = tmp_path / "rep"
-    code = cli.main(["bench", "--models", "mobilenet_v2_100", "--backends", "onnxruntime", "--batch", "2",
-                     "--size", "64", "--repeats", "3", "--threads", "1", "--out", str(out)])
-    assert code == 0, capsys.readouterr().out
-    res = json.loads((out / "bench.json").read_text())["backends"]["onnxruntime"]
+    res = _tiny_bench(tmp_path, capsys, "onnxruntime", 2)[0]["backends"]["onnxruntime"]
     assert not res.get("failed") and res["errors"] == []
     (row,) = res["rows"]
     assert row["twin_name"] == "torchvision.mobilenet_v2" and set(row["variants"]) == set(bench.RUNTIME_VARIANTS)
