@@ -207,9 +207,12 @@ def read_artifact(path, session_of) -> Artifact:
                and n.op_type != "DequantizeLinear"]
     if unknown:
         n = unknown[0]
+        fused = (f" - an onnxruntime fused op (domain {n.domain}), written by its graph optimizer above the basic "
+                 "level: import the file before that optimization, or one saved with "
+                 "GraphOptimizationLevel.ORT_ENABLE_BASIC") if n.domain == "com.microsoft" else ""
         raise FileFormatError(f"{path.name}: unsupported ONNX op {n.op_type} (node {n.name!r}, one of {len(unknown)} "
-                              "such nodes); lightnets imports the light CNNs' ops (Conv, BatchNormalization, Gemm, "
-                              "MatMul and weightless activations, pools, shape ops)")
+                              f"such nodes{fused}); lightnets imports the light CNNs' ops (Conv, BatchNormalization, "
+                              "Gemm, MatMul and weightless activations, pools, shape ops)")
     inputs = [i for i in g.input if i.name not in f.const]
     if len(inputs) != 1:
         raise FileFormatError(f"{path.name} has {len(inputs)} inputs; lightnets imports single-image-input nets")
@@ -239,7 +242,13 @@ def read_artifact(path, session_of) -> Artifact:
         return in_batches(lambda xb: run_onnx(session, path, name, shown, xb, dtype), np.asarray(x), batch)
     quantized = "weights stored quantized (DequantizeLinear): dequantized on import" if f.dequantized else None
     return Artifact(str(path), "onnx", layers, layout, hw if None not in hw else None, rescaling, activation,
-                    quantized, (), run_file, batch=batch, outputs=len(g.output))
+                    quantized, (), run_file, batch=batch, outputs=len(g.output), producers=_producers(f, g, name))
+
+
+def _producers(f: _OnnxFile, g, image: str) -> dict:
+    """tensor -> the non-constant inputs of the node that makes it; the image input -> None."""
+    out = {o: tuple(i for i in n.input if i and i not in f.const) for n in g.node for o in n.output}
+    return {**out, image: None}
 
 
 def run_onnx(session, path, name: str, shown: str, x: np.ndarray, dtype=np.float32):

@@ -263,7 +263,14 @@ def read_artifact(path, interpreter_of) -> Artifact:
     return Artifact(str(path), "tflite", layers, layout, hw if None not in hw else None,
                     _tflite_rescaling(f, t_in), activation, quantized, tuple(dict.fromkeys(f.notes)), run_file,
                     None if quantized_input is None else f.quantized_range(quantized_input), batch=dims[0],
-                    outputs=sg.OutputsLength())
+                    outputs=sg.OutputsLength(), producers=_producers(f, t_in))
+
+
+def _producers(f: _TfliteFile, t_in: int) -> dict:
+    """tensor name -> the names of the non-constant inputs of the op that makes it; the image input -> None."""
+    out = {f.name(o): tuple(f.name(i) for i in ins if i >= 0 and i not in f.const) for _, _, ins, outs in f.ops
+           for o in outs}
+    return {**out, f.name(t_in): None}
 
 
 def file_runner(interpreter, path, batch: int | None):

@@ -81,6 +81,9 @@ class Artifact(NamedTuple):
     input_range: tuple[float, float] | None = None  # a quantized input's representable range (the probe's inputs)
     batch: int | None = None  # the file's fixed batch (None: dynamic); ``run`` feeds it that many images at a time
     outputs: int = 1  # how many outputs the file has (a backbone: one per feature map)
+    # tensor -> the non-constant input tensors of the op that makes it (the image input -> None; None: not read);
+    # the matcher follows the data flow where shapes alone are ambiguous (onnxruntime reorders parallel branches)
+    producers: dict | None = None
 
 
 def in_batches(run, x: np.ndarray, batch: int | None):
@@ -231,18 +234,65 @@ class Match(NamedTuple):
     matched: int  # units matched before the first problem
 
 
+def _upstream(units: list[Unit], first_input, producers_of, out_names) -> list[frozenset]:
+    """Per unit, the units (indices; -1: the image input) that feed it through weightless ops only."""
+    owner = {}
+    for k, u in enumerate(units):
+        for t in out_names(u):
+            owner[t] = k
+    memo: dict = {}
+
+    def up(t) -> frozenset:
+        if t in owner:
+            return frozenset([owner[t]])
+        if t not in memo:
+            memo[t] = frozenset()  # a cycle guard; constants and unknown tensors feed nothing
+            ins = producers_of(t)
+            memo[t] = frozenset([-1]) if ins is None else frozenset().union(*(up(i) for i in ins))
+        return memo[t]
+
+    return [up(first_input(u)) for u in units]
+
+
+def _graph_upstream(graph: Graph, gu: list[Unit]) -> list[frozenset]:
+    nodes = {n.name: n for n in graph.nodes}
+    return _upstream(gu, lambda u: u.main.inputs[0], lambda t: nodes[t].inputs if t in nodes else None,
+                     lambda u: [u.main.name] + ([u.bn.name] if u.bn is not None else []))
+
+
+def _file_upstream(art: Artifact, fu: list[Unit]) -> list[frozenset] | None:
+    if art.producers is None:
+        return None
+    prod = art.producers
+    return _upstream(fu, lambda u: u.main.inputs[0], lambda t: prod.get(t, ()),
+                     lambda u: [u.main.output] + ([u.bn.output] if u.bn is not None else []))
+
+
 def match(graph: Graph, art: Artifact, hw: tuple[int, int]) -> Match:
     """Map the file's units onto ``graph`` at input size ``hw`` (see the module doc); never raises on a misfit:
-    :attr:`Match.problem` says why it does not fit."""
+    :attr:`Match.problem` says why it does not fit.
+
+    With the file's data flow (``Artifact.producers``), a graph unit takes the first fitting file unit that is fed
+    by the file units its own feeders took (parallel branches of equal shapes in another order, as onnxruntime's
+    optimizer writes them), else the first fitting one."""
     gu, fu = graph_units(graph), file_units(art)
     shapes = graph.shapes_at(*hw)
+    g_up, f_up = _graph_upstream(graph, gu), _file_upstream(art, fu)
+    took: dict[int, int] = {-1: -1}  # graph unit -> file unit
     used: set[int] = set()
     weights: dict[str, np.ndarray] = {}
     eps: dict[str, float] = {}
     folded = 0
     for k, g in enumerate(gu):
-        why = {}
+        why, flow = {}, None
+        if f_up is not None and all(j in took for j in g_up[k]):
+            want_up = frozenset(took[j] for j in g_up[k])
+            flow = next((i for i, f in enumerate(fu) if i not in used and f_up[i] == want_up
+                         and _weight_fits(g, f, graph) is None), None)
         for i, f in enumerate(fu):
+            if flow is not None:
+                i = flow
+                break
             if i not in used:
                 why[i] = _weight_fits(g, f, graph)
                 if why[i] is None:
@@ -253,6 +303,7 @@ def match(graph: Graph, art: Artifact, hw: tuple[int, int]) -> Match:
                 if first else "; the file has no op left"
             return Match({}, graph, folded, f"nothing in the file fits graph {g.kind} {g.main.name!r}{detail}", k)
         used.add(i)
+        took[k] = i
         f, node = fu[i], g.main
         if g.kind == "conv":
             problem = _pad_problem(graph, node, f.main, shapes)
@@ -356,7 +407,12 @@ def fitting(art: Artifact, arch: str | Graph | None = None, num_classes: int | N
                   for mid in ([arch] if arch is not None else registry.list_models())}
     fits, closest = [], None
     for mid, make in graphs.items():
-        graph = make()
+        try:
+            graph = make()
+        except LightnetsError:
+            if arch is not None:
+                raise
+            continue  # an id without feature maps (a family that marks none) cannot be a backbone file's
         if arch is None and len(graph_units(graph)) != len(fu):
             continue
         m = match(graph, art, hw)
