@@ -291,3 +291,31 @@ def test_locator_names_a_planted_wrong_pad_in_onnxruntime(tmp_path):
     out = m.run_workers(["onnxruntime"], [case.id], ["float32"], "locate", return_all=True)["onnxruntime"]
     first, per_node = m.locate("onnxruntime", "float32", [case.id], out)[case.id]
     assert first["node"] == "blocks.4.dw.conv" and len(per_node) == len(case.graph.nodes)
+
+
+@pytest.mark.parametrize("arch", ["mobilenet_v2_050", "ghostnet_050"])
+def test_backbone_exports_one_output_per_map_and_imports_back(tmp_path, arch):
+    """build(id, features=True) exports (the probe compares every map; it raised on the list of maps before), one
+    ONNX output per feature map named after its node; the file builds back (its graph) and, stripped of its lightnets
+    metadata, imports as the id's backbone found from the file, every map probed. Weights: BN statistics from data."""
+    pytest.importorskip("torch")
+    model = lightnets.build(arch, features=True, input_size=64)
+    graph = load_backend("torch").graph_of(model)
+    path = lightnets.export(model, to="onnx", path=tmp_path / "b.onnx")
+    proto = onnx.load(str(path))
+    assert [o.name for o in proto.graph.output] == list(graph.output_names) and len(graph.output_names) >= 4
+    x = np.random.default_rng(6).standard_normal((2, 3, 64, 64)).astype(np.float32)
+    want = reference.run(graph, lightnets.export_weights(model), x)
+    got = BE.forward(proto, x)
+    assert max(rel_error(g, w) for g, w in zip(got, want, strict=True)) <= T.MODEL_REL["float32"]
+    back = lightnets.build(path, backend="torch")
+    assert all(rel_error(g, w) <= T.MODEL_REL["float32"] for g, w in zip(lightnets.run(back, x), want, strict=True))
+    del proto.metadata_props[:]
+    proto.graph.doc_string = ""
+    onnx.save(proto, str(tmp_path / "bare.onnx"))
+    imp = lightnets.artifacts.read(tmp_path / "bare.onnx", "onnx", "onnxruntime", input_size=64)
+    assert imp.graph.name == arch and imp.graph.output_names == graph.output_names
+    assert imp.probe["rel_error"] <= imp.probe["tolerance"]
+    assert any("feature maps" in n for n in imp.notes)
+    w = lightnets.export_weights(model)
+    assert all(np.array_equal(imp.weights[k], w[k]) for k in w)
