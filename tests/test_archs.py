@@ -1,5 +1,5 @@
-"""ShuffleNetV1/V2, MobileNetV3, GhostNet, MNASNet specs: counts against docs/design.md §3 and the zoo twins,
-forward numerics against the twins (float64, test-local positional weight mapping), channel shuffle order.
+"""ShuffleNetV1/V2, MobileNetV3, GhostNet, MNASNet, LCNet specs: counts against docs/design.md §3 and the zoo
+twins, forward numerics against the twins (float64, test-local positional weight mapping), channel shuffle order.
 
 Frameworks are imported inside tests only; tensorflow never (paddle tests run first, see conftest).
 """
@@ -13,7 +13,7 @@ import lightnets
 from lightnets import reference, registry, weights
 from lightnets.archs import shufflenet_v1
 
-FAMILIES = ("shufflenet_v1", "shufflenet_v2", "mobilenet_v3", "ghostnet", "mnasnet")
+FAMILIES = ("shufflenet_v1", "shufflenet_v2", "mobilenet_v3", "ghostnet", "mnasnet", "lcnet")
 
 # docs/design.md §3: trainable parameters of the zoo twins at 1000 classes.
 PARAMS = {
@@ -36,6 +36,9 @@ PARAMS = {
     "mnasnet_b1_130": 6_282_256, "mnasnet_b1_140": 7_115_728,
     "mnasnet_a1_050": 2_082_006, "mnasnet_a1_075": 2_912_278, "mnasnet_a1_100": 3_887_038,
     "mnasnet_a1_140": 6_105_992, "mnasnet_small_100": 2_030_264,
+    # PP-LCNet: timm lcnet_035..150
+    "lcnet_035": 1_644_370, "lcnet_050": 1_880_856, "lcnet_075": 2_358_288, "lcnet_100": 2_953_800,
+    "lcnet_150": 4_501_112,
 }
 # docs/design.md §3: official megvii ShuffleNetV1 (rounded to 0.01M there; within 1% here).
 SHUFFLENET_V1_PARAMS = {
@@ -109,6 +112,11 @@ TORCH_TWINS = [  # (our id, zoo, constructor, kwargs)
     ("mnasnet_a1_100", "timm", "semnasnet_100", {}),
     ("mnasnet_a1_140", "timm", "semnasnet_140", {}),
     ("mnasnet_small_100", "timm", "mnasnet_small", {}),
+    ("lcnet_035", "timm", "lcnet_035", {}),
+    ("lcnet_050", "timm", "lcnet_050", {}),
+    ("lcnet_075", "timm", "lcnet_075", {}),
+    ("lcnet_100", "timm", "lcnet_100", {}),
+    ("lcnet_150", "timm", "lcnet_150", {}),
 ]
 
 
@@ -185,6 +193,7 @@ TORCH_NUMERICS = [  # (our id, zoo, constructor, kwargs, builder overrides to ma
     ("mnasnet_b1_075", "torchvision", "mnasnet0_75", {}, {}),
     ("mnasnet_a1_075", "timm", "semnasnet_075", {}, {}),
     ("mnasnet_small_100", "timm", "mnasnet_small", {}, {}),
+    ("lcnet_050", "timm", "lcnet_050", {}, {}),
 ]
 
 
@@ -286,7 +295,7 @@ def test_shufflenet_v1_channel_rule_reproduces_the_official_tables():
 # --- any input size, features without the top ----------------------------------------------
 def test_every_id_builds_at_any_input_size_and_without_top():
     ids = _ids()
-    assert len(ids) == 28 + 8 + 6 + 3 + 4 + 10  # + 4 mobilenet_v3 *_keras, + 10 mnasnet
+    assert len(ids) == 28 + 8 + 6 + 3 + 4 + 10 + 8  # + 4 mobilenet_v3 *_keras, + 10 mnasnet, + 8 lcnet
     for model_id in ids:
         full = lightnets.get_spec(model_id)
         assert full.output_shape == (1000,)
@@ -300,7 +309,7 @@ def test_every_id_builds_at_any_input_size_and_without_top():
 def test_reference_runs_at_the_smallest_input():
     x = np.random.default_rng(0).standard_normal((1, 3, 32, 32))
     smallest = ("shufflenet_v1_g8_050", "shufflenet_v2_025_paddle", "mobilenet_v3_small_075", "ghostnet_050",
-                "mnasnet_small_100")
+                "mnasnet_small_100", "lcnet_025")
     for model_id in smallest:
         g = lightnets.get_spec(model_id, num_classes=3, input_size=32)
         out = reference.run(g, weights.init_weights(g), x)
@@ -326,3 +335,27 @@ def test_mnasnet_structure_follows_figure_7():
                                      "blocks.7.project.bn", "blocks.10.project.bn", "blocks.12.project.bn",
                                      "blocks.16.project.bn", "head.conv.act")] == [16, 8, 16, 24, 40, 48, 96, 160, 1280]
 
+
+# --- PP-LCNet ---------------------------------------------------------------------------------
+# PaddleClas' table (docs/en/models/PP-LCNet_en.md): FLOPs (M) of PPLCNet_x0_25 .. x2_5
+LCNET_FLOPS = {"lcnet_025": 18, "lcnet_035": 29, "lcnet_050": 47, "lcnet_075": 99, "lcnet_100": 161, "lcnet_150": 342,
+               "lcnet_200": 590, "lcnet_250": 906}
+
+
+@pytest.mark.parametrize("model_id", sorted(LCNET_FLOPS))
+def test_lcnet_flops_are_paddleclas_count_macs_plus_two_per_batch_norm_output(model_id):
+    """PaddleClas' FLOPs are paddle.flops': conv/linear multiply-accumulates plus 2 per BN output element (macs alone
+    are 1.4-6.8% below, more at small widths where BN is a larger share)."""
+    g = lightnets.get_spec(model_id)
+    bn = sum(int(np.prod(g.shapes[n.name])) for n in g.nodes if n.op == "batch_norm")
+    assert (g.macs() + 2 * bn) / 1e6 == pytest.approx(LCNET_FLOPS[model_id], rel=0.02)
+
+
+def test_lcnet_structure_follows_table_1():
+    g = lightnets.get_spec("lcnet_100")
+    assert not any(n.op == "add" for n in g.nodes)
+    assert {int(n.name.split(".")[1]) for n in g.nodes if n.name.endswith(".se.scale")} == {11, 12}
+    assert g.shapes["blocks.11.se.fc1"][0] == 256 // 4 and g.node("blocks.11.se.gate").attrs["kind"] == "hardsigmoid"
+    assert [g.node(f"blocks.{i}.dw.conv").attrs["kernel"] for i in range(13)] == [(3, 3)] * 6 + [(5, 5)] * 7
+    assert g.shapes["head.hidden"] == (1280,) and g.node("head.hidden_act").attrs["kind"] == "hardswish"
+    assert lightnets.get_spec("lcnet_025").shapes["stem.act"][0] == 8  # make_divisible(16 * 0.25) = 8

@@ -162,6 +162,12 @@ TIMM = {  # timm builds every BN with eps 1e-5 (lightnets' MobileNetV3 ids defau
     ("timm", "semnasnet_100"): _tm("mnasnet_a1_100", "semnasnet_100"),
     ("timm", "semnasnet_140"): _tm("mnasnet_a1_140", "semnasnet_140"),
     ("timm", "mnasnet_small"): _tm("mnasnet_small_100", "mnasnet_small"),
+    # PP-LCNet (timm _gen_lcnet); conv_head (1x1 conv with bias, after the global pool) = head.hidden
+    ("timm", "lcnet_035"): _tm("lcnet_035", "lcnet_035"),
+    ("timm", "lcnet_050"): _tm("lcnet_050", "lcnet_050"),
+    ("timm", "lcnet_075"): _tm("lcnet_075", "lcnet_075"),
+    ("timm", "lcnet_100"): _tm("lcnet_100", "lcnet_100"),
+    ("timm", "lcnet_150"): _tm("lcnet_150", "lcnet_150"),
 }
 PADDLE = {
     ("paddle", "mobilenet_v1"): _pd("mobilenet_v1_100", "mobilenet_v1"),

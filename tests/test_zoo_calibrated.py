@@ -1,0 +1,65 @@
+"""Zoo imports of the issue-23 families (MNASNet, LCNet) with BN statistics from data: one train-mode forward with
+momentum 1 on low-variance images makes running variances of ~1e-3..1e-6, which amplify float32 rounding; the
+float64 probe must still hold the mapping to PROBE_FLOAT64, the zoo model in float64 must equal the reference of
+the imported graph on another batch, and export_zoo must give the zoo model back bit for bit.
+
+tests/test_zoo.py imports every entry with randomised statistics; this file runs the smallest entry of each zoo
+and variant (every entry with LIGHTNETS_SLOW=1). Zoo models are built locally with random weights.
+"""
+
+import numpy as np
+import profiles
+import pytest
+
+import lightnets
+from lightnets import registry, zoo
+from lightnets.numerics import rel_error
+
+FAMILIES = ("mnasnet", "lcnet")
+KEYS = profiles.smallest_of_each_variant(
+    [k for k in zoo.list_zoo() if registry.entry(zoo.ZOO[k].arch).family in FAMILIES],
+    arch=lambda k: zoo.ZOO[k].arch, source=lambda k: k[0])
+
+
+def _calibrated(key):
+    torch = pytest.importorskip("torch")
+    torch.manual_seed(0)
+    torch.set_num_threads(1)
+    model = zoo.ZOO[key].make(1000)
+    bns = [m for m in model.modules() if isinstance(m, torch.nn.modules.batchnorm._BatchNorm)]
+    for m in bns:
+        m.momentum = 1.0
+    model.train()
+    with torch.no_grad():
+        model(0.05 * torch.randn(16, 3, 64, 64))
+    for m in bns:
+        m.momentum = 0.1
+    return model.eval(), min(float(m.running_var.min()) for m in bns)
+
+
+def test_the_quick_profile_covers_every_zoo_and_variant_of_the_new_families():
+    variants = {(k[0], profiles.variant(zoo.ZOO[k].arch)) for k in KEYS}
+    assert {("torchvision", "mnasnet_b1"), ("timm", "mnasnet_b1"), ("timm", "mnasnet_a1"), ("timm", "mnasnet_small"),
+            ("timm", "lcnet")} <= variants
+
+
+@pytest.mark.parametrize("key", KEYS, ids=[f"{z}-{n}" for z, n in KEYS])
+def test_import_with_data_calibrated_bn_is_exact_in_float64_and_exports_back(key):
+    import torch
+    model, min_var = _calibrated(key)
+    assert min_var < 2e-3
+    graph, w, info = zoo.import_zoo(*key, model)
+    p = info["probe"]
+    print(f"ZOOPROBE calibrated {key[0]} {key[1]} -> {info['arch']}: min var {min_var:.1e}, float64 "
+          f"{p['rel_error']:.2e}, float32 {p['float32_rel_error']:.2e}")
+    assert info["arch"] == zoo.ZOO[key].arch and p["dtype"] == "float64" and p["rel_error"] <= zoo.PROBE_FLOAT64
+    x = np.random.default_rng(5).standard_normal((2, 3, 64, 64))
+    with torch.no_grad():
+        want = model.double()(torch.from_numpy(x)).numpy()
+    model.float()
+    assert rel_error(lightnets.reference.run(graph, w, x), want) <= zoo.PROBE_FLOAT64
+    fresh = zoo.ZOO[key].make(1000).eval()
+    zoo.load_native(fresh, zoo.export_zoo(*key, w), key[0])
+    x32 = torch.from_numpy(x.astype(np.float32))
+    with torch.no_grad():
+        assert torch.equal(fresh(x32), model(x32))
