@@ -200,3 +200,23 @@ def test_backend_module_imports_no_framework():
             "print([m for m in ('tensorflow', 'keras', 'ai_edge_litert') if m in sys.modules])")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
     assert out.strip() == "[]"
+
+
+def test_backbone_exports_one_output_per_map_and_imports_back(tmp_path):
+    """build(id, features=True) exports to TFLite (every map probed; the probe raised on the list of maps before)
+    with one output per feature map, and the file builds back onto its sidecar's graph, each map probed in LiteRT."""
+    pytest.importorskip("torch")
+    model = lightnets.build("mobilenet_v2_050", features=True, input_size=64)  # BN statistics from data
+    graph = load_backend("torch").graph_of(model)
+    path = lightnets.export(model, to="tflite", path=tmp_path / "b.tflite")
+    x = np.random.default_rng(8).standard_normal((2, 3, 64, 64))
+    want = reference.run(graph, lightnets.export_weights(model), x)
+    got = BE.forward(path, x)  # the file alone: its outputs in the flat buffer's order
+    assert sorted(g.shape for g in got) == sorted(w.shape for w in want)
+    by_shape = {g.shape: g for g in got}
+    assert max(rel_error(by_shape[w.shape], w) for w in want) <= T.MODEL_REL["float32"]
+    back = lightnets.build(path, backend="torch")
+    maps = lightnets.run(back, x.astype(np.float32))
+    assert len(maps) == len(want) and max(rel_error(g, w) for g, w in zip(maps, want, strict=True)) <= \
+        T.MODEL_REL["float32"]
+    assert any("feature maps" in n for n in PV.card_of(load_backend("torch").graph_of(back))["notes"])

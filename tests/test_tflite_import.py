@@ -163,3 +163,172 @@ def test_bad_tflite_files_are_named_errors(tmp_path):
     flat = art._replace(quantized="int8", run=lambda x: np.zeros((len(x), 1000), np.float32))
     with pytest.raises(WeightsError, match="quantized flat"):  # e.g. a softmax int8 rounds to zeros
         A.import_artifact(flat, lightnets.load_backend("tflite"))
+
+
+# --- files as users write them (issue 21): a fixed batch of 1, TF1-era uint8, backbones ------------------------
+# A file whose input batch is fixed to 1 (a keras model on keras.Input(batch_size=1), every TF1 converter's file) is
+# run one image at a time: resizing its input to the probe's batch fails in XNNPack ("failed to reshape runtime")
+# where a constant RESHAPE fixes the batch inside (TF-slim's squeezed logits).
+
+
+def _folded_convs(graph, weights):
+    """conv name -> (HWIO or depthwise HWC1 weight, bias) with its batch norm folded in (the TF1 QAT graph's)."""
+    users = {}
+    for n in graph.nodes:
+        for i in n.inputs:
+            users.setdefault(i, []).append(n)
+    out = {}
+    for n in graph.nodes:
+        if n.op != "conv2d":
+            continue
+        w = weights[f"{n.name}.weight"].astype(np.float64)
+        b = weights.get(f"{n.name}.bias", np.zeros(w.shape[0])).astype(np.float64)
+        bn = users[n.name][0]
+        s = weights[f"{bn.name}.gamma"] / np.sqrt(weights[f"{bn.name}.var"] + bn.attrs["eps"])
+        shift = (b - weights[f"{bn.name}.mean"]) * s + weights[f"{bn.name}.beta"]
+        out[n.name] = (w * s[:, None, None, None], shift, bn)
+    return out, users
+
+
+def _tf1_uint8_flat_buffer(graph, weights, calibration):
+    """A TF1-era quantization-aware-trained uint8 file of ``graph``: a tf.compat.v1 graph with fake-quant nodes on
+    every weight and activation (ranges measured on ``calibration``, NCHW in [-1, 1]), converted by the TF1 converter
+    API with ``inference_type=tf.uint8``: per-tensor asymmetric uint8 weights and activations, batch fixed to 1."""
+    import tensorflow as tf
+
+    tf1 = tf.compat.v1
+    acts = reference.run(graph, weights, calibration, return_all=True)
+
+    def rng(name):
+        v = acts[name]
+        return float(min(v.min(), 0.0)), float(max(v.max(), 0.0))
+
+    def fq(t, lo, hi):
+        return tf.quantization.fake_quant_with_min_max_args(t, lo, hi)
+
+    def fqw(w):
+        return fq(tf.constant(w.astype(np.float32)), float(min(w.min(), 0)), float(max(w.max(), 0)))
+
+    folded, users = _folded_convs(graph, weights)
+    c, h, w_ = graph.input_shape
+    g = tf.Graph()
+    with g.as_default():
+        x = tf1.placeholder(tf.float32, [1, h, w_, c], name="input")
+        t = {"input": fq(x, -1.0, 1.0)}
+        for n in graph.nodes:
+            a, xin = n.attrs, t[n.inputs[0]] if n.inputs[0] in t else None
+            if n.op == "conv2d":
+                wt, b, bn = folded[n.name]
+                pad = "SAME" if a.get("padding") == "same" else "VALID"
+                if pad == "VALID" and any(a["pads"]):
+                    pt, pb, pl, pr = a["pads"]
+                    xin = tf.pad(xin, [[0, 0], [pt, pb], [pl, pr], [0, 0]])
+                strides = [1, *a["stride"], 1]
+                if a["groups"] == 1:
+                    y = tf.nn.conv2d(xin, fqw(wt.transpose(2, 3, 1, 0)), strides, pad)
+                else:
+                    y = tf.nn.depthwise_conv2d(xin, fqw(wt.transpose(2, 3, 0, 1)), strides, pad)
+                y = tf.nn.bias_add(y, tf.constant(b.astype(np.float32)))
+                after = users.get(bn.name, [])
+                fused = len(after) == 1 and after[0].op == "activation" and after[0].attrs["kind"] == "relu6"
+                t[bn.name] = y if fused else fq(y, *rng(bn.name))
+            elif n.op == "batch_norm":
+                continue
+            elif n.op == "activation":
+                assert a["kind"] == "relu6", a
+                t[n.name] = fq(tf.nn.relu6(xin), *rng(n.name))
+            elif n.op == "add":
+                t[n.name] = fq(tf.add(t[n.inputs[0]], t[n.inputs[1]]), *rng(n.name))
+            elif n.op == "global_avg_pool":
+                t[n.name] = fq(tf.reduce_mean(xin, [1, 2], keepdims=True), *rng(n.name))
+            elif n.op == "flatten":  # TF-slim keeps (1, 1, 1, C) for the logits conv and squeezes after it
+                t[n.name] = xin
+            elif n.op == "dropout":
+                t[n.name] = xin
+            elif n.op == "linear":
+                wl = weights[f"{n.name}.weight"]  # TF-slim's logits: a 1x1 conv with bias, then squeeze
+                y = tf.nn.conv2d(xin, fqw(wl.T[None, None]), 1, "VALID")
+                y = fq(tf.nn.bias_add(y, tf.constant(weights[f"{n.name}.bias"].astype(np.float32))), *rng(n.name))
+                t[n.name] = tf.squeeze(y, [1, 2])
+            else:
+                raise AssertionError(n.op)
+        with tf1.Session(graph=g) as sess:
+            conv = tf1.lite.TFLiteConverter.from_session(sess, [x], [t[graph.output_names[0]]])
+            conv.inference_type = tf.uint8
+            conv.quantized_input_stats = {"input": (127.5, 127.5)}  # real = (q - 127.5) / 127.5: [-1, 1]
+            return bytes(conv.convert()), folded
+
+
+def test_tf1_era_uint8_mobilenet_v2_imports(tmp_path):
+    """A quantization-aware-trained style file as TF1 wrote them (fake-quant ranges on every weight and activation,
+    ``inference_type=tf.uint8``: per-tensor asymmetric uint8, batch 1, TF-slim's 1x1-conv logits squeezed by a
+    constant RESHAPE) imports as its id; its weights are the folded float weights within uint8 rounding."""
+    graph = lightnets.get_spec("mobilenet_v2_035_keras", input_size=SIZE)
+    weights = lightnets.weights.init_weights(graph, seed=0)  # BN statistics from data (calibrated)
+    calibration = np.random.default_rng(1).uniform(-1, 1, (8, 3, SIZE, SIZE))
+    buf, folded = _tf1_uint8_flat_buffer(graph, weights, calibration)
+    path = tmp_path / "mobilenet_v2_quant.tflite"
+    path.write_bytes(buf)
+    tfl = lightnets.load_backend("tflite")
+    inp = tfl.read_artifact(path)
+    assert inp.batch == 1 and inp.input_range is not None
+    interpreter = tflite_interpreter(buf)
+    d = interpreter.get_input_details()[0]
+    interpreter.resize_tensor_input(d["index"], [4, SIZE, SIZE, 3])
+    with pytest.raises(RuntimeError, match="reshape"):  # what the import probe met before it ran a chunk at a time
+        interpreter.allocate_tensors()
+        interpreter.set_tensor(d["index"], np.zeros((4, SIZE, SIZE, 3), np.uint8))
+        interpreter.invoke()
+    imp = A.read(path, "tflite", "tflite")
+    assert imp.graph.name == "mobilenet_v2_035_keras"
+    notes = " ".join(imp.notes)
+    assert "uint8 input" in notes and "batch is fixed to 1" in notes
+    assert imp.probe["file_batch"] == 1 and imp.probe["top1_agreement"] >= A.QUANTIZED_TOP1
+    # the mapping's oracle: every conv's weight within half a uint8 step of its folded float weight (per tensor)
+    for conv, (w, b, bn) in folded.items():
+        step = (max(w.max(), 0) - min(w.min(), 0)) / 255
+        assert np.max(np.abs(imp.weights[f"{conv}.weight"] - w)) <= 0.51 * step + 1e-6, conv
+        assert np.max(np.abs(imp.weights[f"{bn.name}.beta"] - b)) <= 1e-3 * max(np.max(np.abs(b)), 1.0), conv
+    x = np.random.default_rng(2).uniform(-1, 1, (3, 3, SIZE, SIZE)).astype(np.float32)
+    got = tfl.forward(path, x)  # uint8 in and out, one image at a time
+    assert got.shape == (3, 1000) and got.dtype == np.float32
+
+
+def tflite_interpreter(buf: bytes):
+    from lightnets.backends.tflite import make_interpreter
+
+    return make_interpreter(buf)
+
+
+def test_fixed_batch_keras_files_float_and_uint8_io_import(tmp_path):
+    """keras MobileNet on ``keras.Input(batch_size=1)`` (its Reshape head then has a constant batch of 1) as a float
+    file and a full-integer file with uint8 input/output (``inference_input_type=tf.uint8``): both import with the
+    batch noted, and LiteRT runs a batch of 3 through them one image at a time (the int8 file: LIGHTNETS_SLOW=1)."""
+    import keras
+    import tensorflow as tf
+
+    net = _keras_app("MobileNet", alpha=0.25, classifier_activation=None)
+    inp = keras.Input((SIZE, SIZE, 3), batch_size=1)
+    fixed = keras.Model(inp, net(inp))
+    path = _convert(fixed, tmp_path / "b1.tflite")
+    imp = A.read(path, "tflite", "tflite")
+    assert imp.graph.name == "mobilenet_v1_025_keras" and imp.probe["file_batch"] == 1
+    assert imp.probe["rel_error"] <= imp.probe["tolerance"]
+    x = np.random.default_rng(3).standard_normal((3, 3, SIZE, SIZE))
+    tfl = lightnets.load_backend("tflite")
+    got = tfl.forward(path, x.astype(np.float32))
+    assert rel_error(got, reference.run(imp.graph, imp.weights, x)) <= 1e-4
+    if not SLOW:  # the uint8 per-tensor TF1 file above covers integer I/O at batch 1 in the quick profile
+        return
+    converter = tf.lite.TFLiteConverter.from_keras_model(fixed)
+    images = np.random.default_rng(1).uniform(-1, 1, (8, SIZE, SIZE, 3)).astype(np.float32)
+    converter.optimizations = [tf.lite.Optimize.DEFAULT]
+    converter.representative_dataset = lambda: ([images[i: i + 1]] for i in range(len(images)))
+    converter.target_spec.supported_ops = [tf.lite.OpsSet.TFLITE_BUILTINS_INT8]
+    converter.inference_input_type = converter.inference_output_type = tf.uint8
+    q_path = tmp_path / "b1_uint8.tflite"
+    q_path.write_bytes(converter.convert())
+    q = A.read(q_path, "tflite", "tflite")
+    assert q.graph.name == "mobilenet_v1_025_keras" and q.probe["file_batch"] == 1
+    assert "uint8 input" in " ".join(q.notes)
+    assert tfl.forward(q_path, x.astype(np.float32)).shape == (3, 1000)
