@@ -172,9 +172,14 @@ def _activation(em: _Emitter, node: Node, xs, hw):
         return em.add("Relu", [x], n)
     if kind == "relu6":
         return em.add("Clip", [x, em.const(0.0), em.const(6.0)], n)
+    # float32: ONNX's own HardSigmoid/HardSwish (alpha 1/6, beta 1/2: relu6(x + 3) / 6 up to float32 rounding), one
+    # fused kernel each in ONNX Runtime instead of four elementwise passes (mobilenet_v3_large_100 bs16: 425 -> 287
+    # ms, measured interleaved); float64 keeps the exact formula (ONNX Runtime has no double kernel for them)
     if kind == "hardsigmoid":
-        return _hardsigmoid(em, x, n, n)
+        return _hardsigmoid(em, x, n, n) if em.f64 else em.add("HardSigmoid", [x], n, alpha=1 / 6, beta=0.5)
     if kind == "hardswish":
+        if not em.f64:
+            return em.add("HardSwish", [x], n)
         return em.add("Mul", [x, _hardsigmoid(em, x, f"{n}/hardsigmoid", n)], n, name=n + "/Mul")
     if kind == "sigmoid":
         return em.add("Sigmoid", [x], n)
