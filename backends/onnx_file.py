@@ -260,7 +260,8 @@ def run_onnx(session, path, name: str, shown: str, x: np.ndarray, dtype=np.float
         raise
     except Exception as e:  # noqa: BLE001 -- onnxruntime raises its own exception types
         raise runtime_failure(path, "onnxruntime", name, np.shape(x), e,
-                              f"the file's input is {shown} (NCHW or NHWC as the file says): feed "
-                              "float32 images of that shape (a fixed batch one chunk at a time), or re-export the "
-                              "file with dynamic axes") from None
+                              f"the file's input is {shown}: feed float32 images of that shape; a file that fixes its "
+                              "batch inside (e.g. a Reshape to [1, ...]) under a dynamic input batch needs its input "
+                              "batch fixed as well (torch.onnx.export without dynamic_axes), which lightnets then "
+                              "feeds one chunk at a time") from None
     return outs[0] if len(outs) == 1 else list(outs)

@@ -319,6 +319,24 @@ def _bad_graph_meta(tmp_path) -> Path:
     return W.save(W.init_weights(_small()), tmp_path / "b.safetensors", {"lightnets.graph": "{not a graph"})
 
 
+def _onnx_batch_inside(d: Path) -> Path:
+    """A foreign .onnx file (a lightnets export without its graph) whose input batch is dynamic but whose Flatten
+    became a Reshape to [1, -1], as a model doing ``x.view(1, -1)`` exports: ONNX Runtime fails on a batch of 4."""
+    onnx = pytest.importorskip("onnx")
+    pytest.importorskip("onnxruntime")
+    g = _small()
+    src = lightnets.export((g, W.init_weights(g)), to="onnx", path=d / "src.onnx", dynamic_hw=False)
+    m = onnx.load(str(src))
+    del m.metadata_props[:]
+    m.graph.doc_string = ""
+    m.graph.initializer.append(onnx.numpy_helper.from_array(np.array([1, -1], np.int64), "const/batch1"))
+    for n in m.graph.node:
+        if n.op_type == "Flatten":
+            n.CopyFrom(onnx.helper.make_node("Reshape", [n.input[0], "const/batch1"], list(n.output), name=n.name))
+    onnx.save(m, str(d / "batch_inside.onnx"))
+    return d / "batch_inside.onnx"
+
+
 FILE_CASES = [
     ("file_missing", lambda d: W.load(d / "nope.safetensors"), E.FileFormatError, "does not exist",
      "check the path"),
@@ -368,6 +386,13 @@ FILE_CASES = [
      "is not lightnets metadata", "re-export it"),
     ("file_graph_metadata_corrupt", lambda d: lightnets.build(_bad_graph_meta(d)), E.FileFormatError,
      "unreadable", "re-export it"),
+    # --- a foreign file's own runtime fails (issue 21): re-raised naming the file, runtime, tensor and fix ---------
+    ("onnx_runtime_fails_in_import_probe", lambda d: lightnets.build(_onnx_batch_inside(d)), E.RuntimeFailure,
+     "batch_inside.onnx: onnxruntime failed on input tensor 'input' of shape (4, 3, 32, 32)",
+     "needs its input batch fixed as well"),
+    ("onnx_runtime_fails_on_forward", lambda d: lightnets.load_backend("onnxruntime").forward(
+        _onnx_batch_inside(d), np.zeros((1, 4, 32, 32))), E.RuntimeFailure,
+     "onnxruntime failed on input tensor 'input' of shape (1, 4, 32, 32)", "feed float32 images of that shape"),
 ]
 
 
