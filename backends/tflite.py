@@ -45,7 +45,7 @@ from pathlib import Path
 import numpy as np
 
 from lightnets import weights as W
-from lightnets.errors import BackendNotInstalledError, FileFormatError, InputShapeError, LightnetsError
+from lightnets.errors import BackendNotInstalledError, FileFormatError, InputShapeError, LightnetsError, runtime_failure
 from lightnets.graph import Graph
 from lightnets.reference import check_input
 
@@ -204,7 +204,12 @@ class Runner:
         if self.input_dtype != np.float32:
             raise LightnetsError(f"this TFLite model takes {np.dtype(self.input_dtype).name} input; lightnets "
                                  "runs float32-input models only (its int8 export keeps float32 input/output)")
-        return self.runner(**{self.input_name: np.ascontiguousarray(x_nhwc, np.float32)})
+        try:
+            return self.runner(**{self.input_name: np.ascontiguousarray(x_nhwc, np.float32)})
+        except Exception as e:  # noqa: BLE001 -- the interpreter raises RuntimeError/ValueError of its own
+            raise runtime_failure("the TFLite model", "LiteRT", self.input_name, x_nhwc.shape, e,
+                                  "feed NHWC float32 images the model was converted for; please report it with "
+                                  "the model id if they are") from None
 
 
 def _nchw(y: np.ndarray, dtype) -> np.ndarray:
@@ -376,7 +381,9 @@ class TFLiteBackend(InferenceRuntime):
                              "not map back to canonical weights")
 
     def forward(self, model, x):
-        """Eval forward of a TFLiteModel, or of a float32-input ``.tflite`` file (path or bytes), on NCHW ``x``."""
+        """Eval forward of a TFLiteModel, or of a ``.tflite`` file (path or bytes), on NCHW ``x``: an integer-input
+        file is fed quantized images and gives dequantized outputs, a fixed-batch file runs its batch at a time, a
+        file with several outputs gives the list of them in the flat buffer's order."""
         if self.owns(model):
             return self.run(model, x)
         x = np.asarray(x)

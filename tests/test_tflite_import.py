@@ -16,7 +16,7 @@ from profiles import SLOW
 import lightnets
 from lightnets import artifacts as A
 from lightnets import cli, reference
-from lightnets.errors import FileFormatError, WeightsError
+from lightnets.errors import FileFormatError, RuntimeFailure, WeightsError
 from lightnets.numerics import rel_error, softmax
 
 pytestmark = TFLITE_CONVERTER
@@ -292,6 +292,9 @@ def test_tf1_era_uint8_mobilenet_v2_imports(tmp_path):
     x = np.random.default_rng(2).uniform(-1, 1, (3, 3, SIZE, SIZE)).astype(np.float32)
     got = tfl.forward(path, x)  # uint8 in and out, one image at a time
     assert got.shape == (3, 1000) and got.dtype == np.float32
+    with pytest.raises(RuntimeFailure, match=r"mobilenet_v2_quant.tflite: LiteRT failed on input tensor 'input' of "
+                                             r"shape \(1, 96, 96, 4\).*feed float32 images of that shape"):
+        tfl.forward(path, np.zeros((1, 4, SIZE, SIZE), np.float32))
 
 
 def tflite_interpreter(buf: bytes):
