@@ -16,7 +16,7 @@ import numpy as np
 
 from lightnets import layouts
 from lightnets.artifacts import RESCALING_OPS, Artifact, Layer, in_batches, then_rescale
-from lightnets.errors import BackendNotInstalledError, FileFormatError, LightnetsError, runtime_failure
+from lightnets.errors import BackendNotInstalledError, FileFormatError, InputShapeError, LightnetsError, runtime_failure
 
 from .base import Backend, unreadable
 
@@ -282,7 +282,13 @@ def file_runner(interpreter, path, batch: int | None):
     inp, outs = interpreter.get_input_details()[0], interpreter.get_output_details()
     shown = "x".join(str(d) if d > 0 else "?" for d in inp.get("shape_signature", inp["shape"]))
 
+    sig = tuple(int(d) for d in inp.get("shape_signature", inp["shape"]))
+
     def once(x):
+        if len(sig) != x.ndim or any(0 < s != n for s, n in zip(sig[1:], x.shape[1:], strict=False)):
+            raise InputShapeError(f"input of NHWC shape {tuple(x.shape)} does not fit the input {shown} of {path} "
+                                  "(converted for a fixed height/width); resize the input or build/export the model "
+                                  "at that input_size")
         try:
             if tuple(inp["shape"]) != x.shape:
                 interpreter.resize_tensor_input(inp["index"], x.shape)
