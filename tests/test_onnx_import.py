@@ -322,7 +322,8 @@ def _ort_optimized(src, level: str):
 def test_onnxruntime_optimized_files_import_or_name_the_fused_op(tmp_path):
     """onnxruntime's basic offline optimization (Split -> Slice, the two branches of ShuffleNet's stride-2 units
     written in the other order) imports: the matcher follows the data flow; matched in file order, the probe refuses
-    the swapped branches. Above the basic level, its fused ops (com.microsoft FusedConv) are refused by name."""
+    the swapped branches. Above the basic level, its fused ops (com.microsoft FusedConv) are refused by name. A file
+    constant-folded by onnxscript's optimizer imports too."""
     src = _export_fixed(_calibrated(torchvision.models.shufflenet_v2_x0_5()), tmp_path / "s.onnx", dynamo=False)
     basic = _ort_optimized(src, "basic")
     imp = A.read(basic, "onnx", "onnxruntime")
@@ -335,3 +336,8 @@ def test_onnxruntime_optimized_files_import_or_name_the_fused_op(tmp_path):
         A.import_artifact(be.read_artifact(basic)._replace(producers=None), be)
     with pytest.raises(FileFormatError, match=r"unsupported ONNX op FusedConv .*com\.microsoft.*ORT_ENABLE_BASIC"):
         A.read(_ort_optimized(src, "extended"), "onnx", "onnxruntime")
+    # onnxsim-style constant folding (onnxscript's optimizer, of the onnx extra: Split -> Slice, shapes folded)
+    optimizer = pytest.importorskip("onnxscript.optimizer")
+    onnx.save(optimizer.optimize(onnx.load(str(src))), str(tmp_path / "s_folded.onnx"))
+    folded = A.read(tmp_path / "s_folded.onnx", "onnx", "onnxruntime")
+    assert folded.graph.name == "shufflenet_v2_050" and folded.probe["rel_error"] <= folded.probe["tolerance"]
