@@ -11,6 +11,10 @@ from collections.abc import Callable, Iterable
 import lightnets
 
 SLOW = os.environ.get("LIGHTNETS_SLOW") == "1"
+# The families whose every-id and every-zoo-entry tests run in full in the quick profile. A family added since
+# (issue 23: MNASNet, LCNet, ...) runs there the smallest id / zoo entry of each variant (every one in the long
+# profile): `make test` is at its 15 minute budget.
+FULL_FAMILIES = ("mobilenet_v1", "mobilenet_v2", "mobilenet_v3", "shufflenet_v1", "shufflenet_v2", "ghostnet")
 SMALLEST_OF_EACH_FAMILY = tuple(min(lightnets.list_models(f), key=lambda m: lightnets.get_spec(m).num_params())
                                 for f in lightnets.registry.families())
 
@@ -21,9 +25,10 @@ def ids(*more: str) -> list[str]:
 
 
 def variant(model_id: str) -> str:
-    """An id without its width multiplier (``mobilenet_v3_large_075_paddle`` -> ``mobilenet_v3_large_paddle``):
-    the ids of one variant have the same graph but for channel counts."""
-    return re.sub(r"_\d{3}(?=_|$)", "", model_id)
+    """An id without its width multiplier (``mobilenet_v3_large_075_paddle`` -> ``mobilenet_v3_large_paddle``) or its
+    compound-scaling index (``efficientnet_lite3_tf`` -> ``efficientnet_lite_tf``): the ids of one variant have the
+    same graph but for channel counts (and, compound-scaled, repeats per stage)."""
+    return re.sub(r"^(efficientnet_(?:b|lite))\d(?=_|$)", r"\1", re.sub(r"_\d{3}(?=_|$)", "", model_id))
 
 
 def smallest_of_each_variant(keys: Iterable, arch: Callable = lambda k: k, source: Callable = lambda k: None) -> list:
@@ -37,3 +42,22 @@ def smallest_of_each_variant(keys: Iterable, arch: Callable = lambda k: k, sourc
         groups.setdefault((source(k), variant(arch(k))), []).append(k)
     best = {min(g, key=lambda k: lightnets.get_spec(arch(k)).num_params()) for g in groups.values()}
     return [k for k in keys if k in best]
+
+
+def _full(model_id: str) -> bool:
+    return lightnets.registry.entry(model_id).family in FULL_FAMILIES
+
+
+def every_id() -> list[str]:
+    """The ids of the every-id tests: every id of ``FULL_FAMILIES``, of another family the smallest id of each
+    :func:`variant` (every id in the long profile)."""
+    ids = lightnets.list_models()
+    return sorted({*(m for m in ids if _full(m)), *smallest_of_each_variant(m for m in ids if not _full(m))})
+
+
+def every_zoo_key(keys: Iterable, arch: Callable) -> list:
+    """Zoo keys ``(zoo, name)`` of the every-entry tests, in the order of ``keys``: every key whose ``arch`` id is of
+    ``FULL_FAMILIES``, of another family the smallest entry of each zoo and variant (every key in the long profile)."""
+    keys = list(keys)
+    quick = smallest_of_each_variant([k for k in keys if not _full(arch(k))], arch=arch, source=lambda k: k[0])
+    return [k for k in keys if _full(arch(k)) or k in quick]

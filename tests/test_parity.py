@@ -58,21 +58,22 @@ def test_every_op_and_quick_model_agrees_in_every_target(matrix):
 
 
 # The every-id matrix of `make test` runs the classifier of every id in torch and paddle (the two fast
-# ones); keras, the runtimes and the backbones of every id are `make parity` (and this test with
-# LIGHTNETS_SLOW=1) - the `matrix` fixture above runs them for the smallest id of every family.
+# ones; of a family outside profiles.FULL_FAMILIES the smallest id of each variant); keras, the runtimes and the
+# backbones of every id are `make parity` (and this test with LIGHTNETS_SLOW=1) - the `matrix` fixture above runs
+# them for the smallest id of every family.
 EVERY_ID_TARGETS = TARGETS if profiles.SLOW else [t for t in ("torch", "paddle") if t in TARGETS]
 
 
 def test_every_model_agrees_with_the_reference_in_every_target(tmp_path):
     """Every registered id (with LIGHTNETS_SLOW=1 also its backbone, every feature map, and every target) x
     float32/float64 at a small input (issue: all families)."""
-    models = C.model_cases(registry.list_models(), input_size=32, num_classes=10)
+    models = C.model_cases(profiles.every_id(), input_size=32, num_classes=10)
     backbones = C.feature_cases(registry.list_models(), input_size=32, num_classes=10) if profiles.SLOW else []
     results = runner.run_matrix(models + backbones, EVERY_ID_TARGETS, ["float32", "float64"], tmp_path, locate=True)
     failed = [(r.case, r.target, r.dtype, r.rel_err, r.divergence, r.error[:200]) for r in results if r.failed]
     assert failed == []
     assert {(r.case, r.target) for r in results if r.kind == "model"} == {
-        (m, t) for m in registry.list_models() for t in EVERY_ID_TARGETS}
+        (m, t) for m in profiles.every_id() for t in EVERY_ID_TARGETS}
     assert {(r.case, r.target) for r in results if r.kind == "features"} == {
         (m + C.FEATURES_SUFFIX, t) for m in registry.list_models() for t in EVERY_ID_TARGETS if profiles.SLOW}
 

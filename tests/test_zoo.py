@@ -9,6 +9,7 @@ Frameworks are imported inside tests only; tensorflow never.
 """
 
 import numpy as np
+import profiles
 import pytest
 
 import lightnets
@@ -16,7 +17,7 @@ from lightnets import zoo
 from lightnets.errors import LightnetsError, WeightsError
 from lightnets.numerics import rel_error
 
-KEYS = zoo.list_zoo()
+KEYS = profiles.every_zoo_key(zoo.list_zoo(), arch=lambda k: zoo.ZOO[k].arch)  # quick profile: see profiles
 NUM_CLASSES = 10
 TOL = 1e-4
 ERRORS: dict[str, float] = {}  # "(zoo name -> backend)": max rel error, printed with -s
