@@ -4,6 +4,12 @@ their canonical weights (constants found through Identity / DequantizeLinear; a 
 folded into its pads; a per-channel Mul/Add after a conv absorbed as its folded batch norm), the input layout
 and size, a leading scalar rescaling and a Softmax head. ``lightnets.artifacts`` matches it onto a model id
 and probes it in the file's own runtime, which the onnx backend supplies.
+
+Files as users write them: ``torch.onnx.export(model, x, path)`` fixes the batch to 1 (the runs feed one image
+at a time); the dynamo exporter (torch 2.14's default) names nodes ``node_Conv_12``, folds batch norms and writes
+``Split``/``ReduceMean``; onnxruntime's basic offline optimization reorders parallel branches (the matcher follows
+the data flow, ``Artifact.producers``); its fused ops above the basic level (``com.microsoft`` FusedConv) are
+refused by name. Every onnxruntime error is re-raised as a ``RuntimeFailure`` (:func:`run_onnx`).
 """
 
 from __future__ import annotations

@@ -13,14 +13,21 @@ and output (softmax). This module (numpy only) maps an artifact onto a lightnets
   backend and format, and the graph stays the one users build by name.
 - **matching.** Graph units in node order take the first unused file unit of the same kind whose
   canonical shapes, stride and groups agree (file order may interleave parallel branches differently
-  from the graph's); every file unit must be used. Pads are then compared node by node at the file's
+  from the graph's) and, where the reader gives the file's data flow (``Artifact.producers``), that is fed by
+  the file units its own feeders took: onnxruntime's basic offline optimization writes ShuffleNet's two
+  branches in the other order, with equal shapes (matched in file order, the probe refused them at 0.97
+  relative, measured); every file unit must be used. Pads are then compared node by node at the file's
   input size: a file padded TF "same" (``auto_pad``/``SAME``, or zero ``Pad`` + valid) fits only a
   graph padded "same" (the ``_keras`` ids), symmetric pads only "explicit" graphs.
 - **which id.** Without ``arch``, every registered id is tried at the file's class count; exactly one
   must fit (ids that differ only in BN eps are told apart by a BN-carrying file's eps; a folded file
   cannot tell them apart and needs ``arch``).
 - **the probe.** The file's own runtime (ONNX Runtime / LiteRT) runs a fixed random batch beside the
-  float64 reference of the imported graph; the bound is the float32 noise of the same graph in that
+  float64 reference of the imported graph (a file whose batch is fixed - ``torch.onnx.export`` without
+  ``dynamic_axes``, every TF1 converter's file - is fed its own batch at a time, :func:`in_batches`, and the
+  card says so; a file with several outputs - a backbone - has each output paired with a graph output by
+  shape and probed; the runtime's own errors are re-raised as ``RuntimeFailure`` naming the file, the
+  runtime, the input tensor and the fix); the bound is the float32 noise of the same graph in that
   runtime (``Backend.float32_output``; LiteRT: the keras model a flat buffer is converted from) times
   :data:`FLOAT32_NOISE_FACTOR`. Quantized files are probed inside their quantized input range
   and judged by top-1 agreement or a loose relative bound instead (:data:`QUANTIZED_TOP1`,

@@ -12,7 +12,9 @@ graph is emitted node by node from the IR (``lightnets.backends.onnx``; nothing 
 initializers named after the canonical weights, and the file carries the graph JSON and provenance card
 (graph ``doc_string`` and ``metadata_props``). The export is checked before it is written:
 ``onnx.checker.check_model(full_check=True)`` and, when onnxruntime is installed, one probe image run
-against the float64 numpy reference (``PROBE_REL``).
+against the float64 numpy reference (``PROBE_REL``). A backbone (``build(id, features=True)``) exports with
+one output per feature map, named after its node; the probe compares every map (:func:`outputs_rel_error`),
+and an int8 TFLite backbone reports its largest feature-map error instead of a top-1 agreement.
 
 ``to="tflite"`` goes through the keras backend: the keras model of the graph is converted by
 ``tf.lite.TFLiteConverter.from_keras_model`` (``lightnets.backends.tflite``), float32, input NHWC with a
