@@ -73,6 +73,9 @@ TWINS: dict[str, dict[str, tuple[str, str]]] = {
         "shufflenet_v2_100": ("torchvision", "shufflenet_v2_x1_0"),
         "ghostnet_100": ("timm", "ghostnet_100"),
         "mobilenet_v1_100": ("timm", "mobilenetv1_100"),
+        "mnasnet_b1_100": ("torchvision", "mnasnet1_0"),
+        "mnasnet_a1_100": ("timm", "semnasnet_100"),
+        "lcnet_100": ("timm", "lcnet_100"),
     },
     "keras": {
         "mobilenet_v1_100": ("keras", "MobileNet"),
