@@ -6,6 +6,17 @@ and ``VARIANTS`` (model id -> the variant's keyword arguments); the registry rea
 backbone outputs of ``lightnets.build(..., features=True)`` (``lightnets.features``).
 """
 
-from . import ghostnet, lcnet, mnasnet, mobilenet_v1, mobilenet_v2, mobilenet_v3, shufflenet_v1, shufflenet_v2
+from . import (
+    efficientnet,
+    ghostnet,
+    lcnet,
+    mnasnet,
+    mobilenet_v1,
+    mobilenet_v2,
+    mobilenet_v3,
+    shufflenet_v1,
+    shufflenet_v2,
+)
 
-FAMILIES = (mobilenet_v1, mobilenet_v2, mobilenet_v3, shufflenet_v1, shufflenet_v2, ghostnet, mnasnet, lcnet)
+FAMILIES = (mobilenet_v1, mobilenet_v2, mobilenet_v3, shufflenet_v1, shufflenet_v2, ghostnet, mnasnet, lcnet,
+            efficientnet)

@@ -105,6 +105,15 @@ def _tm(arch, name, pre=IMAGENET, **kw):
     return ZooEntry(arch, "torch", _timm(name), pre, 1e-5, 0.1, **kw)
 
 
+# timm tf_* ports of TF checkpoints: BN eps 1e-3 (BN_EPS_TF_DEFAULT; momentum stays 0.1), inception mean/std and
+# pad_type "same" (Conv2dSame: TF "same" resolved from the input size, the odd pixel bottom/right)
+TIMM_TF_PADDING = "TF 'same' on every conv (timm Conv2dSame / static same pads), pads computed from the input size"
+
+
+def _tm_tf(arch, name):
+    return ZooEntry(arch, "torch", _timm(name), INCEPTION, 1e-3, 0.1, TIMM_TF_PADDING)
+
+
 # paddle.vision in float64 is not exact: paddle's batch_norm takes epsilon as a float32 attribute (measured:
 # mobilenet_v1 with data-calibrated BN, float64 vs the reference 2.2e-9; 2.2e-15 with eps rounded to float32)
 # and nn.Hardsigmoid/Hardswish use slope 0.1666667 (MobileNetV3: up to 1.2e-5 with calibrated BN)
@@ -136,6 +145,11 @@ TORCHVISION = {
     ("torchvision", "mnasnet0_75"): _tv("mnasnet_b1_075", "mnasnet0_75", 1e-5, 1 - 0.9997),
     ("torchvision", "mnasnet1_0"): _tv("mnasnet_b1_100", "mnasnet1_0", 1e-5, 1 - 0.9997),
     ("torchvision", "mnasnet1_3"): _tv("mnasnet_b1_130", "mnasnet1_3", 1e-5, 1 - 0.9997),
+    # EfficientNet B0-B3: torchvision's BN is nn.BatchNorm2d's default (eps 1e-5, momentum 0.1)
+    ("torchvision", "efficientnet_b0"): _tv("efficientnet_b0", "efficientnet_b0"),
+    ("torchvision", "efficientnet_b1"): _tv("efficientnet_b1", "efficientnet_b1"),
+    ("torchvision", "efficientnet_b2"): _tv("efficientnet_b2", "efficientnet_b2"),
+    ("torchvision", "efficientnet_b3"): _tv("efficientnet_b3", "efficientnet_b3"),
 }
 TIMM = {  # timm builds every BN with eps 1e-5 (lightnets' MobileNetV3 ids default to 1e-3)
     ("timm", "ghostnet_050"): _tm("ghostnet_050", "ghostnet_050"),
@@ -168,6 +182,23 @@ TIMM = {  # timm builds every BN with eps 1e-5 (lightnets' MobileNetV3 ids defau
     ("timm", "lcnet_075"): _tm("lcnet_075", "lcnet_075"),
     ("timm", "lcnet_100"): _tm("lcnet_100", "lcnet_100"),
     ("timm", "lcnet_150"): _tm("lcnet_150", "lcnet_150"),
+    # EfficientNet: efficientnet_b0..b3 is torchvision's graph (efficientnet_b1's pretrained_cfg is inception's
+    # mean/std), efficientnet_lite0..4 the Lite graph; tf_efficientnet_lite0..4 (ports of the TF checkpoints) have
+    # TF "same" padding and BN eps 1e-3 (the _tf ids)
+    ("timm", "efficientnet_b0"): _tm("efficientnet_b0", "efficientnet_b0"),
+    ("timm", "efficientnet_b1"): _tm("efficientnet_b1", "efficientnet_b1", INCEPTION),
+    ("timm", "efficientnet_b2"): _tm("efficientnet_b2", "efficientnet_b2"),
+    ("timm", "efficientnet_b3"): _tm("efficientnet_b3", "efficientnet_b3"),
+    ("timm", "efficientnet_lite0"): _tm("efficientnet_lite0", "efficientnet_lite0"),
+    ("timm", "efficientnet_lite1"): _tm("efficientnet_lite1", "efficientnet_lite1"),
+    ("timm", "efficientnet_lite2"): _tm("efficientnet_lite2", "efficientnet_lite2"),
+    ("timm", "efficientnet_lite3"): _tm("efficientnet_lite3", "efficientnet_lite3"),
+    ("timm", "efficientnet_lite4"): _tm("efficientnet_lite4", "efficientnet_lite4"),
+    ("timm", "tf_efficientnet_lite0"): _tm_tf("efficientnet_lite0_tf", "tf_efficientnet_lite0"),
+    ("timm", "tf_efficientnet_lite1"): _tm_tf("efficientnet_lite1_tf", "tf_efficientnet_lite1"),
+    ("timm", "tf_efficientnet_lite2"): _tm_tf("efficientnet_lite2_tf", "tf_efficientnet_lite2"),
+    ("timm", "tf_efficientnet_lite3"): _tm_tf("efficientnet_lite3_tf", "tf_efficientnet_lite3"),
+    ("timm", "tf_efficientnet_lite4"): _tm_tf("efficientnet_lite4_tf", "tf_efficientnet_lite4"),
 }
 PADDLE = {
     ("paddle", "mobilenet_v1"): _pd("mobilenet_v1_100", "mobilenet_v1"),
