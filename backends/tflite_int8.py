@@ -1,0 +1,89 @@
+"""The tensors of an int8 TFLite file, kept and mapped onto a lightnets graph: the runtime side of the per-layer
+int8 locator (:mod:`lightnets.int8` compares them with the float64 reference).
+
+LiteRT's ``experimental_preserve_all_tensors`` keeps every intermediate tensor (and runs the builtin kernels, no
+XNNPack). The converter names a tensor after the keras layers its op fused (``model/blocks__1__dw__act/Relu6;
+model/blocks__1__dw__bn/...;model/blocks__1__dw__conv/...``); a tensor holds the output of the LAST of those
+nodes in graph order (the activation of a fused conv + BN + activation). The quantize op of the input is the node
+``input``.
+"""
+
+from __future__ import annotations
+
+import re
+from typing import NamedTuple
+
+import numpy as np
+
+from lightnets.errors import LightnetsError
+from lightnets.graph import INPUT, Graph
+
+from .keras import layer_name
+from .tflite import interpreter_class, nhwc
+
+
+class QuantTensor(NamedTuple):
+    """One quantized tensor: the node whose output it holds, the nodes its op fused, the TFLite op, the dequantized
+    values (NCHW float64), its scale, zero point and integer range."""
+
+    node: str
+    fused: tuple[str, ...]
+    op: str
+    values: np.ndarray
+    scale: float
+    zero_point: int
+    qmin: int
+    qmax: int
+
+
+_UNIQUIFIED = re.compile(r"^(.*?)(_\d+)?$")
+
+
+def _nodes_named(tensor_name: str, layers: dict[str, str]) -> list[str]:
+    """The graph nodes whose keras layers a tensor name lists (keras may append ``_1`` to names it made twice)."""
+    found = []
+    for part in tensor_name.split(";"):
+        for comp in part.split("/"):
+            name = layers.get(comp) or layers.get(_UNIQUIFIED.match(comp).group(1))
+            if name is not None and name not in found:
+                found.append(name)
+    return found
+
+
+def node_tensors(flat_buffer: bytes, graph: Graph, x_nchw: np.ndarray) -> dict[str, QuantTensor]:
+    """Run the int8 flat buffer on the NCHW batch ``x_nchw`` with every tensor kept: ``{node: QuantTensor}`` for
+    every graph node (and ``input``) whose output a quantized tensor holds."""
+    cls, _ = interpreter_class()
+    it = cls(model_content=bytes(flat_buffer), experimental_preserve_all_tensors=True)
+    inp = it.get_input_details()[0]
+    x = nhwc(x_nchw)
+    if tuple(inp["shape"]) != x.shape:
+        it.resize_tensor_input(inp["index"], x.shape)
+    it.allocate_tensors()
+    if inp["dtype"] != np.float32:
+        raise LightnetsError(f"the int8 locator feeds float32 images; this file takes {np.dtype(inp['dtype']).name} "
+                             "input (export it with float32 input/output, as lightnets.export(..., quantize='int8'))")
+    it.set_tensor(inp["index"], x)
+    it.invoke()
+    layers = {layer_name(n.name): n.name for n in graph.nodes}
+    order = {INPUT: -1, **{n.name: i for i, n in enumerate(graph.nodes)}}
+    details = {t["index"]: t for t in it.get_tensor_details()}
+    out: dict[str, QuantTensor] = {}
+    for op in it._get_ops_details():
+        for index in op["outputs"]:
+            t = details[index]
+            scale, zero_point = t["quantization"]
+            if t["dtype"] not in (np.int8, np.uint8) or not scale:
+                continue
+            fused = [INPUT] if op["op_name"] == "QUANTIZE" and not out else _nodes_named(t["name"], layers)
+            if not fused:
+                continue
+            node = max(fused, key=order.get)
+            q = it.get_tensor(index)
+            values = (q.astype(np.float64) - zero_point) * scale
+            if values.ndim == 4:
+                values = values.transpose(0, 3, 1, 2)
+            info = np.iinfo(t["dtype"])
+            out[node] = QuantTensor(node, tuple(sorted(fused, key=order.get)), op["op_name"], values, float(scale),
+                                    int(zero_point), int(info.min), int(info.max))
+    return out

@@ -1,0 +1,161 @@
+"""The per-layer int8 locator: an int8 model's dequantized tensors against the float64 reference, node by node.
+
+For every node whose output the int8 model quantizes (``backends/tflite_int8.py`` maps a TFLite file's tensors onto
+the graph), on the same input:
+
+- ``rel_error``: max |int8 - reference| / max |reference|, the reference run end to end in float64 from the image:
+  the error the int8 model has accumulated up to this node (the curve along depth);
+- ``local_steps``: max |int8 - local reference| in quantization steps of the tensor over the values inside its int8
+  range, where the local reference runs only the nodes between this tensor and the quantized tensors it reads, in
+  float64, from their int8 values: the error this op adds by itself. Rounding the output costs half a step, int8
+  weights and accumulation a few more; a wrong weight, channel order or folded batch norm costs tens;
+- ``gain_error``: the largest |g - 1| over the channels, g the least-squares gain of the int8 channel on the local
+  reference's (channels spanning at least :data:`MIN_STEPS` steps): rounding noise averages out of g, a channel
+  whose weights are scaled or swapped does not;
+- ``step``: the tensor's quantization step relative to max |reference|;
+- ``clipped``: the share of local-reference values outside the tensor's int8 range (saturation);
+- ``channel_spread``: the widest channel's max |reference| over the median channel's (a per-tensor scale spends its
+  256 levels on the widest channel: the narrow ones get few).
+
+The first node that saturates or whose local error is not int8 rounding is named with the likely reason (see
+:func:`first_jump`). numpy only.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Any, NamedTuple
+
+import numpy as np
+
+from . import reference
+from .graph import INPUT, Graph
+
+# Beyond int8 rounding: a local error of JUMP_STEPS steps or a channel gain off by JUMP_GAIN. Measured on clean
+# int8 exports (64 px, weights with BN statistics from data, 8 calibration images, probed on 2; tests/test_int8.py)
+# of mobilenet_v2_035 / mobilenet_v3_small_075 / ghostnet_050: local error <= 3.3 / 1.9 / 2.1 steps, gain error <= 0.013
+# / 0.055 / 0.022. Planted there: one output channel's weights x1.25 -> 7.7 / 11.4 / 13.2 steps (gain 0.25 on
+# mobilenet_v2_035), two depthwise filters swapped -> 131 / 90 / 155 steps, each at the node it touches only.
+JUMP_STEPS = 8.0
+JUMP_GAIN = 0.1
+# a channel narrower than MIN_STEPS steps, or with fewer than MIN_VALUES non-zero values, is not measured
+MIN_STEPS = 8.0
+MIN_VALUES = 32
+# saturation: this share of the values outside the tensor's int8 range, and at least MIN_CLIPPED of them (an SE
+# vector of 2 x 48 values clips 1 % with one value)
+CLIPPED = 0.01
+MIN_CLIPPED = 8
+SPREAD = 20.0  # a channel spread that names a too-coarse per-tensor scale
+
+
+class NodeError(NamedTuple):
+    node: str
+    op: str
+    fused: tuple[str, ...]
+    rel_error: float
+    local_steps: float
+    gain_error: float
+    step: float
+    clipped: float
+    channel_spread: float
+    values: int
+
+
+def _local_reference(graph: Graph, weights: Mapping[str, np.ndarray], x: np.ndarray, name: str,
+                     quantized: Mapping[str, Any]) -> np.ndarray:
+    """``name``'s output computed in float64 from the int8 values of the quantized tensors it reads."""
+    shapes = graph.shapes_at(*np.shape(x)[2:])
+    memo: dict[str, np.ndarray] = {}
+
+    def value(v: str) -> np.ndarray:
+        if v not in memo:
+            if v != name and v in quantized:
+                memo[v] = quantized[v].values
+            elif v == INPUT:
+                memo[v] = np.asarray(x, np.float64)
+            else:
+                node = graph.node(v)
+                memo[v] = reference.run_node(node, [value(i) for i in node.inputs], weights, shapes[v])
+        return memo[v]
+    return value(name)
+
+
+def _gain_error(got: np.ndarray, want: np.ndarray, inside: np.ndarray, step: float) -> float:
+    """max |g - 1| over the channels wide enough to measure, g the least-squares gain of ``got`` on ``want``
+    over the values inside the int8 range."""
+    worst = 0.0
+    channels = range(want.shape[1]) if want.ndim == 4 else [None]
+    for c in channels:
+        sel = (slice(None), c) if c is not None else (slice(None),)
+        w, g = want[sel].ravel(), got[sel].ravel()
+        keep = inside[sel].ravel() & (np.abs(w) > step / 2)  # the values a ReLU zeroed tell nothing of the gain
+        w, g = w[keep], g[keep]
+        if w.size < MIN_VALUES or np.ptp(w) < MIN_STEPS * step:
+            continue
+        w, g = w - w.mean(), g - g.mean()
+        worst = max(worst, abs(float(g @ w / (w @ w)) - 1.0))
+    return worst
+
+
+def _channel_spread(ref: np.ndarray) -> float:
+    if ref.ndim != 4 or ref.shape[1] < 2:
+        return 1.0
+    per_channel = np.abs(ref).max(axis=(0, 2, 3))
+    median = float(np.median(per_channel))
+    return float(per_channel.max() / median) if median > 0 else float("inf")
+
+
+def compare(graph: Graph, weights: Mapping[str, np.ndarray], x: np.ndarray,
+            quantized: Mapping[str, Any]) -> list[NodeError]:
+    """One :class:`NodeError` per quantized node, in graph order. ``quantized``: ``{node: tensor}`` with the
+    fields of ``backends.tflite_int8.QuantTensor`` (values NCHW, scale, zero_point, qmin, qmax, fused, op)."""
+    w = {k: np.asarray(v, np.float64) for k, v in weights.items()}
+    ref = reference.run(graph, w, x, return_all=True)
+    ref[INPUT] = np.asarray(x, np.float64)
+    rows = []
+    for name in [INPUT, *(n.name for n in graph.nodes)]:
+        if name not in quantized or quantized[name].values.shape != ref[name].shape:
+            continue  # not quantized, or a tensor of another shape (a flatten folded into a reshape)
+        t, want = quantized[name], ref[name]
+        local = want if name == INPUT else _local_reference(graph, w, x, name, quantized)
+        top = float(np.abs(want).max()) or 1.0
+        lo, hi = (t.qmin - t.zero_point - 0.5) * t.scale, (t.qmax - t.zero_point + 0.5) * t.scale
+        inside = (local >= lo) & (local <= hi)
+        local_err = float(np.abs(t.values - local)[inside].max(initial=0.0)) / t.scale
+        rows.append(NodeError(name, "input" if name == INPUT else graph.node(name).op, tuple(t.fused),
+                              float(np.abs(t.values - want).max()) / top, local_err,
+                              _gain_error(t.values, local, inside, t.scale), t.scale / top,
+                              1.0 - float(np.mean(inside)), _channel_spread(want), int(want.size)))
+    return rows
+
+
+def jumps(row: NodeError) -> bool:
+    """Whether the node saturates or adds an error int8 rounding does not explain."""
+    return _saturated(row) or row.local_steps >= JUMP_STEPS or row.gain_error >= JUMP_GAIN
+
+
+def _saturated(row: NodeError) -> bool:
+    return row.clipped >= CLIPPED and row.clipped * row.values >= MIN_CLIPPED
+
+
+def first_jump(rows: list[NodeError]) -> NodeError | None:
+    """The first node that :func:`jumps`, or None."""
+    return next((r for r in rows if jumps(r)), None)
+
+
+def reason(row: NodeError) -> str:
+    """The likely cause of a node's int8 error, from its statistics."""
+    if _saturated(row):
+        return (f"saturated: {100 * row.clipped:.1f} % of the values lie outside the tensor's int8 range (calibration "
+                "saw a smaller range; calibrate on more representative images)")
+    if row.channel_spread >= SPREAD:
+        return (f"per-tensor scale too coarse: the widest channel spans {row.channel_spread:.0f}x the median one, so "
+                "most channels get few of the 256 levels (per-channel ranges, or clip the outlier channel)")
+    return (f"this op alone is off by {row.local_steps:.0f} quantization steps of its output and a channel's gain by "
+            f"{100 * row.gain_error:.0f} %, with no saturation or range spread: its weights or their mapping differ "
+            "(a wrong weight, a channel order, a folded batch norm)")
+def locate(graph: Graph, weights: Mapping[str, np.ndarray], x: np.ndarray, quantized: Mapping[str, Any]) -> dict:
+    """``{"rows": [NodeError], "first_jump": NodeError | None, "reason": str | None}``."""
+    rows = compare(graph, weights, x, quantized)
+    jump = first_jump(rows)
+    return {"rows": rows, "first_jump": jump, "reason": reason(jump) if jump else None}
