@@ -4,7 +4,8 @@ float64 probe must still hold the mapping to PROBE_FLOAT64, the zoo model in flo
 the imported graph on another batch, and export_zoo must give the zoo model back bit for bit.
 
 tests/test_zoo.py imports every entry with randomised statistics; this file runs the smallest entry of each zoo
-and variant (every entry with LIGHTNETS_SLOW=1). Zoo models are built locally with random weights.
+and variant (every entry with LIGHTNETS_SLOW=1). Zoo models are built locally with random weights. The last test
+imports the ``torch.onnx.export`` file of the smallest twin of each family as a zoo checkpoint (ONNX re-import).
 """
 
 import numpy as np
@@ -63,3 +64,24 @@ def test_import_with_data_calibrated_bn_is_exact_in_float64_and_exports_back(key
     x32 = torch.from_numpy(x.astype(np.float32))
     with torch.no_grad():
         assert torch.equal(fresh(x32), model(x32))
+
+
+ONNX_KEYS = [("torchvision", "mnasnet0_5"), ("timm", "lcnet_035")]
+ONNX_KEYS += [("timm", "semnasnet_050"), ("timm", "mnasnet_small")] if profiles.SLOW else []
+
+
+@pytest.mark.parametrize("key", ONNX_KEYS, ids=[f"{z}-{n}" for z, n in ONNX_KEYS])
+def test_torch_onnx_export_of_the_twin_imports_as_the_zoo_model(key, tmp_path):
+    pytest.importorskip("onnxruntime")
+    import torch
+    model, _ = _calibrated(key)
+    path = tmp_path / f"{key[1]}.onnx"
+    torch.onnx.export(model, torch.randn(1, 3, 64, 64), str(path), dynamo=False,
+                      dynamic_axes={"input": {0: "n"}}, input_names=["input"])
+    graph, w, info = zoo.import_zoo(*key, str(path), input_size=64)
+    source = graph.meta["provenance"]["source"]
+    assert info["arch"] == zoo.ZOO[key].arch and source["format"] == "onnx" and source["name"] == key[1]
+    x = np.random.default_rng(6).standard_normal((2, 3, 64, 64)).astype(np.float32)
+    with torch.no_grad():
+        want = model(torch.from_numpy(x)).numpy()
+    assert rel_error(lightnets.reference.run(graph, w, x.astype(np.float64)), want) <= 1e-4
