@@ -87,3 +87,14 @@ def node_tensors(flat_buffer: bytes, graph: Graph, x_nchw: np.ndarray) -> dict[s
             out[node] = QuantTensor(node, tuple(sorted(fused, key=order.get)), op["op_name"], values, float(scale),
                                     int(zero_point), int(info.min), int(info.max))
     return out
+
+
+def locate_model(model, x: np.ndarray) -> dict:
+    """:func:`lightnets.int8.locate` on a lightnets int8 ``TFLiteModel`` (``lightnets.export.to_tflite(...,
+    quantize="int8")``) and the NCHW images ``x``: its graph, the weights it was converted from, its tensors."""
+    from lightnets import int8
+
+    if not getattr(model, "quantize", None):
+        raise LightnetsError(f"{model!r} is not an int8 model; the locator compares int8 tensors with the float64 "
+                             "reference: make one with lightnets.export.to_tflite(source, quantize='int8')")
+    return int8.locate(model.graph, model.weights, x, node_tensors(model.flat_buffer(), model.graph, x))

@@ -371,6 +371,52 @@ def cmd_export(args) -> int:
     return 0
 
 
+def cmd_int8(args) -> int:
+    import importlib
+    import json
+
+    from rich.table import Table
+
+    from . import int8
+    from .export import (
+        AGREEMENT_SEED,
+        CALIBRATION_SEED,
+        seeded_images,
+        source_graph_and_weights,
+        tflite_module,
+        to_tflite,
+    )
+    from .weights import atomic_write
+
+    tflite_module()  # the clear error if tensorflow / LiteRT are missing
+    graph, _ = source_graph_and_weights(args.source, args.size, 0, "float32")
+    calibration = seeded_images(graph, args.calibration, CALIBRATION_SEED)
+    model, graph, _ = to_tflite(args.source, "int8", calibration, False, args.size)
+    x = seeded_images(graph, args.images, AGREEMENT_SEED)
+    report = importlib.import_module("lightnets.backends.tflite_int8").locate_model(model, x)
+    console = _console()
+    table = Table(title=f"int8 vs the float64 reference, node by node: {graph.name} at {graph.input_shape[1]} px, "
+                        f"{args.images} images (calibrated on {args.calibration} seeded N(0, 1) images)")
+    for col in ("node", "op", "accumulated rel", "step", "local steps", "gain err", "clipped %", "spread"):
+        table.add_column(col, justify="left" if col in ("node", "op") else "right")
+    for r in report["rows"]:
+        style = "red" if int8.jumps(r) else None
+        table.add_row(r.node, r.op, f"{r.rel_error:.3f}", f"{r.step:.4f}", f"{r.local_steps:.1f}",
+                      f"{r.gain_error:.3f}", f"{100 * r.clipped:.2f}", f"{r.channel_spread:.1f}", style=style)
+    console.print(table)
+    jump = report["first_jump"]
+    console.print(f"first jump: {jump.node} ({', '.join(jump.fused)}): {report['reason']}" if jump else
+                  f"no jump: every op's error is int8 rounding (local <= {int8.JUMP_STEPS:g} steps, channel gains "
+                  f"within {int8.JUMP_GAIN:.0%}, no saturation); the accumulated error at the output is "
+                  f"{report['rows'][-1].rel_error:.3f}")
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    atomic_write(out / "int8.json", lambda tmp: Path(tmp).write_text(json.dumps(int8.summary(report), indent=1)))
+    int8.plot(report, out / "int8.png", f"{graph.name}: int8 error along depth")
+    console.print(f"wrote {out}/int8.json, int8.png")
+    return 0
+
+
 def make_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="lightnets", description=__doc__.splitlines()[0])
     sub = p.add_subparsers(dest="command", required=True)
@@ -462,6 +508,16 @@ def make_parser() -> argparse.ArgumentParser:
     s.add_argument("--dtype", choices=DTYPES, default="float32", help="ONNX tensor type")
     s.add_argument("--static", action="store_true", help="fix height/width to --size (the batch stays dynamic)")
     s.set_defaults(func=cmd_export)
+
+    s = sub.add_parser("int8", help="the per-layer int8 locator: a model's int8 TFLite export against the float64 "
+                       "reference, node by node, and the first node whose error is not int8 rounding")
+    s.add_argument("source", metavar="ID_OR_FILE", type=_id_or_file,
+                   help="model id (its deterministic initial weights) or weights file of any format")
+    s.add_argument("--size", type=_positive_int(16), help="input size (default: the file's graph's, else 224)")
+    s.add_argument("--images", type=_positive_int(), default=2, help="probe images (seeded N(0, 1))")
+    s.add_argument("--calibration", type=_positive_int(), default=32, help="calibration images (seeded N(0, 1))")
+    s.add_argument("--out", default="int8-report", help="directory for int8.json and int8.png")
+    s.set_defaults(func=cmd_int8)
     return p
 
 

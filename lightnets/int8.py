@@ -159,3 +159,38 @@ def locate(graph: Graph, weights: Mapping[str, np.ndarray], x: np.ndarray, quant
     rows = compare(graph, weights, x, quantized)
     jump = first_jump(rows)
     return {"rows": rows, "first_jump": jump, "reason": reason(jump) if jump else None}
+
+
+def summary(report: dict) -> dict:
+    """The report as plain data (for JSON): every row, the first jump and its reason."""
+    return {"rows": [r._asdict() for r in report["rows"]],
+            "first_jump": report["first_jump"].node if report["first_jump"] else None, "reason": report["reason"]}
+
+
+def plot(report: dict, path, title: str) -> None:
+    """The accumulated error and each op's local error (in steps) along depth, the first jump marked."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    from .weights import atomic_write
+
+    rows = report["rows"]
+    fig, ax = plt.subplots(figsize=(max(8, len(rows) / 8), 4.5))
+    ax.semilogy([max(r.rel_error, 1e-6) for r in rows], label="accumulated: |int8 - reference| / max |reference|")
+    ax.semilogy([max(r.local_steps, 1e-2) for r in rows], label="this op alone: |int8 - local reference| in steps")
+    ax.axhline(JUMP_STEPS, color="r", lw=0.8, ls="--", label=f"jump: {JUMP_STEPS:g} steps")
+    jump = report["first_jump"]
+    if jump is not None:
+        i = rows.index(jump)
+        ax.annotate(f"first jump: {jump.node}", (i, max(jump.local_steps, 1e-2)), color="r", fontsize=8)
+    ax.set_xlabel("quantized tensors along depth (graph order)")
+    ax.set_title(title, fontsize=9)
+    ax.legend(fontsize=7)
+    fig.tight_layout()
+
+    def write(tmp):
+        fig.savefig(tmp, format="png", dpi=110)
+    atomic_write(path, write)
+    plt.close(fig)

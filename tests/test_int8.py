@@ -80,3 +80,28 @@ def test_reasons_name_saturation_and_a_coarse_per_tensor_scale():
     assert int8.reason(row).startswith("per-tensor scale too coarse")
     assert not int8.jumps(row._replace(local_steps=2.0))
     assert not int8.jumps(row._replace(local_steps=2.0, clipped=0.02, values=96))  # 2 clipped values: too few
+
+
+def test_cli_int8_prints_the_table_and_writes_the_curve(tmp_path, capsys):
+    import json
+
+    from lightnets import cli
+
+    args = ["int8", "mobilenet_v1_025", "--size", "32", "--images", "1", "--calibration", "4", "--out", str(tmp_path)]
+    assert cli.main(args) == 0
+    printed = capsys.readouterr().out
+    assert "int8 vs the float64 reference, node by node: mobilenet_v1_025" in printed and "blocks.12.pw.act" in printed
+    assert "no jump" in printed  # a clean export
+    report = json.loads((tmp_path / "int8.json").read_text())
+    assert report["first_jump"] is None and len(report["rows"]) >= 27
+    assert (tmp_path / "int8.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_the_locator_refuses_a_float32_model():
+    from lightnets.backends import tflite as TL
+    from lightnets.backends import tflite_int8 as TI
+    from lightnets.errors import LightnetsError
+
+    model = TL.TFLiteModel(lightnets.get_spec("mobilenet_v1_025", input_size=32))
+    with pytest.raises(LightnetsError, match="not an int8 model.*quantize='int8'"):
+        TI.locate_model(model, np.zeros((1, 3, 32, 32), np.float32))
