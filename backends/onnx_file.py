@@ -29,7 +29,9 @@ from .base import unreadable
 WEIGHTLESS = frozenset("""Relu Clip HardSwish HardSigmoid Sigmoid Mul Add Sub Div Neg Max Min GlobalAveragePool
     AveragePool MaxPool ReduceMean Flatten Reshape Transpose Concat Split Slice Gather Shape Unsqueeze Squeeze
     Constant ConstantOfShape Identity Dropout Softmax Pad Cast Range Expand Tile Floor Ceil Equal Where
-    ScatterND""".split())
+    ScatterND CastLike""".split())
+# nodes whose outputs are constants when their inputs are (folded on reading, the runtime still computes them)
+_FOLDED = frozenset("Constant Shape Expand ConstantOfShape Unsqueeze Squeeze Concat Gather Range".split())
 _CONV_LIKE = {"Conv": "conv", "BatchNormalization": "bn", "Gemm": "linear", "MatMul": "linear"}
 
 
@@ -48,6 +50,8 @@ class _OnnxFile:
                 self.users.setdefault(i, []).append(node)
             if node.op_type == "Constant" and node.attribute and node.attribute[0].name == "value":
                 self.const[node.output[0]] = numpy_helper.to_array(node.attribute[0].t)
+            elif node.op_type == "CastLike" and node.input[0] in self.const:  # dynamo without optimize: dtype kept
+                self.const[node.output[0]] = self.const[node.input[0]]
             elif node.op_type in ("Identity", "Cast") and node.input[0] in self.const:
                 v = self.const[node.input[0]]
                 self.const[node.output[0]] = v if node.op_type == "Identity" else v.astype(
@@ -61,8 +65,22 @@ class _OnnxFile:
                 zero = zp[0].astype(np.float64).reshape(shape) if zp else 0.0
                 self.const[node.output[0]] = ((q.astype(np.float64) - zero) * scale.reshape(shape)).astype(np.float32)
                 self.dequantized = True
+            elif node.op_type in _FOLDED and all(i in self.const for i in node.input if i):
+                self._fold(node)
 
     dequantized = False
+
+    def _fold(self, node) -> None:
+        """Evaluate a shape-computing node of constants (``onnx.reference``): torch's dynamo exporter without its
+        optimizer writes a zero conv bias as Expand(CastLike(0), Shape(weight)), Constant(value_ints), ..."""
+        from onnx.reference import ReferenceEvaluator
+
+        try:
+            outs = ReferenceEvaluator(node).run(None, {i: self.const[i] for i in node.input if i})
+        except Exception:  # noqa: BLE001 -- not foldable here: the node stays a runtime op
+            return
+        for name, v in zip(node.output, outs, strict=False):
+            self.const[name] = np.asarray(v)
 
     def value(self, name: str, node, what: str) -> np.ndarray:
         if name not in self.const:

@@ -208,10 +208,39 @@ def _tflite_rescaling(f: _TfliteFile, t: int) -> tuple[float, float] | None:
     return rescaling if rescaling != (1.0, 0.0) else None
 
 
-def _check_ops(f: _TfliteFile, path: Path) -> None:
+def _affine_bns(f: _TfliteFile) -> dict[int, Layer]:
+    """The batch norms the converter could not fold (the conv's own output is also a model output: a backbone's
+    feature map before its BN), kept as MUL by a per-channel scale then ADD of a per-channel shift right after a
+    conv: {MUL op index: a "bn" Layer with ``scale``/``shift`` (``affine``; the matcher makes it a BN with mean 0 and
+    the graph's eps)}, the ADD op's index also a key (None)."""
+    out: dict = {}
+    for k, (name, op, ins, outs) in enumerate(f.ops):
+        if name != "MUL" or len(ins) != 2 or f.options(op, f.schema.MulOptions).FusedActivationFunction():
+            continue
+        src = f.producer.get(ins[0])
+        if src is None or f.ops[src][0] not in ("CONV_2D", "DEPTHWISE_CONV_2D") or ins[1] not in f.const:
+            continue
+        c = f.shape(ins[0])[-1]
+        users = f.users.get(outs[0], [])
+        if len(users) != 1 or f.ops[users[0]][0] != "ADD":
+            continue
+        add = users[0]
+        shift = [i for i in f.ops[add][2] if i != outs[0]]
+        if len(shift) != 1 or shift[0] not in f.const or f.const[shift[0]].size != c or f.const[ins[1]].size != c:
+            continue
+        tensors = {"scale": f.const[ins[1]].reshape(c), "shift": f.const[shift[0]].reshape(c)}
+        out[k] = Layer(f"MUL+ADD:{k}", "MUL+ADD", "bn", tensors, {"affine": True, "eps": None},
+                       (f.name(ins[0]),), f.name(f.ops[add][3][0]))
+        out[add] = None
+    return out
+
+
+def _check_ops(f: _TfliteFile, path: Path, affine: dict | None = None) -> None:
     """FileFormatError for an op lightnets cannot import (named with its index), or a per-channel constant
-    ADD/MUL the converter left unfused (a batch norm not folded into its conv)."""
+    ADD/MUL the converter left unfused (a batch norm not folded into its conv) but for ``affine``'s."""
     for k, (name, _, ins, _) in enumerate(f.ops):
+        if k in (affine or {}):
+            continue
         if name not in WEIGHTLESS and name not in _WEIGHT_OPS:
             raise FileFormatError(f"{path.name}: unsupported TFLite op {name} (op {k}); lightnets imports the light "
                                   "CNNs' ops (CONV_2D, DEPTHWISE_CONV_2D, FULLY_CONNECTED and weightless "
@@ -232,7 +261,8 @@ def read_artifact(path, interpreter_of) -> Artifact:
         interpreter = interpreter_of(buf)
     except Exception as e:  # noqa: BLE001 -- flatbuffers (struct.error...) and the interpreter raise their own
         raise unreadable(path, ".tflite", e) from None
-    _check_ops(f, path)
+    affine = _affine_bns(f)
+    _check_ops(f, path, affine)
     sg = f.sg
     if sg.InputsLength() != 1:
         raise FileFormatError(f"{path.name} has {sg.InputsLength()} inputs; lightnets imports single-image-input nets")
@@ -243,7 +273,8 @@ def read_artifact(path, interpreter_of) -> Artifact:
     layout = "NCHW" if dims[1] in (1, 3) and dims[3] not in (1, 3) else "NHWC"
     hw = tuple(dims[1:3]) if layout == "NHWC" else tuple(dims[2:4])
     readers = {"conv": _tflite_conv, "linear": _tflite_linear}
-    layers = tuple(readers[_WEIGHT_OPS[name]](f, k) for k, (name, *_) in enumerate(f.ops) if name in _WEIGHT_OPS)
+    layers = tuple(affine[k] if k in affine else readers[_WEIGHT_OPS[name]](f, k) for k, (name, *_) in enumerate(f.ops)
+                   if name in _WEIGHT_OPS or affine.get(k) is not None)
     t_out = int(sg.Outputs(0))
     last = f.producer.get(t_out)
     while last is not None and f.ops[last][0] in ("DEQUANTIZE", "RESHAPE"):

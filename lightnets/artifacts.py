@@ -326,11 +326,14 @@ def match(graph: Graph, art: Artifact, hw: tuple[int, int]) -> Match:
         n = g.bn.name
         if f.bn is not None:
             t = f.bn.tensors
+            if f.bn.attrs.get("affine"):  # a per-channel scale and shift (an unfolded TFLite BN): mean 0, var 1 - eps
+                t = {"gamma": t["scale"], "beta": t["shift"], "mean": np.zeros_like(t["scale"]),
+                     "var": np.full_like(t["scale"], identity_var(float(g.bn.attrs["eps"])))}
             mean = t["mean"] - bias if bias is not None else t["mean"]  # a conv bias before the BN shifts its mean
             weights.update({f"{n}.gamma": t["gamma"], f"{n}.beta": t["beta"], f"{n}.mean": mean, f"{n}.var": t["var"]})
-            file_eps = float(f.bn.attrs["eps"])  # ONNX's epsilon is a float32 attribute: 1e-3 -> 1.0000000475e-3
-            if np.float32(file_eps) != np.float32(g.bn.attrs["eps"]):
-                eps[n] = file_eps
+            file_eps = f.bn.attrs["eps"]  # ONNX's epsilon is a float32 attribute: 1e-3 -> 1.0000000475e-3
+            if file_eps is not None and np.float32(file_eps) != np.float32(g.bn.attrs["eps"]):
+                eps[n] = float(file_eps)
         else:
             folded += 1
             var = identity_var(float(g.bn.attrs["eps"]))
@@ -420,8 +423,12 @@ def fitting(art: Artifact, arch: str | Graph | None = None, num_classes: int | N
             if arch is not None:
                 raise
             continue  # an id without feature maps (a family that marks none) cannot be a backbone file's
-        if arch is None and len(graph_units(graph)) != len(fu):
-            continue
+        if arch is None:
+            try:
+                if len(graph_units(graph)) != len(fu):
+                    continue
+            except WeightsError:  # an id whose graph no file maps onto (a batch norm after a split conv)
+                continue
         m = match(graph, art, hw)
         if m.problem is None:
             fits.append((mid, m))
