@@ -268,12 +268,13 @@ def test_import_zoo_takes_a_zoo_models_onnx_file(tmp_path):
 # offline optimizer. torch.onnx.export(model, x, path) without dynamic_axes fixes the batch to x's (1); the import
 # probe and every run of such a file feed it one image at a time. Measured (64 px, BN statistics from data, the
 # torch port against ONNX Runtime's run of the file, batch 3): <= 1.7e-5 relative for every twin, both exporters.
-def _export_fixed(model, path, dynamo: bool):
-    """``model`` exported the way most users do: no dynamic_axes, no names (dynamo: torch 2.14's default)."""
+def _export_fixed(model, path, dynamo: bool | str):
+    """``model`` exported the way most users do: no dynamic_axes, no names (dynamo: torch 2.14's default;
+    "noopt": without its optimizer, BatchNormalization nodes and CastLike/Expand-computed zero biases kept)."""
     x = torch.randn(1, 3, SIZE, SIZE)
     if dynamo:
         pytest.importorskip("onnxscript")
-        torch.onnx.export(model, (x,), str(path), dynamo=True, verbose=False)
+        torch.onnx.export(model, (x,), str(path), dynamo=True, verbose=False, optimize=dynamo != "noopt")
     else:
         torch.onnx.export(model, x, str(path), dynamo=False)
     return path
@@ -293,6 +294,8 @@ TWIN_PARAMS = [pytest.param(*t, dynamo, id=f"{'dynamo' if dynamo else 'torchscri
                             pytest.mark.skip(reason="dynamo files of the smallest twins in the quick profile: "
                                                     "LIGHTNETS_SLOW=1"))
                for dynamo in (False, True) for t in TWINS]
+TWIN_PARAMS.append(pytest.param(*TWINS[4], "noopt", id="dynamo-noopt-mobilenetv3_small_100",
+                                marks=pytest.mark.skipif(not SLOW, reason="~15 s: LIGHTNETS_SLOW=1")))
 
 
 @pytest.mark.parametrize("zoo,name,arch,dynamo", TWIN_PARAMS)
