@@ -26,9 +26,11 @@ def ids(*more: str) -> list[str]:
 
 def variant(model_id: str) -> str:
     """An id without its width multiplier (``mobilenet_v3_large_075_paddle`` -> ``mobilenet_v3_large_paddle``) or its
-    compound-scaling index (``efficientnet_lite3_tf`` -> ``efficientnet_lite_tf``): the ids of one variant have the
-    same graph but for channel counts (and, compound-scaled, repeats per stage)."""
-    return re.sub(r"^(efficientnet_(?:b|lite))\d(?=_|$)", r"\1", re.sub(r"_\d{3}(?=_|$)", "", model_id))
+    compound-scaling index (``efficientnet_lite3_tf`` -> ``efficientnet_lite_tf``; ``mixnet_l``, MixNet-M at width
+    1.3, -> ``mixnet_m``): the ids of one variant have the same graph but for channel counts (and, compound-scaled,
+    repeats per stage)."""
+    model_id = re.sub(r"^(efficientnet_(?:b|lite))\d(?=_|$)", r"\1", re.sub(r"_\d{3}(?=_|$)", "", model_id))
+    return re.sub(r"^mixnet_l(?=_|$)", "mixnet_m", model_id)
 
 
 def smallest_of_each_variant(keys: Iterable, arch: Callable = lambda k: k, source: Callable = lambda k: None) -> list:

@@ -10,6 +10,7 @@ from . import (
     efficientnet,
     ghostnet,
     lcnet,
+    mixnet,
     mnasnet,
     mobilenet_v1,
     mobilenet_v2,
@@ -19,4 +20,4 @@ from . import (
 )
 
 FAMILIES = (mobilenet_v1, mobilenet_v2, mobilenet_v3, shufflenet_v1, shufflenet_v2, ghostnet, mnasnet, lcnet,
-            efficientnet)
+            efficientnet, mixnet)

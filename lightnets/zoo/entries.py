@@ -105,13 +105,14 @@ def _tm(arch, name, pre=IMAGENET, **kw):
     return ZooEntry(arch, "torch", _timm(name), pre, 1e-5, 0.1, **kw)
 
 
-# timm tf_* ports of TF checkpoints: BN eps 1e-3 (BN_EPS_TF_DEFAULT; momentum stays 0.1), inception mean/std and
-# pad_type "same" (Conv2dSame: TF "same" resolved from the input size, the odd pixel bottom/right)
+# timm tf_* ports of TF checkpoints: BN eps 1e-3 (BN_EPS_TF_DEFAULT; momentum stays 0.1), the pretrained_cfg's
+# mean/std (inception's for tf_efficientnet_lite*, imagenet's for tf_mixnet_*) and pad_type "same" (Conv2dSame:
+# TF "same" resolved from the input size, the odd pixel bottom/right)
 TIMM_TF_PADDING = "TF 'same' on every conv (timm Conv2dSame / static same pads), pads computed from the input size"
 
 
-def _tm_tf(arch, name):
-    return ZooEntry(arch, "torch", _timm(name), INCEPTION, 1e-3, 0.1, TIMM_TF_PADDING)
+def _tm_tf(arch, name, pre=INCEPTION):
+    return ZooEntry(arch, "torch", _timm(name), pre, 1e-3, 0.1, TIMM_TF_PADDING)
 
 
 # paddle.vision in float64 is not exact: paddle's batch_norm takes epsilon as a float32 attribute (measured:
@@ -199,6 +200,13 @@ TIMM = {  # timm builds every BN with eps 1e-5 (lightnets' MobileNetV3 ids defau
     ("timm", "tf_efficientnet_lite2"): _tm_tf("efficientnet_lite2_tf", "tf_efficientnet_lite2"),
     ("timm", "tf_efficientnet_lite3"): _tm_tf("efficientnet_lite3_tf", "tf_efficientnet_lite3"),
     ("timm", "tf_efficientnet_lite4"): _tm_tf("efficientnet_lite4_tf", "tf_efficientnet_lite4"),
+    # MixNet: mixnet_l is mixnet_m at width 1.3; tf_mixnet_* (TF checkpoints) have TF "same" padding and eps 1e-3
+    ("timm", "mixnet_s"): _tm("mixnet_s", "mixnet_s"),
+    ("timm", "mixnet_m"): _tm("mixnet_m", "mixnet_m"),
+    ("timm", "mixnet_l"): _tm("mixnet_l", "mixnet_l"),
+    ("timm", "tf_mixnet_s"): _tm_tf("mixnet_s_tf", "tf_mixnet_s", IMAGENET),
+    ("timm", "tf_mixnet_m"): _tm_tf("mixnet_m_tf", "tf_mixnet_m", IMAGENET),
+    ("timm", "tf_mixnet_l"): _tm_tf("mixnet_l_tf", "tf_mixnet_l", IMAGENET),
 }
 PADDLE = {
     ("paddle", "mobilenet_v1"): _pd("mobilenet_v1_100", "mobilenet_v1"),
