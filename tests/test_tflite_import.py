@@ -302,10 +302,12 @@ def tflite_interpreter(buf: bytes):
     return make_interpreter(buf)
 
 
+@pytest.mark.skipif(not SLOW, reason="the TF1 uint8 file covers a batch fixed to 1 in the quick profile: "
+                                   "LIGHTNETS_SLOW=1")
 def test_fixed_batch_keras_files_float_and_uint8_io_import(tmp_path):
     """keras MobileNet on ``keras.Input(batch_size=1)`` (its Reshape head then has a constant batch of 1) as a float
     file and a full-integer file with uint8 input/output (``inference_input_type=tf.uint8``): both import with the
-    batch noted, and LiteRT runs a batch of 3 through them one image at a time (the int8 file: LIGHTNETS_SLOW=1)."""
+    batch noted, and LiteRT runs a batch of 3 through them one image at a time."""
     import keras
     import tensorflow as tf
 
@@ -320,8 +322,6 @@ def test_fixed_batch_keras_files_float_and_uint8_io_import(tmp_path):
     tfl = lightnets.load_backend("tflite")
     got = tfl.forward(path, x.astype(np.float32))
     assert rel_error(got, reference.run(imp.graph, imp.weights, x)) <= 1e-4
-    if not SLOW:  # the uint8 per-tensor TF1 file above covers integer I/O at batch 1 in the quick profile
-        return
     converter = tf.lite.TFLiteConverter.from_keras_model(fixed)
     images = np.random.default_rng(1).uniform(-1, 1, (8, SIZE, SIZE, 3)).astype(np.float32)
     converter.optimizations = [tf.lite.Optimize.DEFAULT]
