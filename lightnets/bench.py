@@ -76,6 +76,9 @@ TWINS: dict[str, dict[str, tuple[str, str]]] = {
         "mnasnet_b1_100": ("torchvision", "mnasnet1_0"),
         "mnasnet_a1_100": ("timm", "semnasnet_100"),
         "lcnet_100": ("timm", "lcnet_100"),
+        "efficientnet_b0": ("torchvision", "efficientnet_b0"),
+        "efficientnet_lite0": ("timm", "efficientnet_lite0"),
+        "mixnet_s": ("timm", "mixnet_s"),
     },
     "keras": {
         "mobilenet_v1_100": ("keras", "MobileNet"),
