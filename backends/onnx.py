@@ -400,8 +400,14 @@ class OnnxBackend(InferenceRuntime):
         """Eval forward of the NCHW numpy batch ``x`` (a list of outputs for a graph with ``outputs``);
         ``return_all`` gives every node's output."""
         check_input(model.graph, x)
-        sess = model.session(return_all)
-        outs = sess.run(None, {INPUT: np.ascontiguousarray(x, model.DTYPES[model.dtype])})
+        try:
+            sess = model.session(return_all)
+            outs = sess.run(None, {INPUT: np.ascontiguousarray(x, model.DTYPES[model.dtype])})
+        except LightnetsError:
+            raise
+        except Exception as e:  # noqa: BLE001 -- onnxruntime raises its own exception types
+            raise runtime_failure(f"the ONNX model of {model.graph.name!r}", self.name, INPUT, np.shape(x), e,
+                                  "a lowering bug: please report it with the model id and input shape") from None
         if return_all:
             return {o.name: v for o, v in zip(sess.get_outputs(), outs, strict=True)}
         return list(outs) if model.graph.multi_output else outs[0]
