@@ -365,6 +365,19 @@ PROBE_BATCH = 4
 PROBE_BATCH_QUANTIZED = 16
 QUANTIZED_TOP1 = 0.25
 QUANTIZED_REL = 0.15
+# quantized backbones (several outputs, no classes): the lowest per-image correlation of any feature map with the
+# reference, on N(0, 1) inputs clipped to the input range. Measured, int8 ghostnet_050 backbone exported by lightnets
+# (64 px): >= 0.957 mapped right (rel error up to 0.22: int8 noise of a random net), <= 0.18 with two same-shape
+# depthwise kernels swapped (uniform inputs over the whole range saturate: 0.37 mapped right, so not those)
+QUANTIZED_CORR = 0.8
+
+
+def _correlation(y: np.ndarray, ref: np.ndarray) -> float:
+    """The lowest Pearson correlation over the batch of ``y`` with ``ref`` (per image, flattened)."""
+    a = y.reshape(len(y), -1) - y.reshape(len(y), -1).mean(1, keepdims=True)
+    b = ref.reshape(len(ref), -1) - ref.reshape(len(ref), -1).mean(1, keepdims=True)
+    den = np.sqrt((a * a).sum(1) * (b * b).sum(1))
+    return float(np.min(np.where(den > 0, (a * b).sum(1) / np.where(den > 0, den, 1), 1.0)))
 
 
 class Imported(NamedTuple):
@@ -483,7 +496,10 @@ def import_artifact(art: Artifact, runtime, arch: str | Graph | None = None, num
                            + ("is it a file of that architecture?" if arch else "pass arch= to see why an id misfits"))
     rng = np.random.default_rng(PROBE_SEED)
     shape = (PROBE_BATCH_QUANTIZED if art.quantized else PROBE_BATCH, art.layers[0].tensors["weight"].shape[1], *hw)
-    if art.input_range is not None:  # a quantized input clips outside its range: probe inside it
+    if art.input_range is not None and art.outputs > 1:  # a quantized backbone: inputs like its calibration's
+        feed = np.clip(rng.standard_normal(shape), *art.input_range)
+        x = feed if art.rescaling is None else feed * art.rescaling[0] + art.rescaling[1]
+    elif art.input_range is not None:  # a quantized input clips outside its range: probe inside it
         feed = rng.uniform(*art.input_range, shape)
         x = feed if art.rescaling is None else feed * art.rescaling[0] + art.rescaling[1]
     else:
@@ -528,11 +544,13 @@ def import_artifact(art: Artifact, runtime, arch: str | Graph | None = None, num
                      "takes any batch")
     if len(got) > 1:
         notes.append(f"{len(got)} outputs (feature maps), each probed against the float64 reference")
-    if art.quantized and len(got) > 1:  # a quantized backbone: no classes to agree on, the relative error only
-        probe.update(tolerance=QUANTIZED_REL)
-        notes.append(f"{art.quantized}; the probe compares each feature map within {QUANTIZED_REL:.0%} relative "
-                     f"(rel error {err:.1e}), a coarse check")
-        ok = err <= QUANTIZED_REL
+    if art.quantized and len(got) > 1:  # a quantized backbone: no classes to agree on; each map's correlation
+        corr = min(_correlation(g, w) for g, w in zip(got, want, strict=True))
+        probe.update(tolerance=None, min_correlation=corr)
+        notes.append(f"{art.quantized}; the probe compares each feature map by its correlation with the float64 "
+                     f"reference (lowest {corr:.3f} on {len(x)} N(0, 1) inputs clipped to the input range, rel error "
+                     f"{err:.1e}), a coarse check")
+        ok = corr >= QUANTIZED_CORR or err <= QUANTIZED_REL
     elif art.quantized:
         got, want = got[0], want[0]
         if np.any(np.ptp(got.reshape(len(got), -1), -1) == 0):
@@ -552,7 +570,8 @@ def import_artifact(art: Artifact, runtime, arch: str | Graph | None = None, num
         probe.update(tolerance=tol, float32_noise=noise)
         ok = err <= tol
     if not ok:
-        bound_q = f"top-1 agreement {QUANTIZED_TOP1:.0%} or {QUANTIZED_REL:.0%} relative"
+        bound_q = (f"each map's correlation {QUANTIZED_CORR}" if len(got) > 1 else
+                   f"top-1 agreement {QUANTIZED_TOP1:.0%}") + f" or {QUANTIZED_REL:.0%} relative"
         raise WeightsError(f"{art.path}: the file's {runtime.name} output differs from the float64 reference of "
                            f"{best!r} with its weights by {err:.2e} relative (bound {probe['tolerance'] or bound_q}); "
                            "the file is not that net - not returning a wrong model")

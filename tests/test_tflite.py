@@ -223,3 +223,26 @@ def test_backbone_exports_one_output_per_map_and_imports_back(tmp_path, arch):
     assert len(maps) == len(want) and max(rel_error(g, w) for g, w in zip(maps, want, strict=True)) <= \
         T.MODEL_REL["float32"]
     assert any("feature maps" in n for n in PV.card_of(load_backend("torch").graph_of(back))["notes"])
+
+
+@pytest.mark.skipif(not SLOW, reason="an int8 conversion (~40 s): LIGHTNETS_SLOW=1")
+def test_int8_backbone_exports_and_imports_by_correlation(tmp_path):
+    """An int8 backbone export reports its largest feature-map error (no top-1 without classes); importing it judges
+    each map by its correlation with the reference (lightnets.artifacts QUANTIZED_CORR): a planted swap of two
+    same-shape depthwise kernels is refused."""
+    pytest.importorskip("torch")
+    from lightnets import artifacts as A
+
+    model = lightnets.build("ghostnet_050", features=True, input_size=64)
+    graph = load_backend("torch").graph_of(model)
+    report = export_tflite(model, tmp_path / "q.tflite", quantize="int8").report
+    assert 0 < report["feature_rel_error"] < 1 and "top1_agreement" not in report
+    imp = A.read(tmp_path / "q.tflite", "tflite", "tflite", arch=graph)
+    assert imp.probe["min_correlation"] >= A.QUANTIZED_CORR
+    art = BE.read_artifact(tmp_path / "q.tflite")
+    dw = [la for la in art.layers if la.op == "DEPTHWISE_CONV_2D"]
+    a, b = next((a, b) for i, a in enumerate(dw) for b in dw[i + 1:]
+                if a.tensors["weight"].shape == b.tensors["weight"].shape)
+    a.tensors["weight"], b.tensors["weight"] = b.tensors["weight"], a.tensors["weight"]
+    with pytest.raises(lightnets.errors.WeightsError, match="correlation 0.8"):
+        A.import_artifact(art, BE, arch=graph)
