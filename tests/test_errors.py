@@ -510,6 +510,8 @@ CLI_BAD_ARGS = [
     ("cli_list_unknown_family", ["list", "--family", "nope"]),
     ("cli_parity_jobs_zero", ["parity", "--jobs", "0"]),
     ("cli_info_without_file", ["info"]),
+    ("cli_int8_unknown_model", ["int8", "nope"]),
+    ("cli_int8_zero_calibration_images", ["int8", "mobilenet_v1_025", "--calibration", "0"]),
 ]
 CLI_ERRORS = [
     ("cli_summary_misspelled_model", ["summary", "mobilenet_v2_10"], "Did you mean"),
