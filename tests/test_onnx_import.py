@@ -344,3 +344,19 @@ def test_onnxruntime_optimized_files_import_or_name_the_fused_op(tmp_path):
     onnx.save(optimizer.optimize(onnx.load(str(src))), str(tmp_path / "s_folded.onnx"))
     folded = A.read(tmp_path / "s_folded.onnx", "onnx", "onnxruntime")
     assert folded.graph.name == "shufflenet_v2_050" and folded.probe["rel_error"] <= folded.probe["tolerance"]
+
+
+def test_in_batches_feeds_a_fixed_batch_and_cuts_the_padding():
+    """A file fixed to a batch of 3 gets 7 images as 3 + 3 + (1 + 2 copies of it); outputs cut back, lists too."""
+    seen = []
+
+    def run(x):
+        assert len(x) == 3
+        seen.append(x[:, 0, 0, 0].tolist())
+        return [x[:, :2, 0, 0] * 2, x.sum((1, 2, 3))]
+
+    x = np.arange(7, dtype=np.float32)[:, None, None, None] * np.ones((7, 3, 2, 2), np.float32)
+    y = A.in_batches(run, x, 3)
+    assert seen == [[0, 1, 2], [3, 4, 5], [6, 6, 6]]
+    assert np.array_equal(y[0], x[:, :2, 0, 0] * 2) and np.array_equal(y[1], x.sum((1, 2, 3)))
+    assert np.array_equal(A.in_batches(lambda v: v + 1, x, None), x + 1)  # dynamic batch: one call
