@@ -417,5 +417,13 @@ class TFLiteBackend(InferenceRuntime):
         out = runner.output_names[0]
         return nhwc, (lambda x: runner(x)[out])
 
+    def timed_export(self, model, size: int, work: Path):
+        """``(to_input, call)`` of a keras model converted as its users convert it
+        (``tf.lite.TFLiteConverter.from_keras_model``) and run in LiteRT: the bench's zoo twin in this runtime."""
+        tf, _ = _tensorflow()
+        runner = Runner(bytes(tf.lite.TFLiteConverter.from_keras_model(model).convert()), _default_threads())
+        out = runner.output_names[0]
+        return nhwc, (lambda x: runner(x)[out])
+
 
 BACKEND = TFLiteBackend()

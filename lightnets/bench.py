@@ -117,30 +117,9 @@ class Timed(NamedTuple):
     call: Any
 
 
-def runtime_twin(runtime: str, key: tuple[str, str], size: int, work: Path, threads: int) -> Timed:
-    """The zoo twin ``key`` exported as its users export it, loaded in ``runtime``."""
-    from .frameworks import load_backend
-
-    twin = make_twin(key, size)
-    if runtime == "onnxruntime":
-        import torch
-
-        from .backends import onnx as O
-
-        path = work / f"twin-{key[1]}.onnx"
-        x = torch.randn(1, 3, size, size)
-        torch.onnx.export(twin.eval(), (x,), str(path), dynamo=False, input_names=["input"], output_names=["logits"],
-                          dynamic_axes={"input": {0: "batch"}, "logits": {0: "batch"}})
-        sess = O.make_session(path.read_bytes(), threads)
-        return Timed(lambda x: np.ascontiguousarray(x, np.float32), lambda x: sess.run(None, {"input": x})[0])
-    load_backend("tflite")
-    import tensorflow as tf
-
-    from .backends import tflite as TL
-
-    runner = TL.Runner(bytes(tf.lite.TFLiteConverter.from_keras_model(twin).convert()), threads)
-    out = runner.output_names[0]
-    return Timed(TL.nhwc, lambda x: runner(x)[out])
+def runtime_twin(be, key: tuple[str, str], size: int, work: Path) -> Timed:
+    """The zoo twin ``key`` exported as its users export it, loaded in the runtime backend ``be``."""
+    return Timed(*be.timed_export(make_twin(key, size), size, work))
 
 
 def thread_env(threads: int) -> dict[str, str]:
@@ -219,7 +198,7 @@ def _rel(a, b) -> float:
     return float(np.max(np.abs(a - b)) / (np.max(np.abs(b)) or 1.0))
 
 
-def _make_variant(be, name: str, model_id: str, size: int, made: dict, work: str, threads: int):
+def _make_variant(be, name: str, model_id: str, size: int, made: dict, work: str):
     """``(model, convert_s, same_weights)`` of variant ``name``; ``made`` holds the variants built before it.
     ``same_weights``: it holds the weights of the model it is compared with (plain, or the twin)."""
     import lightnets
@@ -231,7 +210,7 @@ def _make_variant(be, name: str, model_id: str, size: int, made: dict, work: str
         t0 = time.perf_counter()
         return lightnets.optimize(plain, compile=name == "compiled"), round(time.perf_counter() - t0, 3), True
     if be.name in RUNTIME_TWINS:  # an inference runtime: the twin's export
-        return runtime_twin(be.name, twins_of(be.name)[model_id], size, Path(work), threads), None, True
+        return runtime_twin(be, twins_of(be.name)[model_id], size, Path(work)), None, True
     twin = make_twin(TWINS[be.name][model_id], size)
     if name == "twin":
         return twin, None, True
@@ -246,8 +225,8 @@ def _make_variant(be, name: str, model_id: str, size: int, made: dict, work: str
     return be.optimize(twin, compile=True), round(time.perf_counter() - t0, 3), same
 
 
-def _bench_model(be, model_id: str, batches: list[int], size: int, repeats: int, wanted: list[str], work: str,
-                 threads: int) -> list[dict]:
+def _bench_model(be, model_id: str, batches: list[int], size: int, repeats: int, wanted: list[str],
+                 work: str) -> list[dict]:
     """Every wanted variant of ``model_id`` at every batch size: built (and its memory measured) at the first."""
     twin_key = twins_of(be.name).get(model_id)
     variants = RUNTIME_VARIANTS if be.name in RUNTIME_TWINS else VARIANTS
@@ -265,7 +244,7 @@ def _bench_model(be, model_id: str, batches: list[int], size: int, repeats: int,
                 gc.collect()
                 base = _reset_peak()
                 t0 = time.perf_counter()
-                made[name], convert_s, same[name] = _make_variant(be, name, model_id, size, made, work, threads)
+                made[name], convert_s, same[name] = _make_variant(be, name, model_id, size, made, work)
                 built[name] = {"convert_s": convert_s, "build_s": round(time.perf_counter() - t0, 3)}
             to_input, call = made[name] if isinstance(made[name], Timed) else be.timed_call(made[name])
             xi = to_input(x)
@@ -345,7 +324,7 @@ def run_worker(req: dict) -> dict:
     for model_id in req["models"]:
         try:
             out["rows"] += _bench_model(be, model_id, req["batches"], req["size"], req["repeats"],
-                                        req.get("variants", list(VARIANTS)), req["work"], req["threads"])
+                                        req.get("variants", list(VARIANTS)), req["work"])
         except Exception as e:  # noqa: BLE001
             out["errors"].append({"model": model_id, "error": f"{type(e).__name__}: {e}",
                                   "traceback": traceback.format_exc(limit=5)})

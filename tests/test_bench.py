@@ -42,7 +42,8 @@ def test_bench_tiny_torch(tmp_path, capsys):
     best = min(v["fast"]["median_ms"], v["compiled"]["median_ms"])
     assert line["best/twin"] == pytest.approx(best / v["twin"]["median_ms"], rel=1e-2)
     assert line["gflops"] == pytest.approx(2 * report["macs"]["mobilenet_v2_100"] / best * 1e3 / 1e9, rel=1e-2)
-    assert line["peak_fraction"] == pytest.approx(line["gflops"] / res["peak"]["gflops"], rel=1e-2)
+    # peak_fraction is rounded to 3 decimals: on a loaded host (a few % of the peak) that is more than 1 %
+    assert line["peak_fraction"] == pytest.approx(line["gflops"] / res["peak"]["gflops"], rel=1e-2, abs=5e-4)
     assert line["target"] == bench.TARGETS["torch"][1] and isinstance(line["target_met"], bool)
     (fastest,) = report["summary"]["fastest"]
     assert fastest["fastest"] == "torch" and fastest["vs_fastest"] == {"torch": 1.0}
