@@ -2,7 +2,8 @@
 MACs the paper's, the structure the details that make a different net (SE from the block input, swish / relu6,
 Lite's fixed stem and head, TF "same" padding of the ``_tf`` ids, no drop-path node), and zoo imports with BN
 statistics from data: float64 probe, the zoo model in float64 equals the reference of the imported graph (at an odd
-input size, where TF "same" pads differ from symmetric ones), export back bit for bit.
+input size, where TF "same" pads differ from symmetric ones), export back bit for bit; the twins'
+torch.onnx files import as their id.
 
 The quick profile builds the smallest twin of each zoo and variant (b, lite, lite_tf); LIGHTNETS_SLOW=1 every twin.
 Zoo models are built locally with random weights (never downloaded).
@@ -191,3 +192,32 @@ def test_repeats_per_stage_are_the_twins():
             "b3": (2, 3, 3, 5, 5, 6, 2), "lite0": (1, 2, 2, 3, 3, 4, 1), "lite1": (1, 3, 3, 4, 4, 5, 1),
             "lite2": (1, 3, 3, 4, 4, 5, 1), "lite3": (1, 3, 3, 5, 5, 6, 1), "lite4": (1, 4, 4, 6, 6, 8, 1)}
     assert {v: efficientnet.repeats(v) for v in efficientnet.SCALING} == want
+
+
+# timm efficientnet_lite0 in `make test` (~2 s), torchvision efficientnet_b0 (~6 s) with LIGHTNETS_SLOW=1
+ONNX_TWINS = [("timm", "efficientnet_lite0"), *([("torchvision", "efficientnet_b0")] if profiles.SLOW else [])]
+
+
+@pytest.mark.parametrize("key", ONNX_TWINS, ids=[f"{z}-{n}" for z, n in ONNX_TWINS])
+def test_the_twins_torch_onnx_file_imports_as_its_id(tmp_path, key):
+    """torch.onnx.export (torchscript) of the twin with data-calibrated BN: the id is found from the file and the
+    torch port reproduces the twin. timm tf_* files are refused (Conv2dSame computes its pads at run time)."""
+    import torch
+    torch.manual_seed(0)
+    model = zoo.ZOO[key].make(1000)
+    for m in model.modules():  # BN statistics of one batch of unit-variance images (as tests/test_onnx_import.py)
+        if isinstance(m, torch.nn.modules.batchnorm._BatchNorm):
+            m.momentum = 1.0
+    model.train()
+    with torch.no_grad():
+        model(torch.randn(8, 3, 64, 64))
+    model.eval()
+    path = tmp_path / f"{key[1]}.onnx"
+    torch.onnx.export(model, torch.randn(1, 3, 64, 64), str(path), dynamo=False, input_names=["x"],
+                      output_names=["y"], dynamic_axes={"x": {0: "b", 2: "h", 3: "w"}})
+    ported, info = lightnets.port(path, to="torch", input_size=64, return_info=True)
+    assert info["arch"] == zoo.ZOO[key].arch
+    x = np.random.default_rng(1).standard_normal((2, 3, 64, 64)).astype(np.float32)
+    with torch.no_grad():
+        want = model(torch.from_numpy(x)).numpy()
+    assert rel_error(lightnets.run(ported, x), want) <= 1e-4
