@@ -148,8 +148,10 @@ def test_zoo_import_with_data_calibrated_bn_is_exact_in_float64_and_exports_back
           f"{p['rel_error']:.2e}, float32 {p['float32_rel_error']:.2e}")
     assert info["arch"] == zoo.ZOO[key].arch and p["dtype"] == "float64" and p["rel_error"] <= zoo.PROBE_FLOAT64
     assert graph.meta["bn_eps"] == zoo.ZOO[key].bn_eps
-    # another batch at an odd, non-square size: TF "same" pads (0, 1) / (1, 1) per axis there
-    x = np.random.default_rng(5).standard_normal((2, 3, 67, 62))
+    # another batch at an odd, non-square size (TF "same" pads (0, 1) / (1, 1) per axis there), of the calibration
+    # images' scale: unit-variance images through BNs calibrated on 0.05 x randn make deep SE nets so ill-conditioned
+    # that float64 itself drifts (torchvision efficientnet_b1: 3.0e-9 relative; float32 is 0.07-0.7 off there)
+    x = 0.05 * np.random.default_rng(5).standard_normal((2, 3, 67, 62))
     with torch.no_grad():
         want = model.double()(torch.from_numpy(x)).numpy()
     model.float()
