@@ -13,7 +13,7 @@ from lightnets.parity import tolerances as T
 from lightnets.parity.runner import Matrix
 
 TARGETS = list(runner.TARGETS)
-QUICK = profiles.SMALLEST_OF_EACH_FAMILY  # the model subset of `make test`
+QUICK = profiles.MATRIX_MODELS  # the model subset of the matrix in `make test`
 TRAIN_TARGETS = [t for t in TARGETS if t not in runner.INFERENCE_ONLY]  # train-mode BN and gradients
 
 
