@@ -1,9 +1,8 @@
 """EfficientNet B0-B3 and EfficientNet-Lite 0-4 (issue 23): parameter counts equal the torchvision / timm twins,
 MACs the paper's, the structure the details that make a different net (SE from the block input, swish / relu6,
-Lite's fixed stem and head, TF "same" padding of the ``_tf`` ids, no drop-path node), and zoo imports with BN
-statistics from data: float64 probe, the zoo model in float64 equals the reference of the imported graph (at an odd
-input size, where TF "same" pads differ from symmetric ones), export back bit for bit; the twins'
-torch.onnx files import as their id.
+Lite's fixed stem and head, TF "same" padding of the ``_tf`` ids, no drop-path node), a tf_ checkpoint refused by
+the symmetric graph, and the twins' torch.onnx files import as their id. The zoo imports with BN statistics from data
+are tests/test_zoo_calibrated.py (every new family).
 
 The quick profile builds the smallest twin of each zoo and variant (b, lite, lite_tf); LIGHTNETS_SLOW=1 every twin.
 Zoo models are built locally with random weights (never downloaded).
@@ -12,6 +11,7 @@ Zoo models are built locally with random weights (never downloaded).
 import numpy as np
 import profiles
 import pytest
+from zoo_calibration import calibrated
 
 import lightnets
 from lightnets import registry, zoo
@@ -119,55 +119,11 @@ def test_tf_ids_pad_every_spatial_conv_tf_same_with_bn_eps_1e3():
     assert tf.num_params() == sym.num_params() and tf.macs() == sym.macs()
 
 
-def _calibrated(key, seed=0):
-    """The zoo model with BN running statistics from data: one train-mode forward with momentum 1 on low-variance
-    images makes running variances of ~1e-6..1e-4 that amplify float32 rounding."""
-    torch = pytest.importorskip("torch")
-    torch.manual_seed(seed)
-    torch.set_num_threads(1)
-    model = zoo.ZOO[key].make(1000)
-    bns = [m for m in model.modules() if isinstance(m, torch.nn.modules.batchnorm._BatchNorm)]
-    for m in bns:
-        m.momentum = 1.0
-    model.train()
-    with torch.no_grad():
-        model(0.05 * torch.randn(16, 3, 64, 64))
-    for m in bns:
-        m.momentum = 0.1
-    return model.eval(), min(float(m.running_var.min()) for m in bns)
-
-
-@pytest.mark.parametrize("key", ZOO_KEYS, ids=[f"{z}-{n}" for z, n in ZOO_KEYS])
-def test_zoo_import_with_data_calibrated_bn_is_exact_in_float64_and_exports_back(key):
-    import torch
-    model, min_var = _calibrated(key)
-    assert min_var < 1e-3
-    graph, w, info = zoo.import_zoo(*key, model)
-    p = info["probe"]
-    print(f"ZOOPROBE calibrated {key[0]} {key[1]} -> {info['arch']}: min var {min_var:.1e}, float64 "
-          f"{p['rel_error']:.2e}, float32 {p['float32_rel_error']:.2e}")
-    assert info["arch"] == zoo.ZOO[key].arch and p["dtype"] == "float64" and p["rel_error"] <= zoo.PROBE_FLOAT64
-    assert graph.meta["bn_eps"] == zoo.ZOO[key].bn_eps
-    # another batch at an odd, non-square size (TF "same" pads (0, 1) / (1, 1) per axis there), of the calibration
-    # images' scale: unit-variance images through BNs calibrated on 0.05 x randn make deep SE nets so ill-conditioned
-    # that float64 itself drifts (torchvision efficientnet_b1: 3.0e-9 relative; float32 is 0.07-0.7 off there)
-    x = 0.05 * np.random.default_rng(5).standard_normal((2, 3, 67, 62))
-    with torch.no_grad():
-        want = model.double()(torch.from_numpy(x)).numpy()
-    model.float()
-    assert rel_error(lightnets.reference.run(graph, w, x), want) <= zoo.PROBE_FLOAT64
-    fresh = zoo.ZOO[key].make(1000).eval()
-    zoo.load_native(fresh, zoo.export_zoo(*key, w), key[0])
-    x32 = torch.from_numpy(x.astype(np.float32))
-    with torch.no_grad():
-        assert torch.equal(fresh(x32), model(x32))
-
-
 def test_a_tf_same_checkpoint_refuses_the_symmetric_graph(monkeypatch):
     """timm tf_efficientnet_lite0 mapped onto efficientnet_lite0 (symmetric pads) has the same keys and shapes:
     only the float64 probe tells them apart."""
     key = ("timm", "tf_efficientnet_lite0")
-    model, _ = _calibrated(key)
+    model, _ = calibrated(key)
     monkeypatch.setitem(zoo.ZOO, key, zoo.ZOO[key]._replace(arch="efficientnet_lite0"))
     with pytest.raises(WeightsError, match="float64"):
         zoo.import_zoo(*key, model)

@@ -1,22 +1,19 @@
 """MixNet S/M/L (issue 23): parameter counts equal timm mixnet_s/m/l and tf_mixnet_s/m/l, MACs torch's FlopCounter
 count of the twins, the structure the details that make a different net (mixed depthwise kernels as slice -> convs
 -> concat with timm's split rule, grouped 1x1 as separate convs, SE from the block input with the block's
-activation, relu/swish per stage, the unscaled 1536 head, TF "same" padding of the ``_tf`` ids), and zoo imports with
-BN statistics from data: float64 probe, the zoo model in float64 equals the reference of the imported graph at an
-odd input size, export back bit for bit.
+activation, relu/swish per stage, the unscaled 1536 head, TF "same" padding of the ``_tf`` ids); the zoo imports with
+BN statistics from data are tests/test_zoo_calibrated.py (every new family).
 
 The quick profile builds the smallest twin of each variant (s, m, s_tf, m_tf; mixnet_l is m at width 1.3);
 LIGHTNETS_SLOW=1 every twin. Zoo models are built locally with random weights (never downloaded).
 """
 
-import numpy as np
 import profiles
 import pytest
 
 import lightnets
 from lightnets import registry, zoo
 from lightnets.archs import mixnet
-from lightnets.numerics import rel_error
 
 # Trainable parameters, measured on timm mixnet_s/m/l (= tf_mixnet_s/m/l), docs/design.md §3
 PARAMS = {"mixnet_s": 4_134_606, "mixnet_m": 5_014_382, "mixnet_l": 7_329_252}
@@ -91,45 +88,6 @@ def test_tf_ids_pad_every_spatial_conv_tf_same_with_bn_eps_1e3():
     spatial = [n for n in tf.nodes if n.op == "conv2d" and n.attrs["kernel"] != (1, 1)]
     assert spatial and all(n.attrs["padding"] == "same" for n in spatial)
     assert all(n.attrs["eps"] == 1e-3 and n.attrs["momentum"] == 0.1 for n in tf.nodes if n.op == "batch_norm")
-
-
-def _calibrated(key, seed=0):
-    """The zoo model with BN running statistics from data (one train-mode forward, momentum 1, low-variance images)."""
-    torch = pytest.importorskip("torch")
-    torch.manual_seed(seed)
-    torch.set_num_threads(1)
-    model = zoo.ZOO[key].make(1000)
-    bns = [m for m in model.modules() if isinstance(m, torch.nn.modules.batchnorm._BatchNorm)]
-    for m in bns:
-        m.momentum = 1.0
-    model.train()
-    with torch.no_grad():
-        model(0.05 * torch.randn(16, 3, 64, 64))
-    for m in bns:
-        m.momentum = 0.1
-    return model.eval(), min(float(m.running_var.min()) for m in bns)
-
-
-@pytest.mark.parametrize("key", ZOO_KEYS, ids=[f"{z}-{n}" for z, n in ZOO_KEYS])
-def test_zoo_import_with_data_calibrated_bn_is_exact_in_float64_and_exports_back(key):
-    import torch
-    model, min_var = _calibrated(key)
-    assert min_var < 1e-3
-    graph, w, info = zoo.import_zoo(*key, model)
-    p = info["probe"]
-    print(f"ZOOPROBE calibrated {key[0]} {key[1]} -> {info['arch']}: min var {min_var:.1e}, float64 "
-          f"{p['rel_error']:.2e}, float32 {p['float32_rel_error']:.2e}")
-    assert info["arch"] == zoo.ZOO[key].arch and p["dtype"] == "float64" and p["rel_error"] <= zoo.PROBE_FLOAT64
-    x = 0.05 * np.random.default_rng(5).standard_normal((2, 3, 67, 62))  # the calibration images' scale
-    with torch.no_grad():
-        want = model.double()(torch.from_numpy(x)).numpy()
-    model.float()
-    assert rel_error(lightnets.reference.run(graph, w, x), want) <= zoo.PROBE_FLOAT64
-    fresh = zoo.ZOO[key].make(1000).eval()
-    zoo.load_native(fresh, zoo.export_zoo(*key, w), key[0])
-    x32 = torch.from_numpy(x.astype(np.float32))
-    with torch.no_grad():
-        assert torch.equal(fresh(x32), model(x32))
 
 
 def test_feature_info_equals_timm_features_only():

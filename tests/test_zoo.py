@@ -11,6 +11,7 @@ Frameworks are imported inside tests only; tensorflow never.
 import numpy as np
 import profiles
 import pytest
+from zoo_calibration import calibrated
 
 import lightnets
 from lightnets import zoo
@@ -204,22 +205,10 @@ def test_unknown_zoo_model_lists_the_known_ones():
 
 # --- the probe judges the mapping, not float32 noise (issue 12.3) ---------------------------------------
 def _calibrated_timm_mnv3():
-    """timm mobilenetv3_large_100 whose BN running statistics come from data: one train-mode forward with
-    momentum 1 on low-variance images (0.05 * randn), so some running variances are ~1e-3 and float32
-    rounding is amplified (measured: timm float32 vs float64 4.7e-3 relative on the 64 px probe)."""
-    import timm
-    import torch
-    torch.manual_seed(0)
-    model = timm.create_model("mobilenetv3_large_100", pretrained=False, num_classes=1000)
-    bns = [m for m in model.modules() if isinstance(m, torch.nn.modules.batchnorm._BatchNorm)]
-    for m in bns:
-        m.momentum = 1.0
-    model.train()
-    with torch.no_grad():
-        model(0.05 * torch.randn(16, 3, 64, 64))
-    for m in bns:
-        m.momentum = 0.1
-    return model.eval()
+    """timm mobilenetv3_large_100 whose BN running statistics come from data (zoo_calibration.calibrated): some
+    running variances are ~1e-3 and float32 rounding is amplified (measured: timm float32 vs float64 4.7e-3
+    relative on the 64 px probe)."""
+    return calibrated(("timm", "mobilenetv3_large_100"))[0]
 
 
 def test_timm_mobilenet_v3_with_data_calibrated_bn_imports_with_a_float64_probe():
