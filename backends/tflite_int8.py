@@ -50,6 +50,49 @@ def _nodes_named(tensor_name: str, layers: dict[str, str]) -> list[str]:
     return found
 
 
+class _Quantized(NamedTuple):
+    node: str
+    fused: tuple[str, ...]
+    op: str
+    index: int
+    scale: float
+    zero_point: int
+    dtype: type
+
+
+def _quantized_outputs(it, graph: Graph) -> list[_Quantized]:
+    """The quantized op outputs of interpreter ``it`` that hold a graph node's output (``input``: the input's
+    quantize op), in op order; a later op's tensor replaces an earlier one's for the same node."""
+    layers = {layer_name(n.name): n.name for n in graph.nodes}
+    order = {INPUT: -1, **{n.name: i for i, n in enumerate(graph.nodes)}}
+    details = {t["index"]: t for t in it.get_tensor_details()}
+    found: dict[str, _Quantized] = {}
+    for op in it._get_ops_details():
+        for index in op["outputs"]:
+            t = details[index]
+            scale, zero_point = t["quantization"]
+            if t["dtype"] not in (np.int8, np.uint8) or not scale:
+                continue
+            fused = [INPUT] if op["op_name"] == "QUANTIZE" and not found else _nodes_named(t["name"], layers)
+            if fused:
+                node = max(fused, key=order.get)
+                found[node] = _Quantized(node, tuple(sorted(fused, key=order.get)), op["op_name"], index, float(scale),
+                                         int(zero_point), t["dtype"])
+    return list(found.values())
+
+
+def graph_ranges(flat_buffer: bytes, graph: Graph) -> dict[str, list[float]]:
+    """``{node: [lo, hi]}``: the float range each quantized node output represents (from its scale and zero point,
+    as calibration set them)."""
+    cls, _ = interpreter_class()
+    it = cls(model_content=bytes(flat_buffer))
+    out = {}
+    for q in _quantized_outputs(it, graph):
+        info = np.iinfo(q.dtype)
+        out[q.node] = [round((info.min - q.zero_point) * q.scale, 6), round((info.max - q.zero_point) * q.scale, 6)]
+    return out
+
+
 def node_tensors(flat_buffer: bytes, graph: Graph, x_nchw: np.ndarray) -> dict[str, QuantTensor]:
     """Run the int8 flat buffer on the NCHW batch ``x_nchw`` with every tensor kept: ``{node: QuantTensor}`` for
     every graph node (and ``input``) whose output a quantized tensor holds."""
@@ -65,27 +108,13 @@ def node_tensors(flat_buffer: bytes, graph: Graph, x_nchw: np.ndarray) -> dict[s
                              "input (export it with float32 input/output, as lightnets.export(..., quantize='int8'))")
     it.set_tensor(inp["index"], x)
     it.invoke()
-    layers = {layer_name(n.name): n.name for n in graph.nodes}
-    order = {INPUT: -1, **{n.name: i for i, n in enumerate(graph.nodes)}}
-    details = {t["index"]: t for t in it.get_tensor_details()}
     out: dict[str, QuantTensor] = {}
-    for op in it._get_ops_details():
-        for index in op["outputs"]:
-            t = details[index]
-            scale, zero_point = t["quantization"]
-            if t["dtype"] not in (np.int8, np.uint8) or not scale:
-                continue
-            fused = [INPUT] if op["op_name"] == "QUANTIZE" and not out else _nodes_named(t["name"], layers)
-            if not fused:
-                continue
-            node = max(fused, key=order.get)
-            q = it.get_tensor(index)
-            values = (q.astype(np.float64) - zero_point) * scale
-            if values.ndim == 4:
-                values = values.transpose(0, 3, 1, 2)
-            info = np.iinfo(t["dtype"])
-            out[node] = QuantTensor(node, tuple(sorted(fused, key=order.get)), op["op_name"], values, float(scale),
-                                    int(zero_point), int(info.min), int(info.max))
+    for q in _quantized_outputs(it, graph):
+        values = (it.get_tensor(q.index).astype(np.float64) - q.zero_point) * q.scale
+        if values.ndim == 4:
+            values = values.transpose(0, 3, 1, 2)
+        info = np.iinfo(q.dtype)
+        out[q.node] = QuantTensor(q.node, q.fused, q.op, values, q.scale, q.zero_point, int(info.min), int(info.max))
     return out
 
 

@@ -232,7 +232,12 @@ def export_tflite(source, path, overwrite: bool = False, quantize: str | None = 
             report["probe_rel_error"] = rel
             note += f"; probe rel error {rel:.1e} against the float64 reference"
     card = PV.card_of(graph) or PV.dict_card(graph)
-    model.graph = PV.with_card(graph, {**card, "notes": [*card.get("notes", []), note]})
+    card = {**card, "notes": [*card.get("notes", []), note]}
+    if quantize == "int8":  # how to reproduce the calibration, and the ranges it gave every quantized node output
+        ranges = importlib.import_module("lightnets.backends.tflite_int8").graph_ranges(model.flat_buffer(), graph)
+        card["int8"] = {"calibration": report["calibration"], "calibration_images": len(model.calibration),
+                        "calibration_seed": None if calibration is not None else CALIBRATION_SEED, "ranges": ranges}
+    model.graph = PV.with_card(graph, card)
     formats.save_weights(model, path, format="tflite", overwrite=overwrite)
     return TFLiteExport(Path(path), report)
 

@@ -22,7 +22,14 @@ from lightnets import provenance as PV
 from lightnets import weights as W
 from lightnets.backends import tflite as TL  # imports no framework
 from lightnets.errors import FileFormatError, InputShapeError, LightnetsError
-from lightnets.export import AGREEMENT_IMAGES, AGREEMENT_SEED, export_tflite, seeded_images
+from lightnets.export import (
+    AGREEMENT_IMAGES,
+    AGREEMENT_SEED,
+    CALIBRATION_IMAGES,
+    CALIBRATION_SEED,
+    export_tflite,
+    seeded_images,
+)
 from lightnets.frameworks import load_backend
 from lightnets.graph import INPUT, GraphBuilder
 from lightnets.numerics import rel_error
@@ -147,6 +154,15 @@ def test_int8_export_agrees_with_the_float_model_on_top1(tmp_path):
     card = formats.describe(path)["card"]
     assert card["source"] == {"kind": "init", "seed": 0}
     assert any(f"top-1 agreement with the float64 reference {agree}/64" in n for n in card["notes"])
+    # the card says how to reproduce the calibration and the range it gave every quantized node output
+    q = card["int8"]
+    assert q["calibration_images"] == CALIBRATION_IMAGES and q["calibration_seed"] == CALIBRATION_SEED
+    assert len(q["ranges"]) >= len(graph.nodes) // 3
+    calibration = seeded_images(graph, CALIBRATION_IMAGES, CALIBRATION_SEED)
+    assert q["ranges"]["input"] == pytest.approx([calibration.min(), calibration.max()], abs=0.05)
+    relu6 = [r for n, r in q["ranges"].items() if n != "input" and graph.node(n).op == "activation"
+             and graph.node(n).attrs["kind"] == "relu6"]
+    assert len(relu6) >= 10 and all(lo == 0.0 and 0.5 < hi <= 6.0 + 0.05 for lo, hi in relu6)
 
 
 def test_float_export_keeps_the_card_and_refuses_an_existing_file(tmp_path):
