@@ -224,6 +224,15 @@ def _positive_int(minimum: int = 1):
     return parse
 
 
+def _calibration(text: str) -> int | str:
+    """A count of seeded N(0, 1) images, or a folder of image files."""
+    if text.isdigit():
+        return _positive_int()(text)
+    if not Path(text).is_dir():
+        raise argparse.ArgumentTypeError(f"{text!r}: expected a count of seeded images or a folder of images")
+    return text
+
+
 def _model_ids(text: str) -> list[str]:
     items = _csv()(text)
     known = set(registry.list_models()) | set(registry.families()) | {"all"}
@@ -341,6 +350,10 @@ def cmd_export(args) -> int:
     from . import formats
     from .export import export, export_tflite, onnx_module  # (lightnets.export, the attribute, is the function)
 
+    if args.calibration and not args.quantize:
+        print("lightnets export: error: --calibration calibrates an int8 export; add --to tflite --quantize int8",
+              file=sys.stderr)
+        return 2
     if args.quantize and args.to != "tflite":
         print(f"lightnets export: error: --quantize is a TFLite option; add --to tflite (got --to {args.to})",
               file=sys.stderr)
@@ -352,7 +365,8 @@ def cmd_export(args) -> int:
                   "--dtype float64, or add --quantize int8", file=sys.stderr)
             return 2
         path, rep = export_tflite(args.source, out, overwrite=args.force, quantize=args.quantize,
-                                  input_size=args.size, dynamic_hw=False if args.static else None)
+                                  calibration=args.calibration, input_size=args.size,
+                                  dynamic_hw=False if args.static else None)
         kind = "int8 (float32 input/output)" if args.quantize else "float32"
         print(f"exported {args.source} -> tflite {path} ({path.stat().st_size:,} bytes, {kind}, input {rep['input']}; "
               f"graph and provenance card in {formats.sidecar_of(path).name})")
@@ -389,14 +403,17 @@ def cmd_int8(args) -> int:
     from .weights import atomic_write
 
     tflite_module()  # the clear error if tensorflow / LiteRT are missing
-    graph, _ = source_graph_and_weights(args.source, args.size, 0, "float32")
-    calibration = seeded_images(graph, args.calibration, CALIBRATION_SEED)
+    calibration, what = args.calibration, f"the folder {args.calibration}'s"
+    if isinstance(args.calibration, int):
+        graph, _ = source_graph_and_weights(args.source, args.size, 0, "float32")
+        calibration = seeded_images(graph, args.calibration, CALIBRATION_SEED)
+        what = f"{args.calibration} seeded N(0, 1)"
     model, graph, _ = to_tflite(args.source, "int8", calibration, False, args.size)
     x = seeded_images(graph, args.images, AGREEMENT_SEED)
     report = importlib.import_module("lightnets.backends.tflite_int8").locate_model(model, x)
     console = _console()
     table = Table(title=f"int8 vs the float64 reference, node by node: {graph.name} at {graph.input_shape[1]} px, "
-                        f"{args.images} images (calibrated on {args.calibration} seeded N(0, 1) images)")
+                        f"{args.images} images (calibrated on {len(model.calibration)} of {what} images)")
     for col in ("node", "op", "accumulated rel", "step", "local steps", "gain err", "clipped %", "spread"):
         table.add_column(col, justify="left" if col in ("node", "op") else "right")
     for r in report["rows"]:
@@ -500,7 +517,9 @@ def make_parser() -> argparse.ArgumentParser:
                    help="model id (its deterministic initial weights) or weights file of any format")
     s.add_argument("--to", choices=("onnx", "tflite"), default="onnx", help="export format")
     s.add_argument("--quantize", choices=("int8",), help="TFLite: post-training full-integer int8 (float32 "
-                   "input/output), calibrated on 32 seeded N(0, 1) images; reports top-1 agreement")
+                   "input/output), calibrated on 32 seeded N(0, 1) images or --calibration; reports top-1 agreement")
+    s.add_argument("--calibration", metavar="DIR", help="with --quantize int8: a folder of image files to calibrate "
+                   "on (a seeded sample of 32, normalised as the card's preprocessing or ImageNet's)")
     s.add_argument("--out", required=True, help="output file")
     s.add_argument("--force", action="store_true", help="overwrite --out if it exists")
     s.add_argument("--size", type=_positive_int(16), help="input size the graph is built for (default: the file's "
@@ -515,7 +534,8 @@ def make_parser() -> argparse.ArgumentParser:
                    help="model id (its deterministic initial weights) or weights file of any format")
     s.add_argument("--size", type=_positive_int(16), help="input size (default: the file's graph's, else 224)")
     s.add_argument("--images", type=_positive_int(), default=2, help="probe images (seeded N(0, 1))")
-    s.add_argument("--calibration", type=_positive_int(), default=32, help="calibration images (seeded N(0, 1))")
+    s.add_argument("--calibration", type=_calibration, default=32, metavar="N_OR_DIR",
+                   help="calibration: N seeded N(0, 1) images, or a folder of image files (a seeded sample of 32)")
     s.add_argument("--out", default="int8-report", help="directory for int8.json and int8.png")
     s.set_defaults(func=cmd_int8)
     return p

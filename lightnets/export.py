@@ -140,6 +140,48 @@ def seeded_images(graph: Graph, n: int, seed: int) -> np.ndarray:
     return np.random.default_rng(seed).standard_normal((n, *graph.input_shape))
 
 
+IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".webp", ".tif", ".tiff")
+IMAGENET_MEAN, IMAGENET_STD = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)  # when the card names no preprocessing
+
+
+def folder_images(folder, graph: Graph, n: int = CALIBRATION_IMAGES, seed: int = CALIBRATION_SEED) -> np.ndarray:
+    """``n`` NCHW float32 images for ``graph`` from a folder of image files (a seeded sample of its sorted files when
+    it has more): RGB, the shorter side resized to the graph's size and center-cropped, then normalised as the graph's
+    card says (``preprocessing``: pixels x scale, minus mean, over std), else with ImageNet's mean/std."""
+    folder = Path(folder)
+    if not folder.is_dir():
+        raise LightnetsError(f"calibration folder {folder} does not exist or is not a folder; pass a folder of image "
+                             f"files ({', '.join(IMAGE_SUFFIXES)})")
+    files = sorted(p for p in folder.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES)
+    if not files:
+        raise LightnetsError(f"calibration folder {folder} has no image files ({', '.join(IMAGE_SUFFIXES)}); put the "
+                             "images the model will see there")
+    if importlib.util.find_spec("PIL") is None:
+        raise BackendNotInstalledError("reading calibration images needs Pillow; run: pip install 'lightnets[tflite]'")
+    from PIL import Image
+
+    if len(files) > n:
+        files = [files[i] for i in sorted(np.random.default_rng(seed).choice(len(files), n, replace=False))]
+    pre = (PV.card_of(graph) or {}).get("preprocessing") or {}
+    mean, std = np.asarray(pre.get("mean", IMAGENET_MEAN)), np.asarray(pre.get("std", IMAGENET_STD))
+    _, h, w = graph.input_shape
+    images = []
+    for f in files:
+        try:
+            with Image.open(f) as im:
+                im = im.convert("RGB")
+                k = max(h / im.height, w / im.width)
+                im = im.resize((max(w, round(im.width * k)), max(h, round(im.height * k))), Image.BILINEAR)
+                left, top = (im.width - w) // 2, (im.height - h) // 2
+                pixels = np.asarray(im.crop((left, top, left + w, top + h)), np.float64)
+        except OSError as e:
+            raise LightnetsError(f"calibration image {f} cannot be read ({e}); remove it or replace it") from None
+        x = (pixels * float(pre.get("scale", 1 / 255)) - mean) / std
+        images.append(x.transpose(2, 0, 1))
+    return np.stack(images).astype(np.float32)
+
+
+
 def to_tflite(source, quantize: str | None = None, calibration=None, dynamic_hw: bool | None = None,
               input_size: int | None = None, seed: int = 0):
     """The TFLite model of ``source`` (``lightnets.backends.tflite.TFLiteModel``, converted on first use), its
@@ -156,6 +198,8 @@ def to_tflite(source, quantize: str | None = None, calibration=None, dynamic_hw:
     if quantize == "int8":
         if calibration is None:
             calibration = seeded_images(graph, CALIBRATION_IMAGES, CALIBRATION_SEED)
+        elif isinstance(calibration, (str, os.PathLike)):
+            calibration = folder_images(calibration, graph)
         model = TL.quantize_int8(model, np.asarray(calibration))
     return model, graph, weights
 
@@ -203,8 +247,13 @@ def export_tflite(source, path, overwrite: bool = False, quantize: str | None = 
     dims = [name if d == -1 else str(d) for name, d in zip("NHWC", runner.signature, strict=True)]
     report = {"quantize": quantize or "none", "input": f"NHWC float32 ({', '.join(dims)})", **TL.versions()}
     if quantize == "int8":
-        report["calibration"] = (f"{len(model.calibration)} images (the caller's)" if calibration is not None else
-                                 f"{CALIBRATION_IMAGES} N(0, 1) NCHW images, seed {CALIBRATION_SEED}")
+        if isinstance(calibration, (str, os.PathLike)):
+            report["calibration"] = (f"{len(model.calibration)} images of the folder {Path(calibration).resolve()} "
+                                     f"(a seeded sample, seed {CALIBRATION_SEED}, of at most {CALIBRATION_IMAGES}; "
+                                     "resized, center-cropped, normalised as the card's preprocessing or ImageNet's)")
+        else:
+            report["calibration"] = (f"{len(model.calibration)} images (the caller's)" if calibration is not None else
+                                     f"{CALIBRATION_IMAGES} N(0, 1) NCHW images, seed {CALIBRATION_SEED}")
         note = (f"TFLite int8 post-training full-integer quantization (int8 weights/activations, float32 "
                 f"input/output); representative dataset: {report['calibration']}")
         if check and graph.multi_output:
@@ -235,8 +284,9 @@ def export_tflite(source, path, overwrite: bool = False, quantize: str | None = 
     card = {**card, "notes": [*card.get("notes", []), note]}
     if quantize == "int8":  # how to reproduce the calibration, and the ranges it gave every quantized node output
         ranges = importlib.import_module("lightnets.backends.tflite_int8").graph_ranges(model.flat_buffer(), graph)
+        seeded = calibration is None or isinstance(calibration, (str, os.PathLike))  # seeded images or sample
         card["int8"] = {"calibration": report["calibration"], "calibration_images": len(model.calibration),
-                        "calibration_seed": None if calibration is not None else CALIBRATION_SEED, "ranges": ranges}
+                        "calibration_seed": CALIBRATION_SEED if seeded else None, "ranges": ranges}
     model.graph = PV.with_card(graph, card)
     formats.save_weights(model, path, format="tflite", overwrite=overwrite)
     return TFLiteExport(Path(path), report)

@@ -36,6 +36,12 @@ def _small():
     return lightnets.get_spec("mobilenet_v1_025", input_size=32, num_classes=4)
 
 
+def _folder_images(folder):
+    from lightnets.export import folder_images
+
+    return folder_images(folder, _small())
+
+
 def _flatten_head():
     """A 5x5 conv without padding, flattened into a linear: the shapes fix the input to 5x5."""
     g = GraphBuilder("flat_head", (3, 5, 5))
@@ -217,6 +223,10 @@ CATALOGUE = [
     ("input_other_size_of_a_flatten_head", lambda: reference.check_input(_flatten_head(), np.zeros((1, 3, 6, 6))),
      E.InputShapeError, "input size 6x6 differs from the 5x5 that graph 'flat_head' is fixed to",
      "rebuild the graph at that size"),
+    ("calibration_folder_missing", lambda: _folder_images("missing"), E.LightnetsError,
+     "calibration folder missing does not exist", "pass a folder of image files"),
+    ("calibration_folder_without_images", lambda: _folder_images("."), E.LightnetsError,
+     "has no image files", "put the images the model will see there"),
     ("input_nhwc_to_reference", lambda: reference.run(_small(), W.init_weights(_small()), np.zeros((1, 32, 32, 3))),
      E.InputShapeError, "32 channels", "is it in NCHW layout?"),
     # --- backends -------------------------------------------------------------------------------
@@ -267,6 +277,13 @@ def test_catalogue(case, tmp_path, monkeypatch):
     assert fix in msg, f"fix {fix!r} not named in: {msg}"
     assert "Traceback" not in msg
     assert _snapshot(tmp_path) == before, "a failing call wrote or changed files"
+
+
+def test_an_unreadable_calibration_image_is_named(tmp_path):
+    pytest.importorskip("PIL")
+    (tmp_path / "broken.png").write_bytes(b"not a png")
+    with pytest.raises(E.LightnetsError, match="broken.png cannot be read .*remove it or replace it"):
+        _folder_images(tmp_path)
 
 
 def test_catalogue_size():

@@ -105,3 +105,32 @@ def test_the_locator_refuses_a_float32_model():
     model = TL.TFLiteModel(lightnets.get_spec("mobilenet_v1_025", input_size=32))
     with pytest.raises(LightnetsError, match="not an int8 model.*quantize='int8'"):
         TI.locate_model(model, np.zeros((1, 3, 32, 32), np.float32))
+
+
+def _image_folder(root, sizes=((40, 50), (64, 32), (33, 33), (100, 80), (48, 48))):
+    """A folder of PNG images of assorted sizes (random RGB) beside a file that is not an image."""
+    from PIL import Image
+
+    root.mkdir()
+    rng = np.random.default_rng(3)
+    for i, (w, h) in enumerate(sizes):
+        Image.fromarray(rng.integers(0, 256, (h, w, 3), dtype=np.uint8)).save(root / f"img{i}.png")
+    (root / "notes.txt").write_text("not an image")
+    return root
+
+
+def test_calibration_from_a_folder_of_images_is_recorded_in_the_card(tmp_path):
+    from lightnets import formats
+    from lightnets.export import export_tflite, folder_images
+
+    folder = _image_folder(tmp_path / "images")
+    graph = lightnets.get_spec("mobilenet_v1_025", input_size=32)
+    images = folder_images(folder, graph)
+    assert images.shape == (5, 3, 32, 32) and images.dtype == np.float32
+    # ImageNet normalisation of 0..255 pixels (the id's card names no preprocessing)
+    assert -2.2 < images.min() < -1.9 and 2.5 < images.max() < 2.7
+    path, rep = export_tflite("mobilenet_v1_025", tmp_path / "q.tflite", quantize="int8", calibration=folder,
+                              input_size=32, check=False)
+    q = formats.describe(path)["card"]["int8"]
+    assert q["calibration_images"] == 5 and str(folder.resolve()) in q["calibration"] == rep["calibration"]
+    assert q["ranges"]["input"] == pytest.approx([images.min(), images.max()], abs=0.05)
