@@ -4,7 +4,8 @@ Lite's fixed stem and head, TF "same" padding of the ``_tf`` ids, no drop-path n
 the symmetric graph, and the twins' torch.onnx files import as their id. The zoo imports with BN statistics from data
 are tests/test_zoo_calibrated.py (every new family).
 
-The quick profile builds the smallest twin of each zoo and variant (b, lite, lite_tf); LIGHTNETS_SLOW=1 every twin.
+The quick profile builds the smallest twin of each zoo and variant (b, b_tf, lite, lite_tf); LIGHTNETS_SLOW=1 every
+twin.
 Zoo models are built locally with random weights (never downloaded).
 """
 
@@ -27,13 +28,14 @@ PARAMS = {
     "efficientnet_lite0": 4_652_008, "efficientnet_lite1": 5_416_680, "efficientnet_lite2": 6_092_072,
     "efficientnet_lite3": 8_197_096, "efficientnet_lite4": 13_006_568,
 }
-PARAMS.update({f"{k}_tf": v for k, v in PARAMS.items() if "lite" in k})
+PARAMS.update({f"{k}_tf": v for k, v in PARAMS.items()})
 # Paper table 1 / figure 1: FLOPs (multiply-accumulates) in billions at each model's resolution, within 2%
 PAPER_MACS = {"b0": 0.39, "b1": 0.70, "b2": 1.0, "b3": 1.8}
 TWINS = [(f"efficientnet_b{k}", "torchvision", f"efficientnet_b{k}") for k in range(4)]
 TWINS += [(f"efficientnet_b{k}", "timm", f"efficientnet_b{k}") for k in range(4)]
 TWINS += [(f"efficientnet_lite{k}", "timm", f"efficientnet_lite{k}") for k in range(5)]
 TWINS += [(f"efficientnet_lite{k}_tf", "timm", f"tf_efficientnet_lite{k}") for k in range(5)]
+TWINS += [(f"efficientnet_b{k}_tf", "timm", f"tf_efficientnet_b{k}") for k in range(4)]
 QUICK_TWINS = profiles.smallest_of_each_variant(TWINS, arch=lambda t: t[0], source=lambda t: t[1])
 ZOO_KEYS = profiles.smallest_of_each_variant(
     [k for k in zoo.list_zoo() if registry.entry(zoo.ZOO[k].arch).family == "efficientnet"],
@@ -74,10 +76,10 @@ def test_params_equal_each_twin(model_id, zoo_name, ctor):
 def test_quick_profile_has_one_twin_and_one_zoo_entry_per_zoo_and_variant():
     assert {(t[1], profiles.variant(t[0])) for t in QUICK_TWINS} == {
         ("torchvision", "efficientnet_b"), ("timm", "efficientnet_b"), ("timm", "efficientnet_lite"),
-        ("timm", "efficientnet_lite_tf")}
+        ("timm", "efficientnet_lite_tf"), ("timm", "efficientnet_b_tf")}
     if not profiles.SLOW:
-        assert len(QUICK_TWINS) == 4 and sorted(zoo.ZOO[k].arch for k in ZOO_KEYS) == [
-            "efficientnet_b0", "efficientnet_b0", "efficientnet_lite0", "efficientnet_lite0_tf"]
+        assert len(QUICK_TWINS) == 5 and sorted(zoo.ZOO[k].arch for k in ZOO_KEYS) == [
+            "efficientnet_b0", "efficientnet_b0", "efficientnet_b0_tf", "efficientnet_lite0", "efficientnet_lite0_tf"]
 
 
 def test_b_structure_se_from_the_block_input_swish_and_compound_scaling():

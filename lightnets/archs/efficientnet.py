@@ -21,9 +21,9 @@ The resolution of each variant is its zoo's training size; the ids build at any 
 
 Twins (identical parameter counts, measured): torchvision ``efficientnet_b0..b3`` and timm ``efficientnet_b0..b3``
 are the same graph (``efficientnet_b0..b3``: BN eps 1e-5, momentum 0.1 in both); timm ``efficientnet_lite0..4``
-is ``efficientnet_lite0..4`` (eps 1e-5); timm ``tf_efficientnet_lite0..4`` (the TF checkpoints' ports) is
-``efficientnet_lite0_tf..lite4_tf``: TF "same" padding on every conv (stride 2: the odd pixel bottom/right) and
-BN eps 1e-3 (momentum stays torch's 0.1 there).
+is ``efficientnet_lite0..4`` (eps 1e-5); timm ``tf_efficientnet_b0..b3`` and ``tf_efficientnet_lite0..4`` (the
+TF checkpoints' ports) are ``efficientnet_b0_tf..b3_tf`` and ``efficientnet_lite0_tf..lite4_tf``: TF "same"
+padding on every conv (stride 2: the odd pixel bottom/right) and BN eps 1e-3 (momentum stays torch's 0.1 there).
 
 Stochastic depth (drop-path on the residual branch, torchvision ``StochasticDepth`` rate 0.2 * block / blocks,
 timm ``drop_path_rate``) is the identity in eval and is NOT in the graph: a model built from these ids trains
@@ -132,12 +132,13 @@ def build(name: str, version: str, num_classes: int, input_size: int, include_to
 
 
 FAMILY = "efficientnet"
-# timm tf_efficientnet_lite*: the TF checkpoints' padding and BN eps (torch's BN momentum)
+# timm tf_efficientnet_b* / tf_efficientnet_lite*: the TF checkpoints' padding and BN eps (torch's BN momentum)
 TF = dict(padding="same", eps=1e-3)
 # model id -> the keyword arguments of build() that pick the variant
 VARIANTS = {
     **{f"efficientnet_{v}": dict(version=v) for v in ("b0", "b1", "b2", "b3")},
     **{f"efficientnet_lite{k}": dict(version=f"lite{k}") for k in range(5)},
+    **{f"efficientnet_{v}_tf": dict(version=v, **TF) for v in ("b0", "b1", "b2", "b3")},
     **{f"efficientnet_lite{k}_tf": dict(version=f"lite{k}", **TF) for k in range(5)},
 }
 

@@ -106,8 +106,8 @@ def _tm(arch, name, pre=IMAGENET, **kw):
 
 
 # timm tf_* ports of TF checkpoints: BN eps 1e-3 (BN_EPS_TF_DEFAULT; momentum stays 0.1), the pretrained_cfg's
-# mean/std (inception's for tf_efficientnet_lite*, imagenet's for tf_mixnet_*) and pad_type "same" (Conv2dSame:
-# TF "same" resolved from the input size, the odd pixel bottom/right)
+# mean/std (inception's for tf_efficientnet_lite*, imagenet's for tf_efficientnet_b* / tf_mixnet_*) and pad_type
+# "same" (Conv2dSame: TF "same" resolved from the input size, the odd pixel bottom/right)
 TIMM_TF_PADDING = "TF 'same' on every conv (timm Conv2dSame / static same pads), pads computed from the input size"
 
 
@@ -195,6 +195,10 @@ TIMM = {  # timm builds every BN with eps 1e-5 (lightnets' MobileNetV3 ids defau
     ("timm", "efficientnet_lite2"): _tm("efficientnet_lite2", "efficientnet_lite2"),
     ("timm", "efficientnet_lite3"): _tm("efficientnet_lite3", "efficientnet_lite3"),
     ("timm", "efficientnet_lite4"): _tm("efficientnet_lite4", "efficientnet_lite4"),
+    ("timm", "tf_efficientnet_b0"): _tm_tf("efficientnet_b0_tf", "tf_efficientnet_b0", IMAGENET),
+    ("timm", "tf_efficientnet_b1"): _tm_tf("efficientnet_b1_tf", "tf_efficientnet_b1", IMAGENET),
+    ("timm", "tf_efficientnet_b2"): _tm_tf("efficientnet_b2_tf", "tf_efficientnet_b2", IMAGENET),
+    ("timm", "tf_efficientnet_b3"): _tm_tf("efficientnet_b3_tf", "tf_efficientnet_b3", IMAGENET),
     ("timm", "tf_efficientnet_lite0"): _tm_tf("efficientnet_lite0_tf", "tf_efficientnet_lite0"),
     ("timm", "tf_efficientnet_lite1"): _tm_tf("efficientnet_lite1_tf", "tf_efficientnet_lite1"),
     ("timm", "tf_efficientnet_lite2"): _tm_tf("efficientnet_lite2_tf", "tf_efficientnet_lite2"),
