@@ -212,6 +212,12 @@ class Runner:
                                   "the model id if they are") from None
 
 
+def _timed(runner: Runner):
+    """``(to_input, call)`` of a runner for the bench: NCHW -> NHWC once, the first output per call."""
+    out = runner.output_names[0]
+    return nhwc, (lambda x: runner(x)[out])
+
+
 def _nchw(y: np.ndarray, dtype) -> np.ndarray:
     y = np.asarray(y, dtype)
     return np.ascontiguousarray(y.transpose(0, 3, 1, 2)) if y.ndim == 4 else y
@@ -413,17 +419,13 @@ class TFLiteBackend(InferenceRuntime):
     def timed_call(self, model):
         model.threads = _default_threads()
         model._runners.clear()
-        runner = model.runner(False)
-        out = runner.output_names[0]
-        return nhwc, (lambda x: runner(x)[out])
+        return _timed(model.runner(False))
 
     def timed_export(self, model, size: int, work: Path):
         """``(to_input, call)`` of a keras model converted as its users convert it
         (``tf.lite.TFLiteConverter.from_keras_model``) and run in LiteRT: the bench's zoo twin in this runtime."""
         tf, _ = _tensorflow()
-        runner = Runner(bytes(tf.lite.TFLiteConverter.from_keras_model(model).convert()), _default_threads())
-        out = runner.output_names[0]
-        return nhwc, (lambda x: runner(x)[out])
+        return _timed(Runner(bytes(tf.lite.TFLiteConverter.from_keras_model(model).convert()), _default_threads()))
 
 
 BACKEND = TFLiteBackend()

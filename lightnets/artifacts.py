@@ -296,15 +296,15 @@ def match(graph: Graph, art: Artifact, hw: tuple[int, int]) -> Match:
             want_up = frozenset(took[j] for j in g_up[k])
             flow = next((i for i, f in enumerate(fu) if i not in used and f_up[i] == want_up
                          and _weight_fits(g, f, graph) is None), None)
-        for i, f in enumerate(fu):
-            if flow is not None:
-                i = flow
-                break
-            if i not in used:
-                why[i] = _weight_fits(g, f, graph)
-                if why[i] is None:
-                    break
-        else:
+        i = flow
+        if i is None:  # the first unused file unit that fits
+            for j, f in enumerate(fu):
+                if j not in used:
+                    why[j] = _weight_fits(g, f, graph)
+                    if why[j] is None:
+                        i = j
+                        break
+        if i is None:
             first = next(iter(why.items()), None)
             detail = f"; the next unused file op {fu[first[0]].main.op} {fu[first[0]].main.name!r}: {first[1]}" \
                 if first else "; the file has no op left"

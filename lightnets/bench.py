@@ -117,11 +117,6 @@ class Timed(NamedTuple):
     call: Any
 
 
-def runtime_twin(be, key: tuple[str, str], size: int, work: Path) -> Timed:
-    """The zoo twin ``key`` exported as its users export it, loaded in the runtime backend ``be``."""
-    return Timed(*be.timed_export(make_twin(key, size), size, work))
-
-
 def thread_env(threads: int) -> dict[str, str]:
     """The worker environment the bench adds: the shared pinning, keras on tensorflow, and OpenMP threads that
     sleep instead of spinning while they wait (``OMP_WAIT_POLICY``, default PASSIVE, kept if set): on this
@@ -209,8 +204,8 @@ def _make_variant(be, name: str, model_id: str, size: int, made: dict, work: str
         plain = made.get("plain") or lightnets.build(model_id, backend=be.name, input_size=size)
         t0 = time.perf_counter()
         return lightnets.optimize(plain, compile=name == "compiled"), round(time.perf_counter() - t0, 3), True
-    if be.name in RUNTIME_TWINS:  # an inference runtime: the twin's export
-        return runtime_twin(be, twins_of(be.name)[model_id], size, Path(work)), None, True
+    if be.name in RUNTIME_TWINS:  # an inference runtime: the twin exported as its users export it
+        return Timed(*be.timed_export(make_twin(twins_of(be.name)[model_id], size), size, Path(work))), None, True
     twin = make_twin(TWINS[be.name][model_id], size)
     if name == "twin":
         return twin, None, True

@@ -392,23 +392,13 @@ def cmd_int8(args) -> int:
     from rich.table import Table
 
     from . import int8
-    from .export import (
-        AGREEMENT_SEED,
-        CALIBRATION_SEED,
-        seeded_images,
-        source_graph_and_weights,
-        tflite_module,
-        to_tflite,
-    )
+    from .export import AGREEMENT_SEED, seeded_images, tflite_module, to_tflite
     from .weights import atomic_write
 
     tflite_module()  # the clear error if tensorflow / LiteRT are missing
-    calibration, what = args.calibration, f"the folder {args.calibration}'s"
-    if isinstance(args.calibration, int):
-        graph, _ = source_graph_and_weights(args.source, args.size, 0, "float32")
-        calibration = seeded_images(graph, args.calibration, CALIBRATION_SEED)
-        what = f"{args.calibration} seeded N(0, 1)"
-    model, graph, _ = to_tflite(args.source, "int8", calibration, False, args.size)
+    what = (f"{args.calibration} seeded N(0, 1)" if isinstance(args.calibration, int)
+            else f"the folder {args.calibration}'s")
+    model, graph, _ = to_tflite(args.source, "int8", args.calibration, False, args.size)
     x = seeded_images(graph, args.images, AGREEMENT_SEED)
     report = importlib.import_module("lightnets.backends.tflite_int8").locate_model(model, x)
     console = _console()

@@ -141,7 +141,6 @@ def seeded_images(graph: Graph, n: int, seed: int) -> np.ndarray:
 
 
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".webp", ".tif", ".tiff")
-IMAGENET_MEAN, IMAGENET_STD = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)  # when the card names no preprocessing
 
 
 def folder_images(folder, graph: Graph, n: int = CALIBRATION_IMAGES, seed: int = CALIBRATION_SEED) -> np.ndarray:
@@ -162,8 +161,10 @@ def folder_images(folder, graph: Graph, n: int = CALIBRATION_IMAGES, seed: int =
 
     if len(files) > n:
         files = [files[i] for i in sorted(np.random.default_rng(seed).choice(len(files), n, replace=False))]
-    pre = (PV.card_of(graph) or {}).get("preprocessing") or {}
-    mean, std = np.asarray(pre.get("mean", IMAGENET_MEAN)), np.asarray(pre.get("std", IMAGENET_STD))
+    from .zoo.entries import IMAGENET  # when the card names no preprocessing
+
+    pre = (PV.card_of(graph) or {}).get("preprocessing") or IMAGENET
+    mean, std = np.asarray(pre.get("mean", IMAGENET["mean"])), np.asarray(pre.get("std", IMAGENET["std"]))
     _, h, w = graph.input_shape
     images = []
     for f in files:
@@ -176,16 +177,16 @@ def folder_images(folder, graph: Graph, n: int = CALIBRATION_IMAGES, seed: int =
                 pixels = np.asarray(im.crop((left, top, left + w, top + h)), np.float64)
         except OSError as e:
             raise LightnetsError(f"calibration image {f} cannot be read ({e}); remove it or replace it") from None
-        x = (pixels * float(pre.get("scale", 1 / 255)) - mean) / std
+        x = (pixels * float(pre.get("scale", IMAGENET["scale"])) - mean) / std
         images.append(x.transpose(2, 0, 1))
     return np.stack(images).astype(np.float32)
-
 
 
 def to_tflite(source, quantize: str | None = None, calibration=None, dynamic_hw: bool | None = None,
               input_size: int | None = None, seed: int = 0):
     """The TFLite model of ``source`` (``lightnets.backends.tflite.TFLiteModel``, converted on first use), its
-    graph and canonical weights (nothing written)."""
+    graph and canonical weights (nothing written). int8 ``calibration``: NCHW images, a count of seeded N(0, 1) images
+    (default :data:`CALIBRATION_IMAGES`) or a folder of image files (:func:`folder_images`)."""
     if quantize is not None and quantize not in QUANTIZE:
         raise LightnetsError(f"quantize={quantize!r} is not supported; use None (float32) or one of {QUANTIZE}")
     TL = tflite_module()  # noqa: N806
@@ -196,8 +197,8 @@ def to_tflite(source, quantize: str | None = None, calibration=None, dynamic_hw:
     model = TL.TFLiteModel(graph, "float32", static_hw=dynamic_hw is False)
     TL.BACKEND.set_weights(model, weights)
     if quantize == "int8":
-        if calibration is None:
-            calibration = seeded_images(graph, CALIBRATION_IMAGES, CALIBRATION_SEED)
+        if calibration is None or isinstance(calibration, int):  # a count of seeded images
+            calibration = seeded_images(graph, calibration or CALIBRATION_IMAGES, CALIBRATION_SEED)
         elif isinstance(calibration, (str, os.PathLike)):
             calibration = folder_images(calibration, graph)
         model = TL.quantize_int8(model, np.asarray(calibration))
@@ -251,9 +252,10 @@ def export_tflite(source, path, overwrite: bool = False, quantize: str | None = 
             report["calibration"] = (f"{len(model.calibration)} images of the folder {Path(calibration).resolve()} "
                                      f"(a seeded sample, seed {CALIBRATION_SEED}, of at most {CALIBRATION_IMAGES}; "
                                      "resized, center-cropped, normalised as the card's preprocessing or ImageNet's)")
+        elif calibration is None or isinstance(calibration, int):
+            report["calibration"] = f"{len(model.calibration)} N(0, 1) NCHW images, seed {CALIBRATION_SEED}"
         else:
-            report["calibration"] = (f"{len(model.calibration)} images (the caller's)" if calibration is not None else
-                                     f"{CALIBRATION_IMAGES} N(0, 1) NCHW images, seed {CALIBRATION_SEED}")
+            report["calibration"] = f"{len(model.calibration)} images (the caller's)"
         note = (f"TFLite int8 post-training full-integer quantization (int8 weights/activations, float32 "
                 f"input/output); representative dataset: {report['calibration']}")
         if check and graph.multi_output:
@@ -284,7 +286,7 @@ def export_tflite(source, path, overwrite: bool = False, quantize: str | None = 
     card = {**card, "notes": [*card.get("notes", []), note]}
     if quantize == "int8":  # how to reproduce the calibration, and the ranges it gave every quantized node output
         ranges = importlib.import_module("lightnets.backends.tflite_int8").graph_ranges(model.flat_buffer(), graph)
-        seeded = calibration is None or isinstance(calibration, (str, os.PathLike))  # seeded images or sample
+        seeded = calibration is None or isinstance(calibration, (int, str, os.PathLike))  # seeded images or sample
         card["int8"] = {"calibration": report["calibration"], "calibration_images": len(model.calibration),
                         "calibration_seed": CALIBRATION_SEED if seeded else None, "ranges": ranges}
     model.graph = PV.with_card(graph, card)
