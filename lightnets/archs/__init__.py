@@ -15,9 +15,12 @@ from . import (
     mobilenet_v1,
     mobilenet_v2,
     mobilenet_v3,
+    mobilenet_v4,
+    mobileone,
     shufflenet_v1,
+    repghost,
     shufflenet_v2,
 )
 
 FAMILIES = (mobilenet_v1, mobilenet_v2, mobilenet_v3, shufflenet_v1, shufflenet_v2, ghostnet, mnasnet, lcnet,
-            efficientnet, mixnet)
+            efficientnet, mixnet, mobilenet_v4, mobileone, repghost)

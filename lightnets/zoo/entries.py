@@ -211,6 +211,13 @@ TIMM = {  # timm builds every BN with eps 1e-5 (lightnets' MobileNetV3 ids defau
     ("timm", "tf_mixnet_s"): _tm_tf("mixnet_s_tf", "tf_mixnet_s", IMAGENET),
     ("timm", "tf_mixnet_m"): _tm_tf("mixnet_m_tf", "tf_mixnet_m", IMAGENET),
     ("timm", "tf_mixnet_l"): _tm_tf("mixnet_l_tf", "tf_mixnet_l", IMAGENET),
+    # MobileNetV4 conv (timm _gen_mobilenet_v4): conv_head (1x1 conv, no bias, on the pooled map) + norm_head is
+    # head.conv; the pretrained_cfg of the 0.35 / 0.5 widths is inception's mean/std, of the others imagenet's
+    ("timm", "mobilenetv4_conv_small_035"): _tm("mobilenet_v4_conv_small_035", "mobilenetv4_conv_small_035", INCEPTION),
+    ("timm", "mobilenetv4_conv_small_050"): _tm("mobilenet_v4_conv_small_050", "mobilenetv4_conv_small_050", INCEPTION),
+    ("timm", "mobilenetv4_conv_small"): _tm("mobilenet_v4_conv_small_100", "mobilenetv4_conv_small"),
+    ("timm", "mobilenetv4_conv_medium"): _tm("mobilenet_v4_conv_medium_100", "mobilenetv4_conv_medium"),
+    ("timm", "mobilenetv4_conv_large"): _tm("mobilenet_v4_conv_large_100", "mobilenetv4_conv_large"),
 }
 PADDLE = {
     ("paddle", "mobilenet_v1"): _pd("mobilenet_v1_100", "mobilenet_v1"),
