@@ -68,7 +68,7 @@ class Backend:
     @property
     def framework(self) -> str:
         """The import name of the framework (``lightnets.frameworks.BACKENDS`` says it once)."""
-        return BACKENDS[self.name][0]
+        return BACKENDS[self.name].package
 
     def __repr__(self) -> str:
         return f"<lightnets backend {self.name!r}>"

@@ -49,9 +49,11 @@ from typing import Any, NamedTuple
 
 import numpy as np
 
-BACKENDS = ("torch", "keras", "paddle", "onnxruntime", "tflite")
+from .frameworks import FRAMEWORKS
+
+BACKENDS = tuple(f.name for f in FRAMEWORKS)
 # inference runtime -> the framework whose zoo twins it runs, exported as that zoo's users export them
-RUNTIME_TWINS = {"onnxruntime": "torch", "tflite": "keras"}
+RUNTIME_TWINS = {f.name: f.runs_exports_of for f in FRAMEWORKS if f.runs_exports_of}
 # THE default bench models (the CLI's default too)
 DEFAULT_MODELS = ("mobilenet_v2_100", "mobilenet_v3_large_100", "shufflenet_v2_100", "ghostnet_100")
 VARIANTS = ("plain", "fast", "compiled", "twin", "twin_compiled")

@@ -14,11 +14,8 @@ from pathlib import Path
 
 from . import registry
 from .errors import LightnetsError
-from .frameworks import BACKENDS
+from .frameworks import BACKENDS, DEFAULT_PARITY_TARGETS, PARITY_TARGETS
 
-PARITY_TARGETS = ("torch", "keras", "keras-torch", "keras-jax", "paddle", "onnxruntime", "tflite")
-# tflite converts every model with the TFLite converter (~5-30 s each): asked for by name, not run by default
-DEFAULT_PARITY_TARGETS = tuple(t for t in PARITY_TARGETS if t != "tflite")
 DTYPES = ("float32", "float64")
 
 
@@ -351,14 +348,25 @@ def cmd_export(args) -> int:
     from .export import export, export_tflite, onnx_module  # (lightnets.export, the attribute, is the function)
 
     if args.calibration and not args.quantize:
-        print("lightnets export: error: --calibration calibrates an int8 export; add --to tflite --quantize int8",
+        print("lightnets export: error: --calibration calibrates an int8 export; add --quantize int8",
               file=sys.stderr)
         return 2
-    if args.quantize and args.to != "tflite":
-        print(f"lightnets export: error: --quantize is a TFLite option; add --to tflite (got --to {args.to})",
+    if args.quantize and args.to == "onnx" and args.dtype != "float32":
+        print("lightnets export: error: a QDQ int8 ONNX export takes float32 images; drop --dtype float64",
               file=sys.stderr)
         return 2
     out = formats.check_writable(args.out, args.force)  # before any work: nothing is written on refusal
+    if args.quantize and args.to == "onnx":
+        from .export import export_onnx_int8
+
+        path, rep = export_onnx_int8(args.source, out, overwrite=args.force, calibration=args.calibration,
+                                     input_size=args.size)
+        print(f"exported {args.source} -> onnx {path} ({path.stat().st_size:,} bytes, QDQ int8, input {rep['input']}; "
+              f"graph and provenance card in {formats.sidecar_of(path).name})")
+        print(f"int8: top-1 agreement with the float64 reference {rep['agreeing']}/{rep['images']} = "
+              f"{rep['top1_agreement']:.1%} (N(0, 1) images, seed {rep['agreement_seed']}); calibration: "
+              f"{rep['calibration']}")
+        return 0
     if args.to == "tflite":
         if args.dtype != "float32":
             print("lightnets export: error: TFLite export is float32 (LiteRT has no float64 kernels); drop "
@@ -385,6 +393,19 @@ def cmd_export(args) -> int:
     return 0
 
 
+def _int8_file(source: str) -> str | None:
+    """"onnx" / "tflite" when ``source`` is an int8 file of that kind (a QDQ .onnx, an int8 .tflite), else None."""
+    import importlib
+
+    path = Path(source)
+    if path.suffix == ".onnx" and path.is_file():
+        return "onnx" if importlib.import_module("lightnets.export").onnx_int8_module().is_qdq(path) else None
+    if path.suffix == ".tflite" and path.is_file():
+        tflite_int8 = importlib.import_module("lightnets.backends.tflite_int8")
+        return "tflite" if tflite_int8.is_int8(path.read_bytes()) else None
+    return None
+
+
 def cmd_int8(args) -> int:
     import importlib
     import json
@@ -392,18 +413,38 @@ def cmd_int8(args) -> int:
     from rich.table import Table
 
     from . import int8
-    from .export import AGREEMENT_SEED, seeded_images, tflite_module, to_tflite
+    from .export import AGREEMENT_SEED, seeded_images, tflite_module, to_onnx_int8, to_tflite
     from .weights import atomic_write
 
-    tflite_module()  # the clear error if tensorflow / LiteRT are missing
     what = (f"{args.calibration} seeded N(0, 1)" if isinstance(args.calibration, int)
             else f"the folder {args.calibration}'s")
-    model, graph, _ = to_tflite(args.source, "int8", args.calibration, False, args.size)
-    x = seeded_images(graph, args.images, AGREEMENT_SEED)
-    report = importlib.import_module("lightnets.backends.tflite_int8").locate_model(model, x)
+    kind = _int8_file(args.source)
+    if kind is not None:  # an int8 file: its own tensors against the float64 reference of its dequantized weights
+        from .export import source_graph_and_weights
+
+        graph, weights = source_graph_and_weights(args.source, args.size)
+        x = seeded_images(graph, args.images, AGREEMENT_SEED)
+        data = Path(args.source).read_bytes()
+        backend = importlib.import_module(f"lightnets.backends.{kind}_int8")
+        tensors = backend.node_tensors(data, graph, x, Path(args.source).name) if kind == "onnx" else \
+            backend.node_tensors(data, graph, x)
+        report = int8.locate(graph, weights, x, tensors)
+        runtime = "ONNX Runtime, QDQ" if kind == "onnx" else "LiteRT"
+        calibrated = f"the file's own calibration; reference: its dequantized weights; {runtime}"
+    else:
+        if args.to == "onnx":
+            model, graph, _ = to_onnx_int8(args.source, args.calibration, args.size)
+        else:
+            tflite_module()  # the clear error if tensorflow / LiteRT are missing
+            model, graph, _ = to_tflite(args.source, "int8", args.calibration, False, args.size)
+        x = seeded_images(graph, args.images, AGREEMENT_SEED)
+        backend = importlib.import_module(f"lightnets.backends.{'onnx' if args.to == 'onnx' else 'tflite'}_int8")
+        report = backend.locate_model(model, x)
+        runtime = "ONNX Runtime, QDQ" if args.to == "onnx" else "LiteRT"
+        calibrated = f"calibrated on {len(model.calibration)} of {what} images; {runtime}"
     console = _console()
     table = Table(title=f"int8 vs the float64 reference, node by node: {graph.name} at {graph.input_shape[1]} px, "
-                        f"{args.images} images (calibrated on {len(model.calibration)} of {what} images)")
+                        f"{args.images} images ({calibrated})")
     for col in ("node", "op", "accumulated rel", "step", "local steps", "gain err", "clipped %", "spread"):
         table.add_column(col, justify="left" if col in ("node", "op") else "right")
     for r in report["rows"]:
@@ -442,7 +483,7 @@ def make_parser() -> argparse.ArgumentParser:
 
     s = sub.add_parser("parity", help="the cross-framework parity matrix against the numpy reference")
     s.add_argument("--models", type=_csv(), default=["all"], help="ids, family names or 'all' (comma separated)")
-    s.add_argument("--backends", type=_csv(PARITY_TARGETS), default=list(DEFAULT_PARITY_TARGETS))
+    s.add_argument("--backends", type=_csv(tuple(PARITY_TARGETS)), default=list(DEFAULT_PARITY_TARGETS))
     s.add_argument("--dtype", type=_csv(DTYPES), default=list(DTYPES))
     s.add_argument("--train", action="store_true", help="also train-mode BN and gradients")
     s.add_argument("--train-steps", type=_positive_int(), default=0, metavar="N",
@@ -506,8 +547,9 @@ def make_parser() -> argparse.ArgumentParser:
     s.add_argument("source", metavar="ID_OR_FILE", type=_id_or_file,
                    help="model id (its deterministic initial weights) or weights file of any format")
     s.add_argument("--to", choices=("onnx", "tflite"), default="onnx", help="export format")
-    s.add_argument("--quantize", choices=("int8",), help="TFLite: post-training full-integer int8 (float32 "
-                   "input/output), calibrated on 32 seeded N(0, 1) images or --calibration; reports top-1 agreement")
+    s.add_argument("--quantize", choices=("int8",), help="post-training int8, calibrated on 32 seeded N(0, 1) images "
+                   "or --calibration; reports top-1 agreement. --to tflite: full-integer (float32 input/output); "
+                   "--to onnx: QDQ (onnxruntime quantize_static, per-channel weights, static height/width)")
     s.add_argument("--calibration", metavar="DIR", help="with --quantize int8: a folder of image files to calibrate "
                    "on (a seeded sample of 32, normalised as the card's preprocessing or ImageNet's)")
     s.add_argument("--out", required=True, help="output file")
@@ -518,10 +560,13 @@ def make_parser() -> argparse.ArgumentParser:
     s.add_argument("--static", action="store_true", help="fix height/width to --size (the batch stays dynamic)")
     s.set_defaults(func=cmd_export)
 
-    s = sub.add_parser("int8", help="the per-layer int8 locator: a model's int8 TFLite export against the float64 "
-                       "reference, node by node, and the first node whose error is not int8 rounding")
+    s = sub.add_parser("int8", help="the per-layer int8 locator: a model's int8 export (TFLite, or QDQ ONNX) against "
+                       "the float64 reference, node by node, and the first node whose error is not int8 rounding")
     s.add_argument("source", metavar="ID_OR_FILE", type=_id_or_file,
-                   help="model id (its deterministic initial weights) or weights file of any format")
+                   help="model id (its deterministic initial weights) or weights file of any format; an int8 file "
+                   "(a QDQ .onnx, an int8 .tflite written by lightnets) is located itself")
+    s.add_argument("--to", choices=("tflite", "onnx"), default="tflite", help="the int8 export to locate: LiteRT "
+                   "full-integer, or ONNX Runtime QDQ")
     s.add_argument("--size", type=_positive_int(16), help="input size (default: the file's graph's, else 224)")
     s.add_argument("--images", type=_positive_int(), default=2, help="probe images (seeded N(0, 1))")
     s.add_argument("--calibration", type=_calibration, default=32, metavar="N_OR_DIR",

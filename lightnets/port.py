@@ -21,15 +21,13 @@ from . import reference
 from . import weights as W
 from . import zoo as Z
 from .errors import FileFormatError, LightnetsError, UnknownBackendError, WeightsError
-from .frameworks import BACKENDS, backend_of, load_backend
+from .frameworks import BACKENDS, IMPORT_ORDER, backend_of, load_backend
 from .graph import Graph
 from .numerics import rel_error
 
 PROBE_TOLERANCE = 1e-4  # float32-only target vs source, relative to max |logit|
 PROBE_FLOAT64 = 1e-9  # float64 target (and source model) vs the float64 reference: summation order only
 PROBE_SEED = 0
-# tensorflow imported before paddle segfaults (docs/design.md §2): backends a port needs are loaded in this order
-IMPORT_ORDER = ("paddle", "torch", "keras")
 
 
 class Source(NamedTuple):

@@ -3,10 +3,11 @@
 Targets are backends in a given environment: ``torch``, ``keras`` (on tensorflow), ``keras-torch``
 (keras with ``KERAS_BACKEND=torch``), ``keras-jax`` (``KERAS_BACKEND=jax``, x64 enabled), ``paddle``,
 ``onnxruntime`` (ONNX written from the IR) and ``tflite`` (the keras model converted to TFLite, run by
-LiteRT); the last two are inference only, so they are never asked for train-mode BN or gradients:
-``INFERENCE_ONLY``. Inputs, weights and graphs go to the workers through files; outputs come back the
-same way; a multi-output case (a backbone, ``<id>:features``) is compared output by output. When a case
-exceeds its tolerance the runner asks for every node's output and names the first node that diverges.
+LiteRT): the rows of ``lightnets.frameworks.FRAMEWORKS``. The last two are inference only, so they are never
+asked for train-mode BN or gradients (``INFERENCE_ONLY``). Inputs, weights and graphs go to the workers
+through files; outputs come back the same way; a multi-output case (a backbone, ``<id>:features``) is
+compared output by output. When a case exceeds its tolerance the runner asks for every node's output and
+names the first node that diverges.
 
 ``mode="inference"`` builds every target's model with its batch norms folded into the convs
 (``lightnets.build(..., mode="inference")``) and still compares it with the float64 reference of the
@@ -27,29 +28,14 @@ import numpy as np
 
 from lightnets import reference, workers
 from lightnets import weights as W
+from lightnets.frameworks import INFERENCE_ONLY, PARITY_TARGETS
 from lightnets.transforms import foldable_batch_norms
 
 from . import tolerances as T
 from .cases import Case, make_input
 from .worker import load, unpack
 
-TARGETS: dict[str, tuple[str, dict[str, str]]] = {
-    "torch": ("torch", {}),
-    "keras": ("keras", {"KERAS_BACKEND": "tensorflow"}),
-    "keras-torch": ("keras", {"KERAS_BACKEND": "torch"}),
-    # keras on jax (CPU): float64 needs jax_enable_x64; XLA's CPU pool pinned to one thread like the others
-    "keras-jax": ("keras", {"KERAS_BACKEND": "jax", "JAX_ENABLE_X64": "1", "JAX_PLATFORMS": "cpu",
-                            "XLA_FLAGS": "--xla_cpu_multi_thread_eigen=false intra_op_parallelism_threads=1"}),
-    "paddle": ("paddle", {}),
-    # ONNX emitted from the IR (backends/onnx.py), run by onnxruntime's CPU provider; inference only
-    "onnxruntime": ("onnxruntime", {}),
-    # the keras lowering converted by tf.lite.TFLiteConverter, run by the LiteRT interpreter (backends/tflite.py);
-    # inference only, float32 only (a float64 case computes in float32: tolerances.EFFECTIVE_DTYPE); the worker keeps
-    # its flat buffers so that the float64 pass reuses the float32 pass's conversions (~5-30 s per id)
-    "tflite": ("tflite", {"KERAS_BACKEND": "tensorflow", "LIGHTNETS_TFLITE_CACHE_MB": "4096"}),
-}
-# targets without train-mode BN or gradients: the runner asks them for eval outputs only and judges no train kinds
-INFERENCE_ONLY = frozenset({"onnxruntime", "tflite"})
+TARGETS = PARITY_TARGETS  # target -> (backend, worker env): lightnets.frameworks' table
 # "fast"/"compiled": the folded model through lightnets.optimize(compile=False/True), vs the unfolded reference
 MODES = ("train", "inference", "fast", "compiled")
 THREAD_ENV = workers.thread_env(1)  # every parity worker runs single-threaded (lightnets.workers)

@@ -28,6 +28,7 @@ import numpy as np
 
 from lightnets import backward, optim, registry, workers
 from lightnets import weights as W
+from lightnets.frameworks import TRAIN_STEP_TARGETS
 from lightnets.graph import Graph
 from lightnets.numerics import rel_error
 
@@ -37,8 +38,9 @@ from .worker import load
 DEFAULT_MODELS = ("mobilenet_v2_100", "shufflenet_v1_g3_100", "ghostnet_100")
 DEFAULT_SIZE, BATCH, NUM_CLASSES = 64, 4, 10
 REFERENCE = "reference"
-# targets whose backend has train_steps; keras-torch computes float64 in float32 inside (tolerances.EFFECTIVE_DTYPE)
-TRAIN_TARGETS = ("torch", "keras", "keras-torch", "paddle")
+# targets whose backend has train_steps (lightnets.frameworks' table); keras-torch computes float64 in float32 inside
+# (tolerances.EFFECTIVE_DTYPE)
+TRAIN_TARGETS = TRAIN_STEP_TARGETS
 
 # Weights and BN statistics after every step, per tensor: max|w - ref| / max|ref| (numerics.rel_error).
 # float64: summation order only, amplified by the training dynamics; measured after 5 steps at 64 px, batch 4

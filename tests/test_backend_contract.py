@@ -10,6 +10,7 @@ never downloaded; the lightnets model of the native I/O tests is mobilenet_v1_02
 """
 
 import functools
+import importlib
 import importlib.util
 import re
 from pathlib import Path
@@ -23,7 +24,7 @@ import lightnets.backends as backends_pkg
 from lightnets import reference
 from lightnets import weights as W
 from lightnets.errors import FileFormatError, InputShapeError, LightnetsError, WeightsError
-from lightnets.frameworks import BACKENDS, backend_of, load_backend
+from lightnets.frameworks import BACKENDS, NATIVE, backend_of, installed, load_backend
 from lightnets.graph import INPUT, GraphBuilder
 from lightnets.numerics import rel_error
 from lightnets.parity.cases import make_input, op_cases
@@ -42,8 +43,8 @@ MODELS = profiles.smallest_of_each_variant(m for m in lightnets.list_models()
 
 
 def collect_test_backends() -> list[str]:
-    """The backends whose framework is installed, paddle first."""
-    return [n for n in ("paddle", "torch", "keras") if importlib.util.find_spec(BACKENDS[n][0]) is not None]
+    """The backends with native files whose framework is installed, in import order."""
+    return installed(NATIVE)
 
 
 NAMES = collect_test_backends()
@@ -51,8 +52,8 @@ NAMES = collect_test_backends()
 
 @pytest.fixture(scope="module", params=NAMES)
 def name(request):
-    """The backend under test: a module-scoped parameter, so pytest runs every paddle case, then every
-    torch case, then every keras case (tensorflow last: imported before paddle or torchvision it segfaults)."""
+    """The backend under test: a module-scoped parameter, so pytest runs every case of one backend, then the
+    next, in ``frameworks.IMPORT_ORDER`` (keras last: tensorflow imported before paddle segfaults)."""
     return request.param
 
 
@@ -273,7 +274,7 @@ def test_run_is_eval_even_in_train_mode_and_restores_it(name):
 # --- shape of the surface ---------------------------------------------------------------------------
 def test_backend_object_has_the_whole_surface(name):
     be = load_backend(name)
-    assert be.name == name and be.framework == BACKENDS[name][0] and lightnets.load_backend(name) is be
+    assert be.name == name and be.framework == BACKENDS[name].package and lightnets.load_backend(name) is be
     for attr in ("build", "owns", "graph_of", "set_weights", "get_weights", "run", "train_forward", "gradients",
                  "read_state_dict", "load_file", "save_file", "state_dict", "load_state_dict", "forward", "cast",
                  "bn_eps", "in_model_preprocessing", "classifier_activation", "set_threads", "timed_call"):
@@ -474,3 +475,24 @@ def test_backends_mention_no_model_name():
     for f in files:
         hit = re.search(r"mobilenet|shufflenet|ghostnet|efficientnet", f.read_text().lower())
         assert hit is None, f"{f.name} names an architecture: {hit.group(0)!r}"
+
+
+def test_every_backend_is_one_row_that_the_cli_parity_bench_and_port_read():
+    """lightnets.frameworks.FRAMEWORKS is the only list of backends: each row's module exists (found without
+    importing its framework), and the CLI's, parity's, bench's and port's choices are read from it."""
+    from lightnets import bench, cli, frameworks
+    from lightnets.parity import runner, train
+
+    port = importlib.import_module("lightnets.port")  # lightnets.port is the function
+
+    for row in frameworks.FRAMEWORKS:
+        assert importlib.util.find_spec(frameworks.module_of(row.name)) is not None, row.name
+        assert row.trains or not row.native_files  # an inference runtime has no state dict of its own
+    names = [f.name for f in frameworks.FRAMEWORKS]
+    assert list(bench.BACKENDS) == names and sorted(port.IMPORT_ORDER) == sorted(names)
+    tf_rows = [n for n in frameworks.IMPORT_ORDER if frameworks.BACKENDS[n].tensorflow]
+    assert frameworks.IMPORT_ORDER.index("paddle") < min(frameworks.IMPORT_ORDER.index(n) for n in tf_rows)
+    assert cli.PARITY_TARGETS is runner.TARGETS and set(train.TRAIN_TARGETS) <= set(runner.TARGETS)
+    assert {runner.TARGETS[t][0] for t in runner.INFERENCE_ONLY} == {f.name for f in frameworks.FRAMEWORKS
+                                                                     if not f.trains}
+    assert set(bench.RUNTIME_TWINS) == {f.name for f in frameworks.FRAMEWORKS if not f.trains}
