@@ -40,6 +40,7 @@ class Framework:
     native_files: bool  # its own weight files and state dicts (lightnets.formats, the contract tests)
     tensorflow: bool = False  # imports tensorflow: loaded after paddle (the reverse segfaults, docs/design.md §2)
     runs_exports_of: str | None = None  # an inference runtime: the framework whose zoo twins it runs, exported
+    lowered_by: str | None = None  # the backend whose op converters (``CONVERTERS``) build its models; default: its own
     default_parity: bool = True  # in `lightnets parity`'s default targets (else asked for by name)
     targets: tuple[Target, ...] = field(default=())  # its parity targets (default: one, its name, no env)
 
@@ -67,7 +68,7 @@ FRAMEWORKS: tuple[Framework, ...] = (
     # default parity target: a conversion per model (~5-30 s); the worker keeps its flat buffers so that the
     # float64 pass reuses the float32 pass's conversions
     Framework("tflite", "tensorflow", "tflite", "tflite", trains=False, native_files=False, tensorflow=True,
-              runs_exports_of="keras", default_parity=False,
+              runs_exports_of="keras", lowered_by="keras", default_parity=False,
               targets=(Target("tflite", {**_KERAS_ON_TF, "LIGHTNETS_TFLITE_CACHE_MB": "4096"}),)),
 )
 BACKENDS: dict[str, Framework] = {f.name: f for f in FRAMEWORKS}

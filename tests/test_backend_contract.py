@@ -496,3 +496,17 @@ def test_every_backend_is_one_row_that_the_cli_parity_bench_and_port_read():
     assert {runner.TARGETS[t][0] for t in runner.INFERENCE_ONLY} == {f.name for f in frameworks.FRAMEWORKS
                                                                      if not f.trains}
     assert set(bench.RUNTIME_TWINS) == {f.name for f in frameworks.FRAMEWORKS if not f.trains}
+
+
+def test_every_op_has_a_converter_in_every_backend():
+    """Each backend's ``CONVERTERS`` (one per op of the vocabulary; LiteRT converts keras' lowering) - the list of
+    (op, backend) pairs without one is empty. Imports every installed framework, paddle first."""
+    from lightnets import frameworks, ops
+
+    missing = []
+    for name in frameworks.installed():
+        lowering = frameworks.BACKENDS[name].lowered_by or name
+        converters = importlib.import_module(frameworks.module_of(lowering)).CONVERTERS
+        missing += [(op, name) for op in ops.OPS if op not in converters]
+        assert set(converters) <= set(ops.OPS), (name, set(converters) - set(ops.OPS))
+    assert missing == []
