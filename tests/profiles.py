@@ -17,13 +17,11 @@ SLOW = os.environ.get("LIGHTNETS_SLOW") == "1"
 FULL_FAMILIES = ("mobilenet_v1", "mobilenet_v2", "mobilenet_v3", "shufflenet_v1", "shufflenet_v2", "ghostnet")
 SMALLEST_OF_EACH_FAMILY = tuple(min(lightnets.list_models(f), key=lambda m: lightnets.get_spec(m).num_params())
                                 for f in lightnets.registry.families())
-# The quick parity matrix (every target, float32/float64, train mode) runs the smallest id of each family but the deep
-# compound-scaled ones: EfficientNet-Lite0 and MixNet-S cost ~110 s there (measured under load), and their paddle
-# float32 train-mode logits sit at 7-8e-5 of the 1e-4 bound at 64 px. Their smallest ids run in the every-id test
-# (torch, paddle) of `make test`; every target is `make parity` and LIGHTNETS_SLOW=1.
-DEEP_FAMILIES = ("efficientnet", "mixnet")
-MATRIX_MODELS = tuple(m for m in SMALLEST_OF_EACH_FAMILY
-                      if SLOW or lightnets.registry.entry(m).family not in DEEP_FAMILIES)
+# The quick parity matrix (every target, float32/float64, train mode) runs the smallest id of each of FULL_FAMILIES
+# (every family with LIGHTNETS_SLOW=1 and in `make parity`). A family added since adds no op to it that the matrix's
+# op cases do not run in every target; its smallest id of each variant runs in the every-id test (torch, paddle).
+# (EfficientNet-Lite0 and MixNet-S alone cost ~110 s in the matrix, measured under load.)
+MATRIX_MODELS = tuple(m for m in SMALLEST_OF_EACH_FAMILY if SLOW or lightnets.registry.entry(m).family in FULL_FAMILIES)
 
 
 def ids(*more: str) -> list[str]:
@@ -31,12 +29,21 @@ def ids(*more: str) -> list[str]:
     return lightnets.list_models() if SLOW else sorted({*SMALLEST_OF_EACH_FAMILY, *more})
 
 
+def full_ids(*more: str) -> list[str]:
+    """Every id in the long profile; else the smallest id of each of FULL_FAMILIES plus ``more`` (for the checks
+    whose per-id cost is a keras build: a family added since adds no weight kind the op cases do not cover)."""
+    return lightnets.list_models() if SLOW else sorted({*MATRIX_MODELS, *more})
+
+
 def variant(model_id: str) -> str:
     """An id without its width multiplier (``mobilenet_v3_large_075_paddle`` -> ``mobilenet_v3_large_paddle``) or its
     compound-scaling index (``efficientnet_lite3_tf`` -> ``efficientnet_lite_tf``; ``mixnet_l``, MixNet-M at width
-    1.3, -> ``mixnet_m``): the ids of one variant have the same graph but for channel counts (and, compound-scaled,
-    repeats per stage)."""
+    1.3, -> ``mixnet_m``) or its size (``mobileone_s3`` -> ``mobileone``, ``mobilenet_v4_conv_large`` ->
+    ``mobilenet_v4_conv``): the ids of one variant have the same kinds of blocks but for channel counts (and repeats
+    per stage, kernel sizes, which blocks have SE)."""
     model_id = re.sub(r"^(efficientnet_(?:b|lite))\d(?=_|$)", r"\1", re.sub(r"_\d{3}(?=_|$)", "", model_id))
+    model_id = re.sub(r"^(mobileone)_s\d(?=_|$)", r"\1", model_id)
+    model_id = re.sub(r"^(mobilenet_v4_conv)_(?:small|medium|large)(?=_|$)", r"\1", model_id)
     return re.sub(r"^mixnet_l(?=_|$)", "mixnet_m", model_id)
 
 

@@ -6,7 +6,7 @@ and test_port.py leave.
    (1. and 2.: in ``make test`` the entry of fewest parameters of each id variant, i.e. one width of each graph
    whatever zoo has it (``profiles.smallest_of_each_variant``; tests/test_zoo.py imports every entry of every
    zoo); every entry with LIGHTNETS_SLOW=1)
-3. port round trips A->B->A bit-exact for every ordered pair with keras, over ``profiles.ids`` (every
+3. port round trips A->B->A bit-exact for every ordered pair with keras, over ``profiles.full_ids`` (every
    registered id with LIGHTNETS_SLOW=1)
    (the weight path of ``lightnets.port``: graph_of + export_weights + check_weights + build; the
    probe forward passes are left to tests/test_port.py, which keeps this under ~2 minutes).
@@ -46,16 +46,16 @@ def _params(key) -> int:
 
 
 ZOO_KEYS = profiles.smallest_of_each_variant(zoo.list_zoo(), arch=lambda k: zoo.ZOO[k].arch)
-# EfficientNet and MixNet (7 variants, ~70 s of keras builds here): the smallest entry of each family only in `make
-# test`; every variant's graph runs in keras in `make parity` (and here with LIGHTNETS_SLOW=1)
-ONE_PER_FAMILY = ("efficientnet", "mixnet")
 
 
 def _family(key) -> str:
     return lightnets.registry.entry(zoo.ZOO[key].arch).family
 
 
-ZOO_KEYS = [k for k in ZOO_KEYS if profiles.SLOW or _family(k) not in ONE_PER_FAMILY
+# a family outside profiles.FULL_FAMILIES (EfficientNet and MixNet alone: 7 variants, ~70 s of keras builds here):
+# the smallest entry of the family only in `make test`; every variant's graph runs in keras in `make parity` (and
+# here with LIGHTNETS_SLOW=1)
+ZOO_KEYS = [k for k in ZOO_KEYS if profiles.SLOW or _family(k) in profiles.FULL_FAMILIES
             or k == min((j for j in ZOO_KEYS if _family(j) == _family(k)), key=_params)]
 ZOO_KEYS += [min((k for k in zoo.list_zoo() if k[0] == z), key=_params)
              for z in sorted({k[0] for k in zoo.list_zoo()} - {k[0] for k in ZOO_KEYS})]  # and each zoo once
@@ -223,9 +223,9 @@ print(json.dumps({"failed": {k: v for k, v in out.items() if v}, "ids": len(out)
 
 
 def test_port_round_trips_through_keras_bit_exact_in_one_subprocess():
-    # the smallest id of each family, the keras flavours' (every id with SLOW) and g3 (the keras pairs of
-    # tests/test_port.py, probed, with SLOW)
-    ids = profiles.ids("mobilenet_v1_025_keras", "mobilenet_v2_035_keras", "mobilenet_v3_large_075_keras",
+    # the smallest id of each of profiles.FULL_FAMILIES, the keras flavours' (every id with SLOW) and g3 (the keras
+    # pairs of tests/test_port.py, probed, with SLOW)
+    ids = profiles.full_ids("mobilenet_v1_025_keras", "mobilenet_v2_035_keras", "mobilenet_v3_large_075_keras",
                        "shufflenet_v1_g3_050")
     res = _py(ROUND_TRIPS, json.dumps(ids), KERAS_BACKEND="tensorflow")
     print(f"ROUNDTRIP ids={res['ids']} chains=4")
