@@ -38,12 +38,11 @@ def full_ids(*more: str) -> list[str]:
 def variant(model_id: str) -> str:
     """An id without its width multiplier (``mobilenet_v3_large_075_paddle`` -> ``mobilenet_v3_large_paddle``) or its
     compound-scaling index (``efficientnet_lite3_tf`` -> ``efficientnet_lite_tf``; ``mixnet_l``, MixNet-M at width
-    1.3, -> ``mixnet_m``) or its size (``mobileone_s3`` -> ``mobileone``, ``mobilenet_v4_conv_large`` ->
-    ``mobilenet_v4_conv``): the ids of one variant have the same kinds of blocks but for channel counts (and repeats
-    per stage, kernel sizes, which blocks have SE)."""
+    1.3, -> ``mixnet_m``) or its size (``mobileone_s3`` -> ``mobileone``): the ids of one variant have the same kinds
+    of blocks but for channel counts (and repeats per stage, kernel sizes, branch counts, which blocks have SE).
+    MobileNetV4's conv small / medium / large are three variants (other block kinds)."""
     model_id = re.sub(r"^(efficientnet_(?:b|lite))\d(?=_|$)", r"\1", re.sub(r"_\d{3}(?=_|$)", "", model_id))
     model_id = re.sub(r"^(mobileone)_s\d(?=_|$)", r"\1", model_id)
-    model_id = re.sub(r"^(mobilenet_v4_conv)_(?:small|medium|large)(?=_|$)", r"\1", model_id)
     return re.sub(r"^mixnet_l(?=_|$)", "mixnet_m", model_id)
 
 
