@@ -126,7 +126,9 @@ def build(arch: str | Graph | os.PathLike | None = None, backend: str = "torch",
     graph's ``meta["provenance"]`` card says where they came from.
     ``mode="train"`` builds the graph as it is; ``mode="inference"`` builds it with every batch norm
     that follows a conv/linear folded into that layer (``lightnets.transforms.fold_batch_norm``, done
-    in float64 before casting to ``dtype``): the same eval function, fewer ops, no train-mode BN.
+    in float64 before casting to ``dtype``), after collapsing the parallel branches of reparameterisable
+    nets (MobileOne, RepGhost: ``lightnets.transforms.reparameterize``): the same eval function, fewer ops,
+    no train-mode BN.
     ``features=True`` builds the backbone: its outputs are the feature maps of :func:`feature_info`
     (``out_indices`` picks some), a list of tensors in torch/paddle, a multi-output keras.Model (NHWC);
     :func:`run` returns a list of NCHW arrays. It shares the classifier's weights by name.
@@ -139,9 +141,9 @@ def build(arch: str | Graph | os.PathLike | None = None, backend: str = "torch",
     graph, w = graph_and_weights(arch, weights, num_classes, input_size, include_top, seed, dtype, features,
                                  out_indices)
     if mode == "inference":
-        from .transforms import fold_batch_norm
+        from .transforms import inference_form
 
-        graph, w = fold_batch_norm(graph, {k: np.asarray(v, np.float64) for k, v in w.items()})
+        graph, w = inference_form(graph, w)
     be = load_backend(backend)
     model = be.build(graph, dtype)
     be.set_weights(model, w)

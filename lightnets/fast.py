@@ -1,7 +1,8 @@
 """The fast inference path: ``lightnets.optimize(model, compile=False)``, one call for every backend.
 
-``optimize`` takes a lightnets model of any backend (``lightnets.build(...)``, either mode), folds its
-batch norms into the convs (``transforms.fold_batch_norm``, float64 math, from the model's current
+``optimize`` takes a lightnets model of any backend (``lightnets.build(...)``, either mode), collapses its
+reparameterisable branches and folds its batch norms into the convs (``transforms.inference_form``:
+``reparameterize`` + ``fold_batch_norm``, float64 math, from the model's current
 weights), builds a fresh model of the folded graph in the model's dtype and hands it to the backend's
 ``optimize``, which returns the framework's fast eval form. The argument is not changed. The result is
 a lightnets model that ``lightnets.run`` (and ``return_all=True``, ``export_weights``) accepts:
@@ -24,11 +25,9 @@ This module imports numpy only; the frameworks are used through the backend obje
 
 from __future__ import annotations
 
-import numpy as np
-
 from .errors import LightnetsError
 from .frameworks import backend_of
-from .transforms import fold_batch_norm, foldable_batch_norms
+from .transforms import foldable_batch_norms, inference_form, reparameterizable_sums
 
 
 def folded_copy(model):
@@ -36,8 +35,8 @@ def folded_copy(model):
     be = backend_of(model)
     graph, weights = be.graph_of(model), be.get_weights(model)
     dtype = next((v.dtype.name for v in weights.values() if v.dtype.kind == "f"), "float32")
-    if foldable_batch_norms(graph):
-        graph, weights = fold_batch_norm(graph, {k: np.asarray(v, np.float64) for k, v in weights.items()})
+    if foldable_batch_norms(graph) or reparameterizable_sums(graph):
+        graph, weights = inference_form(graph, weights)
     fresh = be.build(graph, dtype)
     be.set_weights(fresh, weights)
     return fresh

@@ -289,11 +289,23 @@ def import_zoo(zoo: str, name: str, source, input_size: int | None = None, probe
     e = entry(zoo, name)
     be = _backend(e)
     sd, model = _state_dict_of(be, source, zoo, name)
+    name = _reparameterized(zoo, name, sd)
     nc = _check_fit(be, zoo, name, sd)
     size, fixed, notes = _input_size(be, e, model, input_size, f"{zoo} {name}")
     graph, canonical, info, _ = _import(zoo, name, sd, model, nc, size, probe_size, probe_seed,
                                         {"kind": "zoo", "zoo": zoo, "name": name}, notes, fixed)
     return graph, canonical, info
+
+
+def _reparameterized(zoo: str, name: str, sd: Mapping[str, np.ndarray]) -> str:
+    """``<name>_reparam`` when ``sd`` is not a ``name`` model's but that entry's (a timm twin after
+    ``reparameterize_model``), else ``name``: either form of a reparameterisable twin imports under its name."""
+    if (zoo, f"{name}_reparam") not in ZOO:
+        return name
+    shapes = {k: tuple(np.shape(v)) for k, v in sd.items()}
+    if _fit(zoo, name, shapes) is None and _fit(zoo, f"{name}_reparam", shapes) is not None:
+        return f"{name}_reparam"
+    return name
 
 
 def _import_artifact(zoo: str, name: str, path: Path, input_size: int) -> tuple[Graph, W.Weights, dict]:

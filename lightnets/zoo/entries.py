@@ -65,6 +65,10 @@ class ZooEntry(NamedTuple):
     layouts: Mapping[str, str] = TORCH_LAYOUTS
     fixed_input: bool = False
     float64_exact: bool = True
+    # the form of the arch's graph the zoo model holds: "train" (the id's graph), "reparameterize"
+    # (lightnets.transforms.reparameterize of it) or "inference" (reparameterize + fold_batch_norm): a twin
+    # after timm.utils.model.reparameterize_model (the "<name>_reparam" entries)
+    form: str = "train"
 
 
 def _torchvision(ctor: str, **kw):
@@ -79,6 +83,21 @@ def _timm(name: str):
         import timm
         return timm.create_model(name, pretrained=False, num_classes=num_classes)
     return make
+
+
+def _timm_reparam(name: str):
+    def make(num_classes: int = 1000, input_size: int = 224):
+        import timm
+        from timm.utils.model import reparameterize_model
+        return reparameterize_model(timm.create_model(name, pretrained=False, num_classes=num_classes).eval())
+    return make
+
+
+def _tm_rep(arch, name, form):
+    """The timm twin ``name`` (train form) and ``<name>_reparam``: it after ``reparameterize_model``, whose graph is
+    the ``form`` of ``arch``'s."""
+    return {("timm", name): _tm(arch, name),
+            ("timm", f"{name}_reparam"): ZooEntry(arch, "torch", _timm_reparam(name), IMAGENET, 1e-5, 0.1, form=form)}
 
 
 def _paddle(ctor: str, **kw):
@@ -156,6 +175,9 @@ TIMM = {  # timm builds every BN with eps 1e-5 (lightnets' MobileNetV3 ids defau
     ("timm", "ghostnet_050"): _tm("ghostnet_050", "ghostnet_050"),
     ("timm", "ghostnet_100"): _tm("ghostnet_100", "ghostnet_100"),
     ("timm", "ghostnet_130"): _tm("ghostnet_130", "ghostnet_130"),
+    ("timm", "ghostnetv2_100"): _tm("ghostnet_v2_100", "ghostnetv2_100"),
+    ("timm", "ghostnetv2_130"): _tm("ghostnet_v2_130", "ghostnetv2_130"),
+    ("timm", "ghostnetv2_160"): _tm("ghostnet_v2_160", "ghostnetv2_160"),
     ("timm", "mobilenetv1_100"): _tm("mobilenet_v1_100_timm", "mobilenetv1_100", INCEPTION),
     ("timm", "mobilenetv2_035"): _tm("mobilenet_v2_035", "mobilenetv2_035"),
     ("timm", "mobilenetv2_050"): _tm("mobilenet_v2_050", "mobilenetv2_050"),
@@ -219,6 +241,12 @@ TIMM = {  # timm builds every BN with eps 1e-5 (lightnets' MobileNetV3 ids defau
     ("timm", "mobilenetv4_conv_medium"): _tm("mobilenet_v4_conv_medium_100", "mobilenetv4_conv_medium"),
     ("timm", "mobilenetv4_conv_large"): _tm("mobilenet_v4_conv_large_100", "mobilenetv4_conv_large"),
 }
+# Reparameterisable nets: timm's reparameterize_model folds every MobileOne block (= lightnets' inference form:
+# reparameterize + fold_batch_norm) and only RepGhost's cheap + fusion branches (= reparameterize; its other BNs stay)
+TIMM.update({k: v for i in ("s0", "s1", "s2", "s3", "s4")
+             for k, v in _tm_rep(f"mobileone_{i}", f"mobileone_{i}", "inference").items()})
+TIMM.update({k: v for w in ("050", "058", "080", "100", "111", "130", "150", "200")
+             for k, v in _tm_rep(f"repghostnet_{w}", f"repghostnet_{w}", "reparameterize").items()})
 PADDLE = {
     ("paddle", "mobilenet_v1"): _pd("mobilenet_v1_100", "mobilenet_v1"),
     ("paddle", "mobilenet_v1_x0_75"): _pd("mobilenet_v1_075", "mobilenet_v1", scale=0.75),

@@ -20,6 +20,7 @@ import numpy as np
 
 from .. import layouts as L
 from .. import registry
+from .. import transforms as T
 from .. import weights as W
 from ..errors import WeightsError
 from ..frameworks import load_backend
@@ -48,8 +49,19 @@ def zoo_graph(zoo: str, name: str, num_classes: int = 1000, input_size: int = 22
     """The graph of the lightnets id of ``(zoo, name)`` with the zoo's BN eps/momentum."""
     e = entry(zoo, name)
     g = registry.get_spec(e.arch, num_classes=num_classes, input_size=input_size)
-    g = with_bn(g, e.bn_eps, e.bn_momentum)
+    g = with_bn(form_graph(g, e.form), e.bn_eps, e.bn_momentum)
     return Graph(g.name, g.input_shape, g.nodes, {**g.meta, "zoo": zoo, "zoo_name": name})
+
+
+def form_graph(graph: Graph, form: str) -> Graph:
+    """``graph`` in a zoo entry's ``form``: "train" as it is, "reparameterize" (``transforms.reparameterize``) or
+    "inference" (then ``fold_batch_norm`` too); the graph only (the BNs' values do not change it)."""
+    if form == "train":
+        return graph
+    graph = T.reparameterize(graph, None)[0]
+    if form == "inference":
+        graph = T.fold_batch_norm(graph, {p.name: np.ones(p.shape) for p in graph.params})[0]
+    return graph
 
 
 def classifier_param(zoo: str, name: str) -> str:
@@ -71,6 +83,11 @@ def _zoo_groups(shapes: Mapping[str, tuple], be) -> list[tuple[str, str, dict]]:
         if is_weight_key(key, be):
             module, _, leaf = key.rpartition(".")
             groups.setdefault(module, {})[leaf] = (key, tuple(shape))
+    for module in [m for m in groups if m.endswith(".reparam_conv")]:  # timm's reparameterize() registers the
+        parent = module[: -len("reparam_conv")]                       # fused conv last in its block: put it first
+        at = next(i for i, m in enumerate(groups) if m.startswith(parent))
+        order = [m for m in groups if m != module]
+        groups = {m: groups[m] for m in [*order[:at], module, *order[at:]]}
     names = be.NATIVE_NAMES
     bn, conv, linear = _roles(names, "batch_norm"), _roles(names, "conv2d", "depthwise_conv2d"), _roles(names, "linear")
     out = []
