@@ -66,35 +66,6 @@ PEAK_N = 1536  # the peak-matmul size (2 * 1536**3 = 7.2 GFLOP)
 WORKER = "lightnets.bench"
 RESULT = "result.json"
 
-# lightnets id -> the zoo model it is timed against, per backend: a key of lightnets.zoo.ZOO, whose
-# entry builds it (random weights, logits head).
-TWINS: dict[str, dict[str, tuple[str, str]]] = {
-    "torch": {
-        "mobilenet_v2_100": ("torchvision", "mobilenet_v2"),
-        "mobilenet_v3_large_100": ("torchvision", "mobilenet_v3_large"),
-        "shufflenet_v2_100": ("torchvision", "shufflenet_v2_x1_0"),
-        "ghostnet_100": ("timm", "ghostnet_100"),
-        "mobilenet_v1_100": ("timm", "mobilenetv1_100"),
-        "mnasnet_b1_100": ("torchvision", "mnasnet1_0"),
-        "mnasnet_a1_100": ("timm", "semnasnet_100"),
-        "lcnet_100": ("timm", "lcnet_100"),
-        "efficientnet_b0": ("torchvision", "efficientnet_b0"),
-        "efficientnet_lite0": ("timm", "efficientnet_lite0"),
-        "mixnet_s": ("timm", "mixnet_s"),
-    },
-    "keras": {
-        "mobilenet_v1_100": ("keras", "MobileNet"),
-        "mobilenet_v2_100": ("keras", "MobileNetV2"),
-        "mobilenet_v3_large_100": ("keras", "MobileNetV3Large"),
-    },
-    "paddle": {
-        "mobilenet_v1_100": ("paddle", "mobilenet_v1"),
-        "mobilenet_v2_100": ("paddle", "mobilenet_v2"),
-        "mobilenet_v3_large_100": ("paddle", "mobilenet_v3_large"),
-        "shufflenet_v2_100": ("paddle", "shufflenet_v2_x1_0"),
-    },
-}
-
 # The fast path's goals, measured against (never asserted): backend -> batch -> max(best fast / twin)
 TARGETS: dict[str, dict[int, float]] = {"torch": {1: 0.7, 16: 0.5}, "paddle": {16: 0.5}, "keras": {1: 0.9, 16: 0.9}}
 WITHIN_FASTEST = 1.3  # every framework's fast path within this factor of the fastest framework's
@@ -108,8 +79,28 @@ def make_twin(key: tuple[str, str], size: int):
 
 
 def twins_of(backend: str) -> dict[str, tuple[str, str]]:
-    """lightnets id -> the zoo twin ``backend`` times (a runtime: its framework's twins, exported)."""
-    return TWINS[RUNTIME_TWINS.get(backend, backend)]
+    """lightnets id -> the zoo model ``backend`` times it against (a key of ``lightnets.zoo.ZOO``; a runtime: its
+    framework's twin, exported): the first zoo entry of the framework built as that id, else as one of the id's
+    flavours (``<id>_keras``, ``<id>_timm``: the same net with the zoo's padding / BN conventions). Zoo order puts
+    torchvision before timm."""
+    from . import registry, zoo
+
+    framework = RUNTIME_TWINS.get(backend, backend)
+    twins: dict[str, tuple[str, str]] = {}
+    for exact in (True, False):
+        for key, e in zoo.ZOO.items():
+            if e.framework != framework:
+                continue
+            arch = e.arch if exact else _flavour_of(e.arch, registry)
+            if arch is not None and arch not in twins:
+                twins[arch] = key
+    return twins
+
+
+def _flavour_of(arch: str, registry) -> str | None:
+    """The plain id that ``arch`` is a flavour of (``mobilenet_v2_100_keras`` -> ``mobilenet_v2_100``), or None."""
+    base, _, flavour = arch.rpartition("_")
+    return base if base and not flavour.isdigit() and base in registry.list_models() else None
 
 
 class Timed(NamedTuple):
@@ -208,7 +199,7 @@ def _make_variant(be, name: str, model_id: str, size: int, made: dict, work: str
         return lightnets.optimize(plain, compile=name == "compiled"), round(time.perf_counter() - t0, 3), True
     if be.name in RUNTIME_TWINS:  # an inference runtime: the twin exported as its users export it
         return Timed(*be.timed_export(make_twin(twins_of(be.name)[model_id], size), size, Path(work))), None, True
-    twin = make_twin(TWINS[be.name][model_id], size)
+    twin = make_twin(twins_of(be.name)[model_id], size)
     if name == "twin":
         return twin, None, True
     same = False

@@ -112,10 +112,16 @@ def test_every_twin_is_a_lightnets_id():
     ids = set(lightnets.list_models())
     from lightnets import zoo
 
-    for backend, twins in bench.TWINS.items():
-        assert backend in bench.BACKENDS
+    framework = {b: bench.RUNTIME_TWINS.get(b, b) for b in bench.BACKENDS}
+    for backend in bench.BACKENDS:
+        twins = bench.twins_of(backend)
         assert set(twins) <= ids
-        assert all(zoo.entry(*key).framework == backend for key in twins.values())
+        assert all(zoo.entry(*key).framework == framework[backend] for key in twins.values())
+    # read from the zoo entries: torchvision before timm, a flavour where the zoo builds only that
+    assert bench.twins_of("torch")["mobilenet_v2_100"] == ("torchvision", "mobilenet_v2")
+    assert bench.twins_of("torch")["mobilenet_v1_100"] == ("timm", "mobilenetv1_100")  # mobilenet_v1_100_timm
+    assert bench.twins_of("keras")["mobilenet_v3_large_100"] == ("keras", "MobileNetV3Large")
+    assert bench.twins_of("tflite") == bench.twins_of("keras") and "shufflenet_v2_100" in bench.twins_of("paddle")
     assert set(bench.DEFAULT_MODELS) <= ids
     assert set(bench.TARGETS) <= set(bench.BACKENDS)
 
