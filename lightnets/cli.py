@@ -249,6 +249,7 @@ def cmd_bench(args) -> int:
     from rich.progress import Progress
 
     from . import bench
+    from .bench import report as R
 
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
@@ -262,10 +263,10 @@ def cmd_bench(args) -> int:
         report = bench.run_bench(args.models, args.backends, args.batch, args.size, args.threads,
                                  args.repeats, on_done=lambda b: bar.advance(task), variants=args.variants)
     report["meta"].update({"wall_time_s": round(time.perf_counter() - t0, 1), **_versions()})
-    bench.print_table(report, console)
-    bench.write_json(report, out / "bench.json")
-    bench.plot(report, out / "bench.png")
-    failed = bench.failures(report)
+    R.print_table(report, console)
+    R.write_json(report, out / "bench.json")
+    R.plot(report, out / "bench.png")
+    failed = R.failures(report)
     for f in failed:
         console.print(f"[red]failed[/] {f}")
     console.print(f"wrote {out}/bench.json, bench.png ({report['meta']['wall_time_s']:.0f} s)")
