@@ -26,10 +26,9 @@ import numpy as np
 from lightnets.errors import FileFormatError, LightnetsError, WeightsError
 from lightnets.frameworks import BACKENDS
 from lightnets.layouts import to_canonical, to_native
+from lightnets.numerics import check_dtype
 from lightnets.reference import check_input
 from lightnets.weights import atomic_write, few
-
-DTYPES = ("float32", "float64")
 
 
 def native_op(node, in_channels: int) -> str:
@@ -310,8 +309,7 @@ class Backend:
 
     def cast(self, model, dtype: str):
         """The same model (a copy) with every weight in ``dtype``."""
-        if dtype not in DTYPES:
-            raise LightnetsError(f"dtype {dtype!r} is not supported; use one of {DTYPES}")
+        check_dtype(dtype)
         if self.owns(model):
             copy = self.build(self.graph_of(model), dtype)
             self.set_weights(copy, self.get_weights(model))

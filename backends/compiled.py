@@ -11,6 +11,7 @@ import numpy as np
 
 from lightnets import weights as W
 from lightnets.errors import LightnetsError
+from lightnets.numerics import check_dtype
 
 from .base import Backend
 
@@ -22,8 +23,7 @@ class CompiledModel:
     DTYPES: dict[str, type] = {}  # requested dtype -> numpy dtype of the weights and outputs
 
     def __init__(self, graph, dtype: str = "float32"):
-        if dtype not in self.DTYPES:
-            raise LightnetsError(f"dtype {dtype!r} is not supported; use one of {tuple(self.DTYPES)}")
+        check_dtype(dtype, self.DTYPES)
         self.graph, self.dtype = graph, dtype
         self.weights = {k: v.astype(self.DTYPES[dtype])
                         for k, v in W.init_weights(graph, 0, calibrate=False).items()}

@@ -50,6 +50,7 @@ from lightnets import provenance as PV
 from lightnets import weights as W
 from lightnets.errors import BackendNotInstalledError, FileFormatError, LightnetsError, runtime_failure
 from lightnets.graph import INPUT, Graph, Node
+from lightnets.numerics import check_dtype
 from lightnets.reference import check_input
 
 from .base import unreadable
@@ -254,8 +255,7 @@ def to_onnx(graph: Graph, weights: Mapping[str, np.ndarray], dtype: str = "float
     ``dynamic_hw`` (default: unless the graph is fixed to its size) makes height and width symbolic;
     ``return_all`` makes every node's output a graph output (the divergence locator reads them).
     """
-    if dtype not in DTYPES:
-        raise LightnetsError(f"dtype {dtype!r} is not supported; use one of {tuple(DTYPES)}")
+    check_dtype(dtype, DTYPES)
     if dynamic_hw is None:
         dynamic_hw = not graph.fixed_size
     if dynamic_hw and graph.fixed_size:

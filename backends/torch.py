@@ -24,6 +24,7 @@ from lightnets import ops
 from lightnets import weights as W
 from lightnets.errors import LightnetsError, SpecError
 from lightnets.graph import INPUT, Graph, Node
+from lightnets.numerics import check_dtype
 
 from .base import Backend, unreadable
 
@@ -307,8 +308,7 @@ class GraphModule(nn.Module):
 # --- the backend contract -----------------------------------------------------------------------
 def build(graph: Graph, dtype: str = "float32") -> GraphModule:
     """The torch model of ``graph`` in eval mode, parameters in ``dtype``."""
-    if dtype not in DTYPES:
-        raise LightnetsError(f"dtype {dtype!r} is not supported; use one of {tuple(DTYPES)}")
+    check_dtype(dtype, DTYPES)
     model = GraphModule(graph).to(DTYPES[dtype])
     model.dtype_name = dtype
     return model.eval()

@@ -15,8 +15,7 @@ from .errors import LightnetsError
 from .formats import load_weights, save_weights  # noqa: F401 -- public API (any format, see lightnets.formats)
 from .frameworks import BACKENDS, backend_of, load_backend  # noqa: F401 -- re-exported
 from .graph import Graph
-
-DTYPES = ("float32", "float64")
+from .numerics import check_dtype
 
 
 def spec(arch: str | Graph, num_classes: int = 1000, input_size: int = 224, include_top: bool = True,
@@ -133,8 +132,7 @@ def build(arch: str | Graph | os.PathLike | None = None, backend: str = "torch",
     (``out_indices`` picks some), a list of tensors in torch/paddle, a multi-output keras.Model (NHWC);
     :func:`run` returns a list of NCHW arrays. It shares the classifier's weights by name.
     """
-    if dtype not in DTYPES:
-        raise LightnetsError(f"dtype {dtype!r} is not supported; use one of {DTYPES}")
+    check_dtype(dtype)
     if mode not in ("train", "inference"):
         raise LightnetsError(f"mode {mode!r} is not supported; use 'train' (the graph as written, trainable "
                              "batch norms) or 'inference' (batch norms folded into the convs)")

@@ -15,8 +15,7 @@ from pathlib import Path
 from . import registry
 from .errors import LightnetsError
 from .frameworks import BACKENDS, DEFAULT_PARITY_TARGETS, PARITY_TARGETS
-
-DTYPES = ("float32", "float64")
+from .numerics import DTYPES
 
 
 def _csv(allowed: tuple[str, ...] | None = None):

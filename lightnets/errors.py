@@ -40,6 +40,10 @@ class BackendConflictError(LightnetsError, RuntimeError):
     """Two frameworks cannot share this process (tensorflow before paddle segfaults)."""
 
 
+class DTypeError(LightnetsError, ValueError):
+    """A dtype a model or runtime does not compute in."""
+
+
 class WeightsError(LightnetsError, ValueError):
     """Weights do not match the graph: missing, extra, mis-shaped or non-finite entries."""
 

@@ -48,9 +48,9 @@ from . import provenance as PV
 from . import weights as W
 from .errors import BackendNotInstalledError, LightnetsError
 from .graph import Graph
+from .numerics import check_dtype
 
 TARGETS = {"onnx": ".onnx", "tflite": ".tflite"}  # export target -> suffix
-DTYPES = ("float32", "float64")
 # the probe's bound: parity's float32 whole-network bound (parity/tolerances.py MODEL_REL); a float64 ONNX
 # graph runs its convs in float32 in onnxruntime (no double Conv kernel), so the same bound applies
 PROBE_REL = 1e-4
@@ -95,8 +95,7 @@ def source_graph_and_weights(source, input_size: int | None = None, seed: int = 
 def to_onnx(source, dtype: str = "float32", dynamic_hw: bool | None = None, input_size: int | None = None,
             seed: int = 0):
     """The checked ``onnx.ModelProto`` of ``source`` (nothing written)."""
-    if dtype not in DTYPES:
-        raise LightnetsError(f"dtype {dtype!r} is not supported; use one of {DTYPES}")
+    check_dtype(dtype)
     O = onnx_module()  # noqa: N806
     graph, weights = source_graph_and_weights(source, input_size, seed, dtype)
     return O.checked(O.to_onnx(graph, weights, dtype, dynamic_hw)), graph, weights

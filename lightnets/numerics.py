@@ -4,6 +4,16 @@ from __future__ import annotations
 
 import numpy as np
 
+from .errors import DTypeError
+
+DTYPES = ("float32", "float64")  # the dtypes a lightnets model computes in
+
+
+def check_dtype(dtype, supported=DTYPES) -> None:
+    """Raise a :class:`DTypeError` naming the choices unless ``dtype`` is one of ``supported``."""
+    if dtype not in supported:
+        raise DTypeError(f"dtype {dtype!r} is not supported; use one of {tuple(supported)}")
+
 
 def rel_error(y, ref) -> float:
     """max |y - ref| / max |ref| (0/0 counts as 0); shapes must agree."""
