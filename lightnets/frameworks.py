@@ -26,6 +26,7 @@ class Target(NamedTuple):
     name: str
     env: dict[str, str]
     optimizer_steps: bool = True  # runs parity/train.py's optimizer steps (if its backend trains)
+    float64: bool = True  # computes float64 in float64 (else float32 kernels inside: float32 bounds apply)
 
 
 @dataclass(frozen=True)
@@ -54,22 +55,23 @@ FRAMEWORKS: tuple[Framework, ...] = (
     Framework("torch", "torch", "torch", "torch", trains=True, native_files=True),
     Framework("keras", "keras", "keras", "keras", trains=True, native_files=True, tensorflow=True, targets=(
         Target("keras", _KERAS_ON_TF),
-        Target("keras-torch", {"KERAS_BACKEND": "torch"}),
+        # keras 3.15 on torch / jax demotes float64 to float32 inside BatchNormalization, ops.mean and Dense
+        Target("keras-torch", {"KERAS_BACKEND": "torch"}, float64=False),
         # keras on jax (CPU): float64 needs jax_enable_x64; XLA's CPU pool pinned to one thread like the others;
         # its train mode is judged (BN statistics, gradients), optimizer steps are not written for jax
         Target("keras-jax", {"KERAS_BACKEND": "jax", "JAX_ENABLE_X64": "1", "JAX_PLATFORMS": "cpu",
                              "XLA_FLAGS": "--xla_cpu_multi_thread_eigen=false intra_op_parallelism_threads=1"},
-               optimizer_steps=False))),
+               optimizer_steps=False, float64=False))),
     Framework("paddle", "paddle", "paddle", "paddle", trains=True, native_files=True),
     # ONNX emitted from the IR (backends/onnx.py also exports ONNX), run by onnxruntime's CPU provider
     Framework("onnxruntime", "onnxruntime", "onnx", "onnx", trains=False, native_files=False,
-              runs_exports_of="torch"),
+              runs_exports_of="torch", targets=(Target("onnxruntime", {}, float64=False),)),  # no double Conv
     # the keras lowering converted by tf.lite.TFLiteConverter, run by the LiteRT interpreter; float32 only. Not a
     # default parity target: a conversion per model (~5-30 s); the worker keeps its flat buffers so that the
     # float64 pass reuses the float32 pass's conversions
     Framework("tflite", "tensorflow", "tflite", "tflite", trains=False, native_files=False, tensorflow=True,
               runs_exports_of="keras", lowered_by="keras", default_parity=False,
-              targets=(Target("tflite", {**_KERAS_ON_TF, "LIGHTNETS_TFLITE_CACHE_MB": "4096"}),)),
+              targets=(Target("tflite", {**_KERAS_ON_TF, "LIGHTNETS_TFLITE_CACHE_MB": "4096"}, float64=False),)),
 )
 BACKENDS: dict[str, Framework] = {f.name: f for f in FRAMEWORKS}
 # paddle before any backend that imports tensorflow (port and the tests load backends in this order)
@@ -80,6 +82,8 @@ PARITY_TARGETS: dict[str, tuple[str, dict[str, str]]] = {
 DEFAULT_PARITY_TARGETS = tuple(t.name for f in FRAMEWORKS if f.default_parity for t in f.parity_targets)
 # targets without train-mode BN or gradients: parity asks them for eval outputs only
 INFERENCE_ONLY = frozenset(t.name for f in FRAMEWORKS if not f.trains for t in f.parity_targets)
+# targets whose float64 cases compute in float32 inside
+FLOAT32_INSIDE = frozenset(t.name for f in FRAMEWORKS for t in f.parity_targets if not t.float64)
 # targets that run optimizer steps (parity/train.py)
 TRAIN_STEP_TARGETS = tuple(t.name for f in FRAMEWORKS if f.trains for t in f.parity_targets if t.optimizer_steps)
 # the frameworks with their own files and state dicts, in import order (the contract tests' parametrisation)

@@ -6,6 +6,7 @@ Each bound states the value measured on this project's 2-core x86_64 machine it 
 
 from __future__ import annotations
 
+from lightnets.frameworks import FLOAT32_INSIDE
 from lightnets.numerics import abs_error, rel_error  # noqa: F401 -- re-exported for the suite
 
 # Single ops against the float64 numpy reference.
@@ -70,10 +71,7 @@ TRAIN_FEATURES_REL = {"float64": MODEL_REL["float64"]}
 # logits <= 2.2e-5, stats <= 4.5e-6. Gradients (keras-jax~torch, float32 effective): <= 3.2e-5, information only.
 # Every id (69) and its backbone at 32 px, eval: float64 <= 2.9e-5 (mobilenet_v2_100), backbones <= 2.1e-5
 # (mobilenet_v2_050); float32 <= 4.8e-5 (mobilenet_v2_130_keras), backbones <= 2.4e-5 (mobilenet_v1_100_timm).
-EFFECTIVE_DTYPE: dict[tuple[str, str], str] = {("keras-torch", "float64"): "float32",
-                                               ("keras-jax", "float64"): "float32",
-                                               ("onnxruntime", "float64"): "float32",
-                                               ("tflite", "float64"): "float32"}
+EFFECTIVE_DTYPE: dict[tuple[str, str], str] = {(t, "float64"): "float32" for t in FLOAT32_INSIDE}
 
 
 def effective_dtype(target: str, dtype: str) -> str:
