@@ -22,7 +22,8 @@ from lightnets.graph import Graph, GraphBuilder
 from lightnets.parity.tolerances import MODEL_REL, rel_error
 from lightnets.zoo import TIMM
 
-TIMM_IDS = sorted(name for _, name in profiles.every_zoo_key(TIMM, arch=lambda k: TIMM[k].arch))
+TIMM_IDS = sorted(k[1] for k in profiles.every_zoo_key(TIMM, arch=lambda k: TIMM[k].arch)
+                  if TIMM[k].form == "train")  # not the "<name>_reparam" twins (timm's <name> reparameterized)
 SIZE = 64
 
 
