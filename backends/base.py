@@ -24,7 +24,7 @@ from pathlib import Path
 import numpy as np
 
 from lightnets.errors import FileFormatError, LightnetsError, WeightsError
-from lightnets.frameworks import BACKENDS
+from lightnets.frameworks import BACKENDS, FRAMEWORKS
 from lightnets.layouts import to_canonical, to_native
 from lightnets.numerics import check_dtype
 from lightnets.reference import check_input
@@ -209,7 +209,7 @@ class Backend:
             model.eval()
 
     def _dropouts(self, model):
-        """The dropout layers of a model of this framework (torch/paddle; keras trains through its own call)."""
+        """The dropout layers of a model of this framework."""
         raise NotImplementedError
 
     def _call(self, model, x, return_all: bool):
@@ -339,6 +339,46 @@ class Backend:
         """The ``(height, width)`` a model is built for (keras.applications built with ``input_shape``), or None
         if it takes any size."""
         return None
+
+    # --- training: the IR's loss, optimizers and schedule (lightnets.optim), one loop over _trainer --------
+    def optimizer(self, spec, params):
+        """The framework's optimizer of a ``lightnets.optim`` spec over ``params`` (the trainable parameters or
+        variables, whose dtype it takes)."""
+        raise self._unsupported("training")
+
+    def loss(self, logits, labels):
+        """The IR loss of one batch (``optim.cross_entropy``: softmax cross-entropy with label smoothing
+        ``optim.LABEL_SMOOTHING``, batch mean) of native ``logits`` and integer class ``labels``."""
+        raise self._unsupported("training")
+
+    def train_steps(self, model, batches, labels, optimizer, schedule=None):
+        """Optimizer steps on ``model`` in place, one per NCHW batch, with the IR's loss, ``optimizer`` spec and
+        ``schedule`` (``lightnets.optim``), BN in train mode, dropout off -> ``optim.Trace`` (canonical weights
+        and BN statistics after every step, losses, lrs)."""
+        from lightnets import optim
+
+        batches, labels, lrs = optim.check_run(self.graph_of(model), batches, labels, optimizer, schedule)
+        trace = optim.Trace()
+        with self.training(model):
+            step = self._trainer(model, optimizer)
+            for x, y, lr in zip(batches, labels, lrs, strict=True):
+                trace.losses.append(step(x, y, lr))
+                trace.weights.append(self.get_weights(model))
+                trace.lrs.append(lr)
+        return trace
+
+    def sync_batchnorm(self, model):
+        """The model with batch statistics over every replica of the framework's data-parallel training."""
+        raise self._unsupported("synchronised batch norm")
+
+    def _trainer(self, model, spec):
+        """``step(x, y, lr) -> loss``: one optimizer step of ``model`` (in train mode) on the NCHW numpy batch
+        ``x`` with integer labels ``y`` at learning rate ``lr``, the optimizer made from ``spec`` once."""
+        raise self._unsupported("training")
+
+    def _unsupported(self, what: str) -> LightnetsError:
+        trains = ", ".join(f.name for f in FRAMEWORKS if f.trains)
+        return LightnetsError(f"{what} is not supported by the {self.name} backend; use one of {trains} for it")
 
     # --- bench ---------------------------------------------------------------------------------
     def set_threads(self, n: int) -> None:

@@ -11,6 +11,7 @@ import numpy as np
 
 from lightnets import weights as W
 from lightnets.errors import LightnetsError
+from lightnets.frameworks import FRAMEWORKS
 from lightnets.numerics import check_dtype
 
 from .base import Backend
@@ -56,15 +57,16 @@ class InferenceRuntime(Backend):
     def get_weights(self, model) -> dict[str, np.ndarray]:
         return {k: v.copy() for k, v in model.weights.items()}
 
-    def _inference_only(self, what: str) -> LightnetsError:
+    def _unsupported(self, what: str) -> LightnetsError:
+        trains = ", ".join(f.name for f in FRAMEWORKS if f.trains)
         return LightnetsError(f"{what} is not supported by {self.name} (an inference runtime: no train-mode batch "
-                              "norm, no gradients); use the torch, keras or paddle backend for it")
+                              f"norm, no gradients); use one of {trains} for it")
 
     def train_forward(self, model, x):
-        raise self._inference_only("train-mode forward")
+        raise self._unsupported("train-mode forward")
 
     def gradients(self, model, x, probe):
-        raise self._inference_only("gradients")
+        raise self._unsupported("gradients")
 
     def state_dict(self, model):
         return self.get_weights(model) if self.owns(model) else self._file_state_dict(model)

@@ -683,10 +683,11 @@ class KerasBackend(Backend):
         return model
 
     # --- training: the IR's loss, optimizers and schedule (lightnets.optim) ----------------------------
-    def optimizer(self, spec, dtype: str = "float32"):
-        """The keras optimizer of a ``lightnets.optim`` spec, its lr variable in ``dtype`` (keras makes it in
-        floatx). SGD gets no ``weight_decay`` (keras' is decoupled): :meth:`train_steps` adds the IR's coupled
-        L2 to the gradients, rescales the velocities when the lr changes and sets AdamW's epsilon per step.
+    def optimizer(self, spec, params):
+        """The keras optimizer of a ``lightnets.optim`` spec, built over the variables ``params``, its lr variable
+        in their dtype (keras makes it in floatx). SGD gets no ``weight_decay`` (keras' is decoupled): the trainer
+        adds the IR's coupled L2 to the gradients, rescales the velocities when the lr changes and sets AdamW's
+        epsilon per step.
 
         Hyperparameters are numpy float64 scalars (still ``float`` instances): keras 3.15 on tensorflow applies
         ``ops.cast(self.momentum, variable.dtype)`` (also beta_1/beta_2, weight_decay), and ``tf.cast`` of a
@@ -696,26 +697,46 @@ class KerasBackend(Backend):
 
         f64 = np.float64
         previous = keras.config.floatx()
-        keras.config.set_floatx(str(dtype))
+        keras.config.set_floatx(keras.backend.standardize_dtype(params[0].dtype))
         try:
             if spec.kind == "sgd":
-                return keras.optimizers.SGD(learning_rate=f64(spec.lr), momentum=f64(spec.momentum),
-                                            nesterov=spec.nesterov)
-            return keras.optimizers.AdamW(learning_rate=f64(spec.lr), weight_decay=f64(spec.weight_decay),
-                                          beta_1=f64(spec.betas[0]), beta_2=f64(spec.betas[1]), epsilon=f64(spec.eps))
+                opt = keras.optimizers.SGD(learning_rate=f64(spec.lr), momentum=f64(spec.momentum),
+                                           nesterov=spec.nesterov)
+            else:
+                opt = keras.optimizers.AdamW(learning_rate=f64(spec.lr), weight_decay=f64(spec.weight_decay),
+                                             beta_1=f64(spec.betas[0]), beta_2=f64(spec.betas[1]),
+                                             epsilon=f64(spec.eps))
         finally:
             keras.config.set_floatx(previous)
+        opt.build(params)
+        return opt
 
-    @staticmethod
-    def loss(dtype: str = "float32"):
+    def loss(self, logits, labels):
         """The IR loss as keras' own: categorical cross-entropy on logits with label smoothing
-        ``optim.LABEL_SMOOTHING`` (on one-hot targets), batch mean, computed in ``dtype``."""
+        ``optim.LABEL_SMOOTHING`` on the one-hot ``labels``, batch mean, in the logits' dtype."""
         import keras
 
         from lightnets.optim import LABEL_SMOOTHING
 
+        dtype = keras.backend.standardize_dtype(logits.dtype)
+        target = keras.ops.one_hot(keras.ops.convert_to_tensor(labels), logits.shape[-1], dtype=dtype)
         return keras.losses.CategoricalCrossentropy(from_logits=True, label_smoothing=LABEL_SMOOTHING,
-                                                    dtype=str(dtype))
+                                                    dtype=dtype)(target, logits)
+
+    @contextlib.contextmanager
+    def training(self, model):
+        """Context: every dropout's rate 0 (keras' train mode is a per-call flag: the trainer passes it)."""
+        import keras
+
+        dropouts = [la for la in model.layers if isinstance(la, keras.layers.Dropout)]
+        rates = [la.rate for la in dropouts]
+        for la in dropouts:
+            la.rate = 0.0
+        try:
+            yield model
+        finally:
+            for la, rate in zip(dropouts, rates, strict=True):
+                la.rate = rate
 
     @staticmethod
     def correct_bn_variance(model, old: dict, batch: int, hw: dict) -> None:
@@ -728,55 +749,35 @@ class KerasBackend(Backend):
             kept = layer.momentum * before
             layer.moving_variance.assign(kept + (layer.moving_variance.numpy() - kept) * (n / (n - 1)))
 
-    def train_steps(self, model, batches, labels, optimizer, schedule=None):
-        """Optimizer steps on ``model`` in place, one per batch, with the IR's loss, ``optimizer`` spec and
-        ``schedule`` (``lightnets.optim``; keras semantics mapped as its module doc says), BN in train mode,
-        dropout off -> ``optim.Trace``. Keras on tensorflow (GradientTape) or on torch (autograd)."""
-        import math
-
-        import keras
-
-        from lightnets import optim
-
+    def _trainer(self, model, spec):
+        """Keras semantics mapped as the module doc says; keras on tensorflow (GradientTape) or torch (autograd)."""
         graph = graph_of(model)
-        batches, labels, lrs = optim.check_run(graph, batches, labels, optimizer, schedule)
         variables = list(model.trainable_variables)  # the graph's trainable parameters
         dtype = np.dtype(model.inputs[0].dtype)
-        opt = self.optimizer(optimizer, dtype.name)
-        opt.build(variables)
-        k = graph.output_shape[0]
+        opt = self.optimizer(spec, variables)
         bns = [n for n in graph.nodes if n.op == "batch_norm"]
-        dropouts = [la for la in model.layers if isinstance(la, keras.layers.Dropout)]
-        rates = [la.rate for la in dropouts]
-        trace = optim.Trace()
-        try:
-            for la in dropouts:
-                la.rate = 0.0
-            loss_and_grads = self._loss_and_grads_fn(model, self.loss(dtype.name), variables)
-            for t, (x, y, lr) in enumerate(zip(batches, labels, lrs, strict=True), start=1):
-                xn = np.ascontiguousarray(np.asarray(x).transpose(0, 2, 3, 1), dtype=dtype)  # NHWC
-                shapes = graph.shapes_at(xn.shape[1], xn.shape[2])
-                hw = {layer_name(n.name): shapes[n.inputs[0]][1] * shapes[n.inputs[0]][2] for n in bns}
-                old = {name: model.get_layer(name).moving_variance.numpy() for name in hw}
-                if optimizer.kind == "sgd" and optimizer.momentum and t > 1:  # keras' velocity carries lr
-                    for m in opt.momentums:
-                        m.assign(m * (lr / trace.lrs[-1]))
-                if optimizer.kind == "adamw":  # keras adds eps to sqrt of the uncorrected v
-                    opt.epsilon = np.float64(optimizer.eps * math.sqrt(1.0 - optimizer.betas[1] ** t))
-                opt.learning_rate = lr
-                target = np.eye(k, dtype=dtype)[y]
-                loss, grads = loss_and_grads(xn, target)
-                if optimizer.kind == "sgd" and optimizer.weight_decay:  # the IR's coupled L2
-                    grads = [g + optimizer.weight_decay * v.value for g, v in zip(grads, variables, strict=True)]
-                opt.apply_gradients(zip(grads, variables, strict=True))
-                self.correct_bn_variance(model, old, xn.shape[0], hw)
-                trace.weights.append(self.get_weights(model))
-                trace.losses.append(float(loss))
-                trace.lrs.append(lr)
-        finally:
-            for la, rate in zip(dropouts, rates, strict=True):
-                la.rate = rate
-        return trace
+        loss_and_grads = self._loss_and_grads_fn(model, variables)
+        lrs: list[float] = []
+
+        def step(x, y, lr):
+            xn = np.ascontiguousarray(np.asarray(x).transpose(0, 2, 3, 1), dtype=dtype)  # NHWC
+            shapes = graph.shapes_at(xn.shape[1], xn.shape[2])
+            hw = {layer_name(n.name): shapes[n.inputs[0]][1] * shapes[n.inputs[0]][2] for n in bns}
+            old = {name: model.get_layer(name).moving_variance.numpy() for name in hw}
+            if spec.kind == "sgd" and spec.momentum and lrs:  # keras' velocity carries lr
+                for m in opt.momentums:
+                    m.assign(m * (lr / lrs[-1]))
+            if spec.kind == "adamw":  # keras adds eps to sqrt of the uncorrected v
+                opt.epsilon = np.float64(spec.eps * math.sqrt(1.0 - spec.betas[1] ** (len(lrs) + 1)))
+            opt.learning_rate = lr
+            loss, grads = loss_and_grads(xn, np.asarray(y))
+            if spec.kind == "sgd" and spec.weight_decay:  # the IR's coupled L2
+                grads = [g + spec.weight_decay * v.value for g, v in zip(grads, variables, strict=True)]
+            opt.apply_gradients(zip(grads, variables, strict=True))
+            self.correct_bn_variance(model, old, xn.shape[0], hw)
+            lrs.append(lr)
+            return float(loss)
+        return step
 
     def sync_batchnorm(self, model):
         """The same lightnets keras model with every BatchNormalization ``synchronized=True`` (batch statistics
@@ -794,9 +795,8 @@ class KerasBackend(Backend):
         setattr(synced, _GRAPH, graph_of(model))
         return synced
 
-    @staticmethod
-    def _loss_and_grads_fn(model, loss_fn, variables):
-        """``(x, target) -> (loss, gradients w.r.t. variables)`` of a train-mode forward: one tf.function on
+    def _loss_and_grads_fn(self, model, variables):
+        """``(x, labels) -> (loss, gradients w.r.t. variables)`` of a train-mode forward: one tf.function on
         tensorflow (traced once per input shape; the optimizer runs eagerly), torch autograd on torch."""
         import keras
 
@@ -805,20 +805,20 @@ class KerasBackend(Backend):
             import tensorflow as tf
 
             @tf.function(reduce_retracing=True)
-            def step(x, target):
+            def step(x, labels):
                 with tf.GradientTape() as tape:
-                    loss = loss_fn(target, model(x, training=True))
+                    loss = self.loss(model(x, training=True), labels)
                 return loss, tape.gradient(loss, [v.value for v in variables])
 
-            def run(x, target):
-                loss, grads = step(tf.constant(x), tf.constant(target))
+            def run(x, labels):
+                loss, grads = step(tf.constant(x), tf.constant(labels))
                 return loss.numpy(), grads
             return run
         if backend == "torch":
             import torch
 
-            def run(x, target):
-                loss = loss_fn(torch.as_tensor(target), model(torch.as_tensor(x), training=True))
+            def run(x, labels):
+                loss = self.loss(model(torch.as_tensor(x), training=True), torch.as_tensor(labels))
                 return loss.detach().cpu().numpy(), list(torch.autograd.grad(loss, [v.value for v in variables]))
             return run
         raise LightnetsError(f"train_steps is implemented for keras on tensorflow and torch, not {backend!r}")

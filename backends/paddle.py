@@ -471,7 +471,7 @@ class PaddleBackend(Backend):
         return (lambda x: paddle.to_tensor(np.ascontiguousarray(x))), call
 
     # --- training: the IR's loss, optimizers and schedule (lightnets.optim) ----------------------------
-    def optimizer(self, params, spec):
+    def optimizer(self, spec, params):
         """The paddle optimizer of a ``lightnets.optim`` spec: ``Momentum`` with the L2Decay regulariser
         (coupled: the IR's SGD) and ``AdamW`` (decoupled decay; its kernel's eps placement is the IR's)."""
         if spec.kind == "sgd":
@@ -483,8 +483,7 @@ class PaddleBackend(Backend):
         return paddle.optimizer.AdamW(learning_rate=spec.lr, beta1=spec.betas[0], beta2=spec.betas[1],
                                       epsilon=spec.eps, parameters=params, weight_decay=spec.weight_decay)
 
-    @staticmethod
-    def loss(logits, labels):
+    def loss(self, logits, labels):
         """The IR loss: paddle's soft-label cross-entropy on the IR's smoothed targets, batch mean.
         (``F.cross_entropy(label_smoothing=)`` smooths a float32 one-hot with a float32 epsilon before casting
         to the logits' dtype: float64 losses off by ~2e-8 relative, measured; so the targets come from
@@ -495,26 +494,18 @@ class PaddleBackend(Backend):
         target = paddle.to_tensor(one_hot_smoothed(labels, logits.shape[-1])).astype(logits.dtype)
         return F.cross_entropy(logits, target, soft_label=True, reduction="mean")
 
-    def train_steps(self, model, batches, labels, optimizer, schedule=None):
-        """Optimizer steps on ``model`` in place, one per batch, with the IR's loss, ``optimizer`` spec and
-        ``schedule`` (``lightnets.optim``), BN in train mode, dropout off -> ``optim.Trace``."""
-        from lightnets import optim
-
-        batches, labels, lrs = optim.check_run(self.graph_of(model), batches, labels, optimizer, schedule)
+    def _trainer(self, model, spec):
         params = [p for p in model.parameters() if not p.stop_gradient]  # BN statistics are stop_gradient
-        opt = self.optimizer(params, optimizer)
-        trace = optim.Trace()
-        with self.training(model):
-            for x, y, lr in zip(batches, labels, lrs, strict=True):
-                opt.set_lr(lr)
-                loss = self.loss(model(paddle.to_tensor(np.asarray(x)).astype(params[0].dtype)), y)
-                loss.backward()
-                opt.step()
-                opt.clear_grad()
-                trace.weights.append(self.get_weights(model))
-                trace.losses.append(float(loss.numpy()))
-                trace.lrs.append(lr)
-        return trace
+        opt = self.optimizer(spec, params)
+
+        def step(x, y, lr):
+            opt.set_lr(lr)
+            loss = self.loss(model(paddle.to_tensor(np.asarray(x)).astype(params[0].dtype)), y)
+            loss.backward()
+            opt.step()
+            opt.clear_grad()
+            return float(loss.numpy())
+        return step
 
     def sync_batchnorm(self, model):
         """``paddle.nn.SyncBatchNorm.convert_sync_batchnorm`` (a lightnets model runs the layers at its node names,

@@ -562,7 +562,7 @@ class TorchBackend(Backend):
 
 
     # --- training: the IR's loss, optimizers and schedule (lightnets.optim) ----------------------------
-    def optimizer(self, params, spec):
+    def optimizer(self, spec, params):
         """The torch optimizer of a ``lightnets.optim`` spec over ``params``: torch's SGD and AdamW are the IR's
         formulas as written (coupled L2 on SGD, decoupled decay on AdamW)."""
         if spec.kind == "sgd":
@@ -570,35 +570,25 @@ class TorchBackend(Backend):
                                    nesterov=spec.nesterov)
         return torch.optim.AdamW(params, lr=spec.lr, betas=spec.betas, eps=spec.eps, weight_decay=spec.weight_decay)
 
-    @staticmethod
-    def loss(logits, labels):
+    def loss(self, logits, labels):
         """The IR loss: softmax cross-entropy with label smoothing ``optim.LABEL_SMOOTHING``, batch mean."""
         from lightnets.optim import LABEL_SMOOTHING
 
-        return F.cross_entropy(logits, labels, label_smoothing=LABEL_SMOOTHING)
+        return F.cross_entropy(logits, torch.as_tensor(labels), label_smoothing=LABEL_SMOOTHING)
 
-    def train_steps(self, model, batches, labels, optimizer, schedule=None):
-        """Optimizer steps on ``model`` in place, one per batch, with the IR's loss, ``optimizer`` spec and
-        ``schedule`` (``lightnets.optim``), BN in train mode, dropout off -> ``optim.Trace`` (canonical
-        weights and BN statistics after every step, losses, lrs)."""
-        from lightnets import optim
-
-        batches, labels, lrs = optim.check_run(self.graph_of(model), batches, labels, optimizer, schedule)
+    def _trainer(self, model, spec):
         params = list(model.parameters())  # the graph's trainable parameters (BN statistics are buffers)
-        opt = self.optimizer(params, optimizer)
-        trace = optim.Trace()
-        with self.training(model):
-            for x, y, lr in zip(batches, labels, lrs, strict=True):
-                for group in opt.param_groups:
-                    group["lr"] = lr
-                opt.zero_grad(set_to_none=True)
-                loss = self.loss(model(torch.as_tensor(x, dtype=params[0].dtype)), torch.as_tensor(y))
-                loss.backward()
-                opt.step()
-                trace.weights.append(self.get_weights(model))
-                trace.losses.append(float(loss.detach()))
-                trace.lrs.append(lr)
-        return trace
+        opt = self.optimizer(spec, params)
+
+        def step(x, y, lr):
+            for group in opt.param_groups:
+                group["lr"] = lr
+            opt.zero_grad(set_to_none=True)
+            loss = self.loss(model(torch.as_tensor(x, dtype=params[0].dtype)), y)
+            loss.backward()
+            opt.step()
+            return float(loss.detach())
+        return step
 
     def sync_batchnorm(self, model, process_group=None):
         """``torch.nn.SyncBatchNorm.convert_sync_batchnorm`` for a lightnets model (for DistributedDataParallel:

@@ -94,7 +94,7 @@ def _torch_rank(rank, out, mode, init):
             m.weight.requires_grad_(False)
             m.bias.requires_grad_(False)
     ddp = DDP(model)
-    opt = be.optimizer([p for p in ddp.parameters() if p.requires_grad], SPEC)
+    opt = be.optimizer(SPEC, [p for p in ddp.parameters() if p.requires_grad])
     arrays = {}
     with be.training(model):
         if mode == "frozen":
@@ -102,7 +102,7 @@ def _torch_rank(rank, out, mode, init):
                 m.eval()
         for t in range(STEPS):
             opt.zero_grad()
-            loss = be.loss(ddp(torch.as_tensor(shard(xs[t], rank))), torch.as_tensor(shard(ys[t], rank)))
+            loss = be.loss(ddp(torch.as_tensor(shard(xs[t], rank))), shard(ys[t], rank))
             loss.backward()
             if t == 0:
                 grads = canonical_grads(graph, lambda n, s: getattr(
@@ -137,8 +137,7 @@ def run_keras(out, mode):
         be.set_weights(model, w)
         if mode == "sync":
             model = be.sync_batchnorm(model)
-        opt = be.optimizer(SPEC, "float64")
-        opt.build(model.trainable_variables)
+        opt = be.optimizer(SPEC, model.trainable_variables)
     for layer in model.layers:
         if isinstance(layer, keras.layers.Dropout):
             layer.rate = 0.0
@@ -189,7 +188,7 @@ def _paddle_rank(out, mode):
             la.weight.stop_gradient = True
             la.bias.stop_gradient = True
     dp = paddle.DataParallel(model)
-    opt = be.optimizer([p for p in model.parameters() if not p.stop_gradient], SPEC)
+    opt = be.optimizer(SPEC, [p for p in model.parameters() if not p.stop_gradient])
     layouts = {("linear", "weight"): "T"}
     arrays = {}
     try:

@@ -235,7 +235,7 @@ def test_torch_optimizers_are_the_formulas(name, torch_be):
     spec, (p0, grads) = SPECS[name], _raw()
     lrs = optim.learning_rates(spec, SCHEDULE, STEPS)
     p = torch.nn.Parameter(torch.tensor(p0))
-    opt = torch_be.optimizer([p], spec)
+    opt = torch_be.optimizer(spec, [p])
     for t, (g, lr) in enumerate(zip(grads, lrs, strict=True)):
         opt.param_groups[0]["lr"] = lr
         p.grad = torch.tensor(g)
@@ -247,7 +247,7 @@ def _paddle_run(spec, p0, grads, lrs):
     import paddle
 
     p = paddle.create_parameter([len(p0)], "float64", default_initializer=paddle.nn.initializer.Assign(p0))
-    opt = lightnets.load_backend("paddle").optimizer([p], spec)
+    opt = lightnets.load_backend("paddle").optimizer(spec, [p])
     for g, lr in zip(grads, lrs, strict=True):
         opt.set_lr(lr)
         (p * paddle.to_tensor(g)).sum().backward()
@@ -308,6 +308,19 @@ def test_torch_loss_is_the_ir_loss(torch_be):
     assert abs(got - optim.cross_entropy(z, y)[0]) <= 1e-15 * abs(got)
 
 
+def test_every_training_backend_has_one_loss_signature(torch_be):
+    """``loss(native logits, integer labels)`` in torch (tensor labels too) and keras (the one-hot inside)."""
+    import torch
+
+    rng = np.random.default_rng(5)
+    z, y = rng.standard_normal((4, 10)), rng.integers(0, 10, 4)
+    want = optim.cross_entropy(z, y)[0]
+    assert abs(float(torch_be.loss(torch.tensor(z), y)) - want) <= 1e-15 * abs(want)
+    keras = pytest.importorskip("keras")
+    got = float(keras.ops.convert_to_numpy(lightnets.load_backend("keras").loss(keras.ops.convert_to_tensor(z), y)))
+    assert abs(got - want) <= 1e-14 * abs(want)
+
+
 # --- train_steps in every backend: 5 steps, weights and BN statistics after every step ----------------------
 @pytest.mark.parametrize("dtype", ["float64", "float32"])
 @pytest.mark.parametrize("name", list(SPECS))
@@ -348,20 +361,25 @@ def test_keras_hyperparameters_must_be_float64_scalars():
     p0, grads = _raw()
     spec = optim.SGD(0.05, 0.9)
 
-    def run(opt):
+    def run(make_opt):
         v = keras.Variable(p0, dtype="float64")
-        opt.build([v])
+        opt = make_opt([v])
         for g in grads[:2]:
             opt.apply_gradients([(keras.ops.convert_to_tensor(g, "float64"), v)])
         return np.asarray(v.numpy())
 
+    def plain_sgd(variables):
+        opt = keras.optimizers.SGD(learning_rate=0.05, momentum=0.9)
+        opt.build(variables)
+        return opt
+
     lrs = [0.05, 0.05]
-    got = run(lightnets.load_backend("keras").optimizer(spec, "float64"))
+    got = run(lambda variables: lightnets.load_backend("keras").optimizer(spec, variables))
     assert rel_error(got, _reference_raw(spec, p0, grads[:2], lrs)[-1]) <= 1e-15
     if keras.backend.backend() == "tensorflow":
         keras.config.set_floatx("float64")
         try:
-            plain = run(keras.optimizers.SGD(learning_rate=0.05, momentum=0.9))
+            plain = run(plain_sgd)
         finally:
             keras.config.set_floatx("float32")
         assert rel_error(plain, _reference_raw(optim.SGD(0.05, _f32(0.9)), p0, grads[:2], lrs)[-1]) <= 1e-15
