@@ -23,6 +23,7 @@ from onnx import TensorProto, helper, numpy_helper
 from lightnets.artifacts import Artifact, Layer, in_batches, then_rescale
 from lightnets.errors import FileFormatError, LightnetsError, runtime_failure
 
+from . import onnx_int8
 from .base import unreadable
 
 # ops without weights that the light CNNs export to (torch.onnx, tf2onnx, paddle2onnx); anything else is refused
@@ -226,6 +227,11 @@ def read_artifact(path, session_of) -> Artifact:
         onnx.checker.check_model(model)
     except Exception as e:  # noqa: BLE001 -- protobuf/checker raise their own errors on bad bytes
         raise unreadable(path, ".onnx", e) from None
+    runs, qdq = model, None
+    if any(n.op_type in ("QuantizeLinear", "DequantizeLinear") or n.op_type.startswith(onnx_int8.QUANTIZED_OPS)
+           for n in model.graph.node):  # a QDQ int8 file: its float graph read, the file run
+        onnx_int8.check_int8(model, path.name)
+        qdq, model = model, onnx_int8.dequantized_view(model)
     f, g = _OnnxFile(model), model.graph
     unknown = [n for n in g.node if n.op_type not in WEIGHTLESS and n.op_type not in _CONV_LIKE
                and n.op_type != "DequantizeLinear"]
@@ -256,7 +262,7 @@ def read_artifact(path, session_of) -> Artifact:
     name, batch = inputs[0].name, dims[0]
     shown = "x".join(str(d or "?") for d in dims)
     try:
-        session = session_of(model.SerializeToString())
+        session = session_of(runs.SerializeToString())
     except Exception as e:  # noqa: BLE001 -- onnxruntime raises its own exception types
         raise runtime_failure(path, "onnxruntime", name, dims, e, "the file passes the onnx checker but ONNX Runtime "
                               "cannot load it; re-export it for the default ai.onnx domain at an opset ONNX Runtime "
@@ -265,8 +271,12 @@ def read_artifact(path, session_of) -> Artifact:
     def run_file(x):
         return in_batches(lambda xb: run_onnx(session, path, name, shown, xb, dtype), np.asarray(x), batch)
     quantized = "weights stored quantized (DequantizeLinear): dequantized on import" if f.dequantized else None
+    if qdq is not None:
+        quantized = ("QDQ int8 file (QuantizeLinear/DequantizeLinear): int8 weights dequantized on import (per-channel "
+                     "scales; int32 biases at input x weight scale), activations quantized per tensor in the file")
     return Artifact(str(path), "onnx", layers, layout, hw if None not in hw else None, rescaling, activation,
-                    quantized, (), run_file, batch=batch, outputs=len(g.output), producers=_producers(f, g, name))
+                    quantized, (), run_file, None if qdq is None else onnx_int8.input_range(qdq, name), batch=batch,
+                    outputs=len(g.output), producers=_producers(f, g, name))
 
 
 def _producers(f: _OnnxFile, g, image: str) -> dict:

@@ -60,6 +60,55 @@ class _Quantized(NamedTuple):
     dtype: type
 
 
+# the int8 ops a lightnets graph converts to (and the TFLite importer reads); another op with integer outputs is refused
+KNOWN_OPS = frozenset("""CONV_2D DEPTHWISE_CONV_2D FULLY_CONNECTED ADD MUL SUB DIV RELU RELU6 RELU_N1_TO_1 HARD_SWISH
+    LOGISTIC TANH MEAN SUM AVERAGE_POOL_2D MAX_POOL_2D RESHAPE SQUEEZE EXPAND_DIMS TRANSPOSE CONCATENATION SPLIT
+    SPLIT_V STRIDED_SLICE SLICE GATHER PACK UNPACK SHAPE SOFTMAX QUANTIZE DEQUANTIZE CAST MINIMUM MAXIMUM PAD
+    PADV2""".split())
+
+
+def check_int8(it, where: str = "the TFLite file") -> None:
+    """LightnetsError naming the tensor and op of the first input the int8 locator cannot take: integer activations
+    other than int8/uint8 (the converter's 16x8 mode: per-tensor int16), float16 weights (a float16-quantized file),
+    or an op it does not know with integer outputs; and a file with no int8 tensor at all."""
+    details = {t["index"]: t for t in it.get_tensor_details()}
+    ops = it._get_ops_details()
+    quantized = False
+    for op in ops:
+        for index in op["outputs"]:
+            t = details[index]
+            dtype = np.dtype(t["dtype"])
+            if dtype.kind in "iu" and dtype.itemsize > 1 and t["quantization"][0]:
+                raise LightnetsError(f"{where}: tensor {t['name']!r} (output of {op['op_name']}) holds {dtype.name} "
+                                     "activations (the converter's 16x8 mode); the int8 locator reads int8/uint8 "
+                                     "activations: convert with TFLITE_BUILTINS_INT8 (lightnets.export(..., "
+                                     "quantize='int8'))")
+            if dtype.kind in "iu" and t["quantization"][0]:
+                quantized = True
+                if op["op_name"] not in KNOWN_OPS and op["op_name"] != "DELEGATE":  # (a delegate runs known ops)
+                    raise LightnetsError(f"{where}: quantized op {op['op_name']} (output tensor {t['name']!r}) is not "
+                                         "one a lightnets graph converts to; the int8 locator maps the ops of "
+                                         f"{', '.join(sorted(KNOWN_OPS)[:6])}, ... onto graph nodes")
+        for index in op["inputs"]:
+            t = details.get(index)
+            if t is not None and np.dtype(t["dtype"]) == np.float16:
+                raise LightnetsError(f"{where}: weight {t['name']!r} (read by {op['op_name']}) is float16: a "
+                                     "float16-quantized file, not an int8 one; export it with quantize='int8' "
+                                     "(full-integer)")
+    if not quantized:
+        raise LightnetsError(f"{where} has no int8 tensor: not an int8 model; the locator compares int8 tensors with "
+                             "the float64 reference: export one with lightnets.export(..., quantize='int8')")
+
+
+def is_int8(flat_buffer: bytes) -> bool:
+    """Whether a flat buffer holds quantized integer op outputs (an int8 model)."""
+    cls, _ = interpreter_class()
+    it = cls(model_content=bytes(flat_buffer))
+    details = {t["index"]: t for t in it.get_tensor_details()}
+    return any(np.dtype(details[i]["dtype"]).kind in "iu" and details[i]["quantization"][0]
+               for op in it._get_ops_details() for i in op["outputs"])
+
+
 def _quantized_outputs(it, graph: Graph) -> list[_Quantized]:
     """The quantized op outputs of interpreter ``it`` that hold a graph node's output (``input``: the input's
     quantize op), in op order; a later op's tensor replaces an earlier one's for the same node."""
@@ -106,6 +155,7 @@ def node_tensors(flat_buffer: bytes, graph: Graph, x_nchw: np.ndarray) -> dict[s
     if inp["dtype"] != np.float32:
         raise LightnetsError(f"the int8 locator feeds float32 images; this file takes {np.dtype(inp['dtype']).name} "
                              "input (export it with float32 input/output, as lightnets.export(..., quantize='int8'))")
+    check_int8(it)
     it.set_tensor(inp["index"], x)
     it.invoke()
     out: dict[str, QuantTensor] = {}

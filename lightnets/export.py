@@ -30,6 +30,13 @@ provenance card, so they go in the ``<file>.lightnets.json`` sidecar that ``ligh
 native files (``lightnets info model.tflite`` reads it); the file and the sidecar are written atomically
 together.
 
+``to="onnx", quantize="int8"`` writes a QDQ int8 ONNX file: the float ONNX export, batch norms folded, quantized by
+``onnxruntime.quantization.quantize_static`` (QuantFormat.QDQ, per-channel symmetric int8 weights, per-tensor int8
+activations; ``lightnets.backends.onnx_int8``) on the SAME calibration images as the TFLite int8 export of the same
+source and ``calibration`` (:func:`calibration_images`), static height/width, dynamic batch. The check is the top-1
+agreement as for TFLite, in ONNX Runtime; the card (in the sidecar, as for TFLite) records the calibration and
+ranges the same way (``int8``).
+
 This module imports no framework: ``onnx`` / ``tensorflow`` are imported when an export runs.
 """
 
@@ -54,7 +61,7 @@ TARGETS = {"onnx": ".onnx", "tflite": ".tflite"}  # export target -> suffix
 # the probe's bound: parity's float32 whole-network bound (parity/tolerances.py MODEL_REL); a float64 ONNX
 # graph runs its convs in float32 in onnxruntime (no double Conv kernel), so the same bound applies
 PROBE_REL = 1e-4
-QUANTIZE = ("int8",)  # TFLite post-training quantization schemes
+QUANTIZE = ("int8",)  # post-training quantization schemes (TFLite full-integer, ONNX QDQ)
 # int8: the default representative dataset and the top-1 agreement set (N(0, 1) NCHW images, as parity's inputs)
 CALIBRATION_IMAGES, CALIBRATION_SEED = 32, 1
 AGREEMENT_IMAGES, AGREEMENT_SEED = 64, 2
@@ -196,34 +203,130 @@ def to_tflite(source, quantize: str | None = None, calibration=None, dynamic_hw:
     model = TL.TFLiteModel(graph, "float32", static_hw=dynamic_hw is False)
     TL.BACKEND.set_weights(model, weights)
     if quantize == "int8":
-        if calibration is None or isinstance(calibration, int):  # a count of seeded images
-            calibration = seeded_images(graph, calibration or CALIBRATION_IMAGES, CALIBRATION_SEED)
-        elif isinstance(calibration, (str, os.PathLike)):
-            calibration = folder_images(calibration, graph)
-        model = TL.quantize_int8(model, np.asarray(calibration))
+        model = TL.quantize_int8(model, calibration_images(graph, calibration))
     return model, graph, weights
 
 
+def calibration_images(graph: Graph, calibration=None) -> np.ndarray:
+    """The NCHW images an int8 export (TFLite or QDQ ONNX) calibrates on: ``calibration`` as given (NCHW images), a
+    count of seeded N(0, 1) images (None: :data:`CALIBRATION_IMAGES`, seed :data:`CALIBRATION_SEED`) or a folder of
+    image files (:func:`folder_images`)."""
+    if calibration is None or isinstance(calibration, int):  # a count of seeded images
+        return seeded_images(graph, calibration or CALIBRATION_IMAGES, CALIBRATION_SEED)
+    if isinstance(calibration, (str, os.PathLike)):
+        return folder_images(calibration, graph)
+    return np.asarray(calibration)
+
+
+def calibration_record(calibration, images: int) -> str:
+    """How an int8 export was calibrated (the check's report and the card's ``int8.calibration``)."""
+    if isinstance(calibration, (str, os.PathLike)):
+        return (f"{images} images of the folder {Path(calibration).resolve()} (a seeded sample, seed "
+                f"{CALIBRATION_SEED}, of at most {CALIBRATION_IMAGES}; resized, center-cropped, normalised as the "
+                "card's preprocessing or ImageNet's)")
+    if calibration is None or isinstance(calibration, int):
+        return f"{images} N(0, 1) NCHW images, seed {CALIBRATION_SEED}"
+    return f"{images} images (the caller's)"
+
+
+def int8_card(card: dict, calibration, images: int, ranges: dict) -> dict:
+    """``card`` with its ``int8`` record: how to reproduce the calibration and the float range it gave every quantized
+    node output."""
+    seeded = calibration is None or isinstance(calibration, (int, str, os.PathLike))  # seeded images or sample
+    return {**card, "int8": {"calibration": calibration_record(calibration, images), "calibration_images": images,
+                             "calibration_seed": CALIBRATION_SEED if seeded else None, "ranges": ranges}}
+
+
+def onnx_int8_module():
+    """``lightnets.backends.onnx_int8`` (needs onnx and onnxruntime: its quantizer calibrates in ONNX Runtime)."""
+    if importlib.util.find_spec("onnxruntime") is None:
+        raise BackendNotInstalledError("QDQ int8 ONNX export needs onnxruntime (onnxruntime.quantization calibrates in "
+                                       "it), which is not installed; run: pip install 'lightnets[onnx]'")
+    onnx_module()
+    return importlib.import_module("lightnets.backends.onnx_int8")
+
+
+def to_onnx_int8(source, calibration=None, input_size: int | None = None, seed: int = 0):
+    """The QDQ int8 ONNX model of ``source`` (``lightnets.backends.onnx_int8.QDQModel``: quantized by
+    ``onnxruntime.quantization.quantize_static`` on first use), its graph and canonical weights (nothing written);
+    ``calibration`` as :func:`to_tflite`'s, so both int8 exports of one source see the same images."""
+    OI = onnx_int8_module()  # noqa: N806
+    graph, weights = source_graph_and_weights(source, input_size, seed, "float32")
+    model = OI.QDQModel(graph, calibration_images(graph, calibration))
+    onnx_module().BACKEND.set_weights(model, weights)
+    return model, graph, weights
+
+
+def _runtime_of(model):
+    """The backend that runs ``model`` (a TFLiteModel, or an onnxruntime model: a QDQModel)."""
+    return onnx_module().BACKEND if type(model).__module__.startswith("lightnets.backends.onnx") else \
+        tflite_module().BACKEND
+
+
 def top1_agreement(model, graph: Graph, weights, images: np.ndarray, chunk: int = 8) -> tuple[int, int]:
-    """``(agreeing, total)``: images whose top-1 class in ``model`` (a TFLiteModel) is the float64 reference's."""
+    """``(agreeing, total)``: images whose top-1 class in ``model`` (a TFLiteModel or QDQModel) is the float64
+    reference's."""
     from .reference import run
 
-    TL = tflite_module()  # noqa: N806
+    be = _runtime_of(model)
     agree = 0
     for i in range(0, len(images), chunk):
         x = images[i: i + chunk]
-        agree += int(np.sum(TL.BACKEND.run(model, x).argmax(1) == run(graph, weights, x).argmax(1)))
+        agree += int(np.sum(be.run(model, x).argmax(1) == run(graph, weights, x).argmax(1)))
     return agree, len(images)
 
 
 def feature_rel_error(model, graph: Graph, weights, images: np.ndarray, chunk: int = 8) -> float:
-    """The largest relative error of any feature map of the backbone ``model`` (a TFLiteModel) against the float64
-    reference on ``images`` (an int8 backbone has no classes to agree on)."""
+    """The largest relative error of any feature map of the backbone ``model`` (a TFLiteModel or QDQModel) against
+    the float64 reference on ``images`` (an int8 backbone has no classes to agree on)."""
     from .reference import run
 
-    TL = tflite_module()  # noqa: N806
-    return max(outputs_rel_error(TL.BACKEND.run(model, images[i: i + chunk]), run(graph, weights, images[i: i + chunk]))
+    be = _runtime_of(model)
+    return max(outputs_rel_error(be.run(model, images[i: i + chunk]), run(graph, weights, images[i: i + chunk]))
                for i in range(0, len(images), chunk))
+
+
+def _int8_check(model, graph: Graph, weights, report: dict) -> str:
+    """The int8 export's check (top-1 agreement, or a backbone's largest feature-map error) into ``report``; the
+    card note's sentence."""
+    images = seeded_images(graph, AGREEMENT_IMAGES, AGREEMENT_SEED)
+    if graph.multi_output:
+        rel = feature_rel_error(model, graph, weights, images)
+        report.update(feature_rel_error=rel, images=len(images), agreement_seed=AGREEMENT_SEED)
+        return (f"; {len(graph.output_names)} feature maps: largest rel error against the float64 reference "
+                f"{rel:.1%} on {len(images)} N(0, 1) images, seed {AGREEMENT_SEED}")
+    agree, n = top1_agreement(model, graph, weights, images)
+    report.update(top1_agreement=agree / n, agreeing=agree, images=n, agreement_seed=AGREEMENT_SEED)
+    return (f"; top-1 agreement with the float64 reference {agree}/{n} = {agree / n:.1%} on N(0, 1) images, seed "
+            f"{AGREEMENT_SEED}")
+
+
+def export_onnx_int8(source, path, overwrite: bool = False, calibration=None, input_size: int | None = None,
+                     seed: int = 0, check: bool = True) -> TFLiteExport:
+    """Write ``source`` as a QDQ int8 ``.onnx`` file (:func:`to_onnx_int8`; static height/width, dynamic batch) with
+    its graph and card in the ``<path>.lightnets.json`` sidecar, the card recording the calibration as the int8
+    TFLite card does; returns the path and the check's report (top-1 agreement in ONNX Runtime, as it runs the file:
+    its fused integer kernels)."""
+    from . import formats
+
+    path = formats.check_writable(path, overwrite)
+    model, graph, weights = to_onnx_int8(source, calibration, input_size, seed)
+    OI = onnx_int8_module()  # noqa: N806
+    model_bytes = model.model_bytes()  # quantizes: a quantizer failure leaves nothing written
+    report = {"quantize": "int8", "format": "QDQ", "input": f"NCHW float32 (N, 3, {graph.input_shape[1]}, "
+              f"{graph.input_shape[2]})", **OI.versions(),
+              "calibration": calibration_record(calibration, len(model.calibration))}
+    note = (f"QDQ int8 ONNX (onnxruntime.quantization.quantize_static, QuantFormat.QDQ, per-channel symmetric int8 "
+            f"weights, per-tensor int8 activations, min/max calibration; batch norms folded first); calibration: "
+            f"{report['calibration']}")
+    if check:
+        note += _int8_check(model, graph, weights, report)
+    card = PV.card_of(graph) or PV.dict_card(graph)
+    card = int8_card({**card, "notes": [*card.get("notes", []), note]}, calibration, len(model.calibration),
+                     OI.graph_ranges(model_bytes, graph))
+    model.graph = PV.with_card(graph, card)
+    formats.save_weights(model, path, format="onnx", overwrite=overwrite)
+    return TFLiteExport(Path(path), report)
 
 
 class TFLiteExport(NamedTuple):
@@ -247,27 +350,11 @@ def export_tflite(source, path, overwrite: bool = False, quantize: str | None = 
     dims = [name if d == -1 else str(d) for name, d in zip("NHWC", runner.signature, strict=True)]
     report = {"quantize": quantize or "none", "input": f"NHWC float32 ({', '.join(dims)})", **TL.versions()}
     if quantize == "int8":
-        if isinstance(calibration, (str, os.PathLike)):
-            report["calibration"] = (f"{len(model.calibration)} images of the folder {Path(calibration).resolve()} "
-                                     f"(a seeded sample, seed {CALIBRATION_SEED}, of at most {CALIBRATION_IMAGES}; "
-                                     "resized, center-cropped, normalised as the card's preprocessing or ImageNet's)")
-        elif calibration is None or isinstance(calibration, int):
-            report["calibration"] = f"{len(model.calibration)} N(0, 1) NCHW images, seed {CALIBRATION_SEED}"
-        else:
-            report["calibration"] = f"{len(model.calibration)} images (the caller's)"
+        report["calibration"] = calibration_record(calibration, len(model.calibration))
         note = (f"TFLite int8 post-training full-integer quantization (int8 weights/activations, float32 "
                 f"input/output); representative dataset: {report['calibration']}")
-        if check and graph.multi_output:
-            images = seeded_images(graph, AGREEMENT_IMAGES, AGREEMENT_SEED)
-            rel = feature_rel_error(model, graph, weights, images)
-            report.update(feature_rel_error=rel, images=len(images), agreement_seed=AGREEMENT_SEED)
-            note += (f"; {len(graph.output_names)} feature maps: largest rel error against the float64 reference "
-                     f"{rel:.1%} on {len(images)} N(0, 1) images, seed {AGREEMENT_SEED}")
-        elif check:
-            agree, n = top1_agreement(model, graph, weights, seeded_images(graph, AGREEMENT_IMAGES, AGREEMENT_SEED))
-            report.update(top1_agreement=agree / n, agreeing=agree, images=n, agreement_seed=AGREEMENT_SEED)
-            note += (f"; top-1 agreement with the float64 reference {agree}/{n} = {agree / n:.1%} on N(0, 1) "
-                     f"images, seed {AGREEMENT_SEED}")
+        if check:
+            note += _int8_check(model, graph, weights, report)
     else:
         note = "TFLite float32 export (tf.lite.TFLiteConverter.from_keras_model)"
         if check:
@@ -285,9 +372,7 @@ def export_tflite(source, path, overwrite: bool = False, quantize: str | None = 
     card = {**card, "notes": [*card.get("notes", []), note]}
     if quantize == "int8":  # how to reproduce the calibration, and the ranges it gave every quantized node output
         ranges = importlib.import_module("lightnets.backends.tflite_int8").graph_ranges(model.flat_buffer(), graph)
-        seeded = calibration is None or isinstance(calibration, (int, str, os.PathLike))  # seeded images or sample
-        card["int8"] = {"calibration": report["calibration"], "calibration_images": len(model.calibration),
-                        "calibration_seed": CALIBRATION_SEED if seeded else None, "ranges": ranges}
+        card = int8_card(card, calibration, len(model.calibration), ranges)
     model.graph = PV.with_card(graph, card)
     formats.save_weights(model, path, format="tflite", overwrite=overwrite)
     return TFLiteExport(Path(path), report)
@@ -303,8 +388,9 @@ def export(source, to: str = "onnx", path=None, overwrite: bool = False, dtype: 
     kernels); TFLite is float32 only. ``dynamic_hw``: symbolic height/width (default: unless the graph is
     fixed to its size; the batch is always dynamic). ``input_size``: the graph's build size (static dims and
     doc). ``check``: probe the export (onnxruntime when installed / the LiteRT interpreter) against the float64
-    reference before writing; int8 TFLite: measure its top-1 agreement instead. ``quantize="int8"`` and
-    ``calibration`` (TFLite only): see the module doc; :func:`export_tflite` also returns the check's report.
+    reference before writing; int8: measure its top-1 agreement instead. ``quantize="int8"`` and
+    ``calibration``: see the module doc (TFLite: full-integer; ONNX: QDQ); :func:`export_tflite` and
+    :func:`export_onnx_int8` also return the check's report.
     """
     from .formats import check_writable
 
@@ -312,8 +398,15 @@ def export(source, to: str = "onnx", path=None, overwrite: bool = False, dtype: 
         raise LightnetsError(f"unknown export target {to!r}; choose one of {', '.join(TARGETS)}")
     if path is None:
         raise LightnetsError(f"export needs path=, the {TARGETS[to]} file to write")
-    if to != "tflite" and (quantize is not None or calibration is not None):
-        raise LightnetsError(f"quantize= and calibration= are TFLite options; use to='tflite' (got to={to!r})")
+    if quantize is not None and quantize not in QUANTIZE:
+        raise LightnetsError(f"quantize={quantize!r} is not supported; use None (float) or one of {QUANTIZE}")
+    if calibration is not None and quantize is None:
+        raise LightnetsError("calibration= calibrates an int8 export; add quantize='int8'")
+    if to == "onnx" and quantize == "int8":
+        if dtype != "float32" or dynamic_hw:
+            raise LightnetsError("a QDQ int8 ONNX export takes float32 images at its build size: drop dtype= / "
+                                 "dynamic_hw=True (the batch stays dynamic)")
+        return export_onnx_int8(source, path, overwrite, calibration, input_size, seed, check).path
     if to == "tflite":
         if dtype != "float32":
             raise LightnetsError(f"TFLite export is float32 (the LiteRT interpreter has no float64 kernels), not "

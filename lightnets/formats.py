@@ -147,8 +147,10 @@ def _read_artifact(path: Path, fmt: str, graph_for, dtype: str):
 
 
 def _read_onnx(path: Path, fmt: str, graph_for, dtype: str):
-    """A lightnets .onnx file (its graph known) holds canonical initializers; any other is imported."""
-    return (_read_native if graph_for.fixed is not None else _read_artifact)(path, fmt, graph_for, dtype)
+    """A lightnets .onnx file (its graph known) holds canonical initializers; any other, and a lightnets QDQ int8 file
+    (its card records ``int8``: quantized initializers), is imported (dequantized) onto the graph."""
+    native = graph_for.fixed is not None and not (PV.card_of(graph_for.fixed) or {}).get("int8")
+    return (_read_native if native else _read_artifact)(path, fmt, graph_for, dtype)
 
 
 def _write_native(tmp: str, fmt: str, saving: _Saving) -> None:

@@ -206,3 +206,35 @@ def plot(report: dict, path, title: str) -> None:
         fig.savefig(tmp, format="png", dpi=110)
     atomic_write(path, write)
     plt.close(fig)
+
+
+class RuntimeRow(NamedTuple):
+    """One node quantized by two int8 runtimes (a, b) on the same input: how far apart their dequantized tensors are
+    in quantization steps of a's tensor, the scale ratio b / a, both zero points, and each runtime's local error."""
+
+    node: str
+    op: str
+    steps_max: float
+    steps_mean: float
+    differing: float  # share of values that are not the same quantization level
+    scale_ratio: float
+    zero_points: tuple[int, int]
+    local_a: float
+    local_b: float
+
+
+def runtime_parity(graph: Graph, a: Mapping[str, Any], b: Mapping[str, Any], rows_a: list[NodeError],
+                   rows_b: list[NodeError]) -> list[RuntimeRow]:
+    """Node by node, in graph order, the nodes both int8 runtimes quantize (``a``/``b``: ``{node: tensor}`` as
+    :func:`compare` takes them, on the same input; ``rows_a``/``rows_b``: their :func:`compare` rows)."""
+    local_a, local_b = ({r.node: r.local_steps for r in rows} for rows in (rows_a, rows_b))
+    out = []
+    for name in [INPUT, *(n.name for n in graph.nodes)]:
+        if name not in a or name not in b or a[name].values.shape != b[name].values.shape:
+            continue
+        ta, tb = a[name], b[name]
+        d = np.round(np.abs(ta.values - tb.values) / ta.scale, 6)  # (float32 dequantization: 1e-7 of a step)
+        out.append(RuntimeRow(name, "input" if name == INPUT else graph.node(name).op, float(d.max()), float(d.mean()),
+                              float(np.mean(d > 0.5)), tb.scale / ta.scale, (ta.zero_point, tb.zero_point),
+                              local_a.get(name, float("nan")), local_b.get(name, float("nan"))))
+    return out
