@@ -137,7 +137,26 @@ def _custom_layers():
             return {**super().get_config(), "kernel": list(self.kernel), "stride": list(self.stride),
                     "pads": None if self.pads is None else list(self.pads)}
 
-    classes = (Pad2D, Subsample2D, SliceChannels, ChannelShuffle, AvgPool2DExcludePad)
+    @register
+    class ResizeNearest(keras.layers.Layer):
+        """``x`` at ``like``'s height and width (NHWC), nearest: rows/columns floor(i * in / out) gathered by
+        integer index (lightnets.ops.nearest_index); the sizes may be dynamic (keras' and TF's resize use
+        half-pixel centres or a float scale, which differ)."""
+
+        def call(self, inputs):
+            x, like = inputs
+
+            def index(size_in, size_out):
+                return ops.floor_divide(ops.arange(0, size_out, dtype="int32") * size_in, size_out)
+
+            xs, ls = ops.shape(x), ops.shape(like)
+            return ops.take(ops.take(x, index(xs[1], ls[1]), axis=1), index(xs[2], ls[2]), axis=2)
+
+        def compute_output_shape(self, shapes):
+            x_shape, like_shape = shapes
+            return (x_shape[0], like_shape[1], like_shape[2], x_shape[3])
+
+    classes = (Pad2D, Subsample2D, SliceChannels, ChannelShuffle, AvgPool2DExcludePad, ResizeNearest)
     _LAYERS = {c.__name__: c for c in classes}
     return _LAYERS
 
@@ -269,6 +288,7 @@ _LAYER = {
     "concat": lambda k, a, **kw: k.layers.Concatenate(axis=-1, **kw),
     "slice_channels": _custom("SliceChannels", "start", "stop"),
     "channel_shuffle": _custom("ChannelShuffle", "groups"),
+    "resize_nearest": _custom("ResizeNearest"),
     "global_avg_pool": lambda k, a, **kw: k.layers.GlobalAveragePooling2D(keepdims=True, **kw),
     "flatten": lambda k, a, **kw: k.layers.Flatten(**kw),  # only on (N, 1, 1, C): no order issue
     "linear": lambda k, a, **kw: k.layers.Dense(a["out_features"], use_bias=a["bias"], kernel_initializer=_INIT,

@@ -16,8 +16,9 @@ Lowering (float32): conv2d -> Conv (pads [top, left, bottom, right], group, dila
 BatchNormalization (eval); relu -> Relu; relu6 -> Clip(0, 6); hardsigmoid -> Div(Clip(Add(x, 3), 0, 6), 6)
 written out (``HardSigmoid``'s alpha is a float32 attribute: 1/6 -> 0.16666667163, so it is not exactly
 relu6(x + 3) / 6); hardswish -> x * that; sigmoid -> Sigmoid; swish -> Mul(x, Sigmoid(x)); add/mul -> Add/Mul
-(numpy broadcast); concat -> Concat(axis 1); slice_channels -> Slice; channel_shuffle -> Reshape(x, [0, g,
-C/g, -1]) -> Transpose(0, 2, 1, 3) -> Reshape(., Shape(x)) (batch, height and width stay dynamic);
+(numpy broadcast); concat -> Concat(axis 1); resize_nearest -> Gather of rows then columns at int64
+floor(i * in / out) from Shape(x), Shape(like) (Range, Mul, Div); slice_channels -> Slice; channel_shuffle ->
+Reshape(x, [0, g, C/g, -1]) -> Transpose(0, 2, 1, 3) -> Reshape(., Shape(x)) (batch, height and width stay dynamic);
 max_pool2d -> MaxPool (pads are ignored elements: the IR's -inf); avg_pool2d -> AveragePool
 (count_include_pad); global_avg_pool -> GlobalAveragePool; flatten -> Flatten(axis 1); linear -> Gemm
 (transB=1, canonical (out, in) weight); dropout -> Identity.
@@ -204,6 +205,24 @@ def _channel_shuffle(em: _Emitter, node: Node, xs, hw):
     return em.add("Reshape", [swapped, em.add("Shape", [xs[0]], f"{n}/input_shape")], n)
 
 
+def _resize_nearest(em: _Emitter, node: Node, xs, hw):
+    """Gather rows then columns at floor(i * in / out), the sizes read from Shape(x) and Shape(like) (Resize's
+    float scale lands one index low at some size pairs); all int64, exact, any input size."""
+    n, x = node.name, xs[0]
+    shape_x = em.add("Shape", [x], f"{n}/x_shape")
+    shape_like = em.add("Shape", [xs[1]], f"{n}/like_shape")
+    zero, one = em.ints("const/int0", 0), em.ints("const/int1", 1)
+    for axis in (2, 3):
+        begin, end = em.ints(f"const/at{axis}", [axis]), em.ints(f"const/at{axis + 1}", [axis + 1])
+        size_in = em.add("Slice", [shape_x, begin, end], f"{n}/in{axis}")
+        size_out = em.add("Squeeze", [em.add("Slice", [shape_like, begin, end], f"{n}/out{axis}")],
+                          f"{n}/out{axis}_scalar")
+        steps = em.add("Range", [zero, size_out, one], f"{n}/range{axis}")
+        index = em.add("Div", [em.add("Mul", [steps, size_in], f"{n}/scaled{axis}"), size_out], f"{n}/index{axis}")
+        x = em.add("Gather", [x, index], n if axis == 3 else f"{n}/rows", axis=axis)
+    return x
+
+
 def _max_pool(em: _Emitter, node: Node, xs, hw):
     return em.add("MaxPool", [xs[0]], node.name, name=node.name + "/MaxPool", **_window(node), **em.pads(node, hw))
 
@@ -234,6 +253,7 @@ CONVERTERS = {
     "concat": lambda em, node, xs, hw: em.add("Concat", list(xs), node.name, axis=1),
     "slice_channels": _slice,
     "channel_shuffle": _channel_shuffle,
+    "resize_nearest": _resize_nearest,
     "max_pool2d": _max_pool,
     "avg_pool2d": _avg_pool,
     "global_avg_pool": _global_avg_pool,

@@ -150,6 +150,17 @@ def _avg_pool2d(a, in_shapes):
     return _Fn(_exact_in_float64(native, _avg_pool2d_float64(a)))
 
 
+def _resize_nearest(x, like):
+    """``x`` at ``like``'s height and width: rows/columns floor(i * in / out) gathered by index (F.interpolate's
+    float32 scale lands one index low at some size pairs, as torch's)."""
+    (h, w), (ho, wo) = x.shape[2:], like.shape[2:]
+    if (h, w) == (ho, wo):
+        return x
+    rows = paddle.to_tensor(ops.nearest_index(h, ho), dtype="int64")
+    cols = paddle.to_tensor(ops.nearest_index(w, wo), dtype="int64")
+    return paddle.index_select(paddle.index_select(x, rows, axis=2), cols, axis=3)
+
+
 def _linear(a, in_shapes):
     return nn.Linear(in_shapes[0][0], a["out_features"], bias_attr=None if a["bias"] else False)
 
@@ -163,6 +174,7 @@ CONVERTERS = {
     "concat": lambda a, s: _Fn(lambda *xs: paddle.concat(list(xs), axis=1)),
     "slice_channels": lambda a, s: _Fn(lambda x: x[:, a["start"]: a["stop"]]),
     "channel_shuffle": lambda a, s: _Fn(lambda x: F.channel_shuffle(x, a["groups"])),
+    "resize_nearest": lambda a, s: _Fn(_resize_nearest),
     "max_pool2d": _max_pool2d,
     "avg_pool2d": _avg_pool2d,
     "global_avg_pool": lambda a, s: _Fn(lambda x: x.mean(axis=[2, 3], keepdim=True)),

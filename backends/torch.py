@@ -125,6 +125,20 @@ class ChannelShuffle(nn.Module):
         return f"groups={self.groups}"
 
 
+def _nearest_index(size_in: int, size_out: int, device) -> torch.Tensor:
+    """floor(i * in / out) in integers (lightnets.ops.nearest_index): F.interpolate's float32 scale lands one
+    index low at some size pairs (6 -> 74)."""
+    return torch.div(torch.arange(size_out, device=device) * size_in, size_out, rounding_mode="floor")
+
+
+def resize_nearest(x: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
+    """``x`` at ``like``'s height and width, nearest (rows and columns gathered by index)."""
+    (h, w), (ho, wo) = x.shape[2:], like.shape[2:]
+    if (h, w) == (ho, wo):
+        return x
+    return x.index_select(2, _nearest_index(h, ho, x.device)).index_select(3, _nearest_index(w, wo, x.device))
+
+
 # --- converters: (node, input shapes) -> module or plain callable of the node's inputs -----------
 def _symmetric(a, pool: bool = False) -> tuple[int, int] | None:
     """(pad_h, pad_w) if torch's symmetric padding expresses the node's pads at every input size
@@ -171,7 +185,7 @@ _INPLACE: dict[str, Callable] = {
 
 # ops whose torch lowering may return a view of (or the very tensor of) their input; channel_shuffle's
 # reshape is a view when groups == 1 or groups == channels
-_ALIASING = ("slice_channels", "flatten", "dropout", "channel_shuffle")
+_ALIASING = ("slice_channels", "flatten", "dropout", "channel_shuffle", "resize_nearest")
 
 
 def _pool(kind: str):
@@ -205,6 +219,7 @@ CONVERTERS: dict[str, Callable[[Node, list], Callable]] = {
     "concat": lambda node, shapes: lambda *xs: torch.cat(xs, 1),
     "slice_channels": _slice,
     "channel_shuffle": lambda node, shapes: ChannelShuffle(node.attrs["groups"]),
+    "resize_nearest": lambda node, shapes: resize_nearest,
     "max_pool2d": _pool("max"),
     "avg_pool2d": _pool("avg"),
     "global_avg_pool": lambda node, shapes: nn.AdaptiveAvgPool2d(1),

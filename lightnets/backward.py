@@ -206,6 +206,13 @@ def _node_backward(node, xs, dy, cache: Cache):
         return [dx], {}
     if op == "channel_shuffle":  # the inverse permutation: shuffling with C/g groups
         return [channel_shuffle(dy, x.shape[1] // a["groups"])], {}
+    if op == "resize_nearest":  # each input pixel gets the sum of the outputs that copied it; like: only a size
+        rows, cols = ops.nearest_index(x.shape[2], dy.shape[2]), ops.nearest_index(x.shape[3], dy.shape[3])
+        dx = np.zeros(x.shape[:2] + (x.shape[2], dy.shape[3]))
+        np.add.at(dx, (slice(None), slice(None), rows), dy)
+        dxx = np.zeros(x.shape)
+        np.add.at(dxx, (slice(None), slice(None), slice(None), cols), dx)
+        return [dxx, np.zeros_like(xs[1])], {}
     if op == "max_pool2d":
         return [_max_pool_backward(x, a, dy)], {}
     if op == "avg_pool2d":
@@ -229,7 +236,7 @@ def _shift_passes(node, shapes) -> bool:
     per-channel constant: ops that commute with such shifts (a conv only where no window sees a pad)."""
     op, a = node.op, node.attrs
     if op in ("add", "concat", "slice_channels", "channel_shuffle", "dropout", "global_avg_pool", "flatten",
-              "max_pool2d"):  # max(x + c) = max(x) + c, pads are -inf
+              "max_pool2d", "resize_nearest"):  # max(x + c) = max(x) + c, pads are -inf; resize copies x (like: size)
         return True
     if op == "conv2d":
         return not any(ops.effective_pads(a, shapes[node.inputs[0]][1:]))

@@ -28,7 +28,7 @@ def _family_points(graph: Graph) -> tuple[FeaturePoint, ...]:
     family = graph.meta.get("family")
     for module in FAMILIES:
         if module.FAMILY == family:
-            return tuple(module.features(graph.meta))
+            return tuple(module.features(graph.meta) if hasattr(module, "features") else module.FEATURES)
     raise SpecError(f"graph {graph.name!r} has no feature maps: its meta names no lightnets family "
                     f"(family={family!r}); build features from a model id (lightnets.list_models()) or a graph "
                     "an arch builder made")
@@ -39,6 +39,9 @@ def reductions(graph: Graph) -> dict[str, int | tuple[int, int] | None]:
     conv/pool nodes on the way (the max over branches); None after a global pool / flatten."""
     red: dict[str, tuple[int, int] | None] = {INPUT: (1, 1)}
     for n in graph.nodes:
+        if n.op == "resize_nearest":  # at its second input's size, whatever strides made the first
+            red[n.name] = red[n.inputs[1]]
+            continue
         ins = [red[i] for i in n.inputs if red[i] is not None]  # an SE gate (pooled) scales a map: skip it
         if not ins or n.op in ("global_avg_pool", "flatten", "linear"):
             red[n.name] = None

@@ -18,6 +18,11 @@ Padding of conv2d / max_pool2d / avg_pool2d: ``padding="explicit"`` uses the 4-s
 input size and are resolved by shape inference for the actual input (:func:`effective_pads`).
 Max pooling pads with -inf; average pooling either counts pads (``count_include_pad``) or not.
 
+``resize_nearest(x, like)``: ``x`` at ``like``'s spatial size, output row ``i`` = input row
+``floor(i * H_in / H_out)`` in exact integer arithmetic (likewise columns); ``like`` gives only its size, so
+the graph stays size-independent (an odd map: 7x7 -> 2x2 average pool, stride 2 -> 3x3 -> back to 7x7
+reads rows 0, 0, 0, 1, 1, 2, 2).
+
 BatchNorm (eval): ``y = (x - mean) / sqrt(var + eps) * gamma + beta``; in training the running
 statistics follow the torch convention ``new = (1 - momentum) * old + momentum * batch`` with the
 unbiased batch variance.
@@ -218,6 +223,21 @@ def _shuffle_infer(a, shapes):
     return shapes[0]
 
 
+def _resize_infer(a, shapes):
+    x, like = shapes
+    c = _need_map("resize_nearest", x)[0]
+    _need_map("resize_nearest", like)
+    return (c, *like[1:])
+
+
+def nearest_index(size_in: int, size_out: int) -> list[int]:
+    """Source index of each output position of ``resize_nearest`` along one axis: ``floor(i * in / out)`` in
+    exact integer arithmetic (torch ``F.interpolate(mode="nearest")``'s rule; torch and paddle compute it with a
+    float32 scale, which lands one index low at some size pairs, e.g. 6 -> 74, 26 -> 22 - never at
+    out = 2 * in or 2 * in + 1)."""
+    return [i * size_in // size_out for i in range(size_out)]
+
+
 def _bn_infer(a, shapes):
     return _need_map("batch_norm", shapes[0])  # BatchNorm2d: every backend and the reference normalise (N, C, H, W)
 
@@ -283,6 +303,9 @@ OPS: dict[str, OpSchema] = {
         OpSchema("concat", {}, None, _concat_infer),
         OpSchema("slice_channels", {"start": Attr("int", R), "stop": Attr("int", R)}, 1, _slice_infer),
         OpSchema("channel_shuffle", {"groups": Attr("int", R, _positive)}, 1, _shuffle_infer),
+        # resize_nearest(x, like): x resized to like's height and width (nearest, :func:`nearest_index`); like's
+        # values are not read (GhostNetV2's DFC attention: a gate computed at half size, back to the map's size)
+        OpSchema("resize_nearest", {}, 2, _resize_infer),
         OpSchema("max_pool2d", dict(WINDOW), 1, _pool_infer("max_pool2d")),
         OpSchema("avg_pool2d", {**WINDOW, "count_include_pad": Attr("bool", R)}, 1,
                  _pool_infer("avg_pool2d")),

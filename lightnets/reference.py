@@ -74,6 +74,12 @@ def channel_shuffle(x, groups):
     return x.reshape(n, groups, c // groups, h, w).transpose(0, 2, 1, 3, 4).reshape(n, c, h, w)
 
 
+def resize_nearest(x, size):
+    """``x`` at ``size`` = (H, W), nearest: rows/columns ``floor(i * in / out)`` (:func:`ops.nearest_index`)."""
+    rows, cols = ops.nearest_index(x.shape[2], size[0]), ops.nearest_index(x.shape[3], size[1])
+    return x[:, :, rows][:, :, :, cols]
+
+
 def max_pool2d(x, a, out_shape):
     xp = pad_hw(x, ops.effective_pads(a, x.shape[2:]), -np.inf)
     _, ho, wo = out_shape
@@ -113,6 +119,8 @@ def run_node(node: Node, inputs: list[np.ndarray], weights: dict[str, np.ndarray
         return x[:, a["start"]: a["stop"]]
     if op == "channel_shuffle":
         return channel_shuffle(x, a["groups"])
+    if op == "resize_nearest":
+        return resize_nearest(x, inputs[1].shape[2:])
     if op == "max_pool2d":
         return max_pool2d(x, a, out_shape)
     if op == "avg_pool2d":

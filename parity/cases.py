@@ -53,6 +53,19 @@ def _spatial_flat(g):
     return [g.add("flat", "flatten", g.add("conv", "conv2d", INPUT, out_channels=5, kernel=k, bias=True))]
 
 
+def _resize_back(kernel, stride=None):
+    """resize_nearest(pool(input), input): a map pooled, then back to the input's size (GhostNetV2's DFC gate)."""
+    def pre(g):
+        return [g.add("small", "avg_pool2d", INPUT, kernel=kernel, stride=stride or kernel, count_include_pad=False),
+                INPUT]
+    return pre
+
+
+def _resize_to_pooled(g):
+    """resize_nearest(input, pool(input)): down to a smaller map's size."""
+    return [INPUT, g.add("small", "max_pool2d", INPUT, kernel=3, stride=2)]
+
+
 def op_cases() -> list[Case]:
     """Every op of the vocabulary with its edge attributes (groups, depthwise, stride 2, odd sizes...)."""
     cases = [
@@ -78,6 +91,8 @@ def op_cases() -> list[Case]:
         _one("conv_depthwise_mult2", (3, 6, 6), "conv2d", out_channels=6, kernel=3, pads=1, groups=3),
         _one("conv_dilated", (3, 12, 12), "conv2d", out_channels=4, kernel=3, pads=2, dilation=2),
         _one("conv_rect_kernel", (3, 8, 9), "conv2d", out_channels=2, kernel=(1, 3), pads=(0, 0, 1, 1)),
+        _one("conv_depthwise_1x5", (4, 6, 7), "conv2d", out_channels=4, kernel=(1, 5), pads=(0, 0, 2, 2), groups=4),
+        _one("conv_depthwise_5x1", (4, 7, 6), "conv2d", out_channels=4, kernel=(5, 1), pads=(2, 2, 0, 0), groups=4),
         _one("batch_norm", (5, 4, 3), "batch_norm", eps=1e-5),
         _one("batch_norm_eps1e-3", (5, 4, 3), "batch_norm", eps=1e-3),
         *[_one(f"activation_{k}", (3, 5, 4), "activation", kind=k) for k in ops.ACTIVATIONS],
@@ -90,6 +105,13 @@ def op_cases() -> list[Case]:
         _one("channel_shuffle_g2", (6, 3, 3), "channel_shuffle", groups=2),
         _one("channel_shuffle_g3", (12, 3, 5), "channel_shuffle", groups=3),
         _one("channel_shuffle_batch1", (8, 2, 2), "channel_shuffle", batch=1, groups=4),
+        # resize_nearest: back up from a 2x2 / stride 2 pool at even, odd (7 -> 3 -> 7: rows 0,0,0,1,1,2,2) and
+        # mixed sizes; 6 -> 74 rows, where a float32 scale (torch/paddle F.interpolate) reads one row low; down
+        _one("resize_nearest_even", (3, 8, 6), "resize_nearest", pre=_resize_back(2)),
+        _one("resize_nearest_odd", (3, 7, 7), "resize_nearest", pre=_resize_back(2)),
+        _one("resize_nearest_odd_even", (2, 9, 6), "resize_nearest", batch=1, pre=_resize_back(2)),
+        _one("resize_nearest_6_to_74", (2, 74, 3), "resize_nearest", pre=_resize_back((14, 1), (12, 1))),
+        _one("resize_nearest_down", (3, 9, 8), "resize_nearest", pre=_resize_to_pooled),
         _one("max_pool_3x3_s2_p1", (3, 9, 9), "max_pool2d", kernel=3, stride=2, pads=1),
         _one("max_pool_3x3_s2_even", (3, 8, 8), "max_pool2d", kernel=3, stride=2, pads=(0, 1, 0, 1)),
         _one("max_pool_2x2", (3, 6, 7), "max_pool2d", kernel=2, stride=2),

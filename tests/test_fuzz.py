@@ -1,11 +1,12 @@
 """Property tests over random graphs of the op vocabulary (hypothesis).
 
 1. Random VALID graphs (channel tables, groups that divide channels, depthwise, strides 1/2,
-   kernels 1/3/5/7, asymmetric pads, SE blocks, residual adds, concat/slice/shuffle, pools, odd
-   input sizes, a flatten + linear head) give the same float64 output in every backend as
-   ``lightnets.reference.run`` (``parity.tolerances.MODEL_REL``). Hypothesis draws a batch of graphs
-   in this process; the batch then runs through ``parity.runner.run_matrix``, one subprocess per
-   target, so a whole batch costs one framework start-up per target.
+   kernels 1/3/5/7, asymmetric pads, SE blocks, residual adds, concat/slice/shuffle, pools, DFC
+   attention (1xk / kx1 depthwise, nearest resize back to odd sizes), odd input sizes, a flatten +
+   linear head) give the same float64 output in every backend as ``lightnets.reference.run``
+   (``parity.tolerances.MODEL_REL``). Hypothesis draws a batch of graphs in this process; the batch
+   then runs through ``parity.runner.run_matrix``, one subprocess per target, so a whole batch costs
+   one framework start-up per target.
 2. Random INVALID graphs (mutations of valid ones) are rejected with SpecError by Graph/Node
    construction alone (numpy only), before any framework could see them.
 
@@ -156,7 +157,26 @@ def _shuffle(draw, net: _Net):
         net.x = net.add("channel_shuffle", net.x, groups=draw(st.sampled_from(groups)))
 
 
-BLOCKS = (_conv, _bn_act, _act, _se, _residual, _split_concat, _pool, _shuffle)
+@st.composite
+def _dfc(draw, net: _Net):
+    """GhostNetV2's DFC attention: 2x2 average pool -> 1x1 conv -> 1xk and kx1 depthwise convs -> sigmoid ->
+    nearest back to the map's (odd or even) size -> gate the map; sometimes resized down instead."""
+    c, h, w = net.shape
+    if min(h, w) < 2:
+        return
+    small = net.add("avg_pool2d", net.x, kernel=2, stride=2, count_include_pad=False)
+    if draw(st.booleans()):  # a map resized down to the pooled size
+        net.x = net.add("resize_nearest", [net.x, small])
+        return
+    k = draw(st.sampled_from((3, 5)))
+    a = net.add("conv2d", small, out_channels=c, kernel=1)
+    a = net.add("conv2d", a, out_channels=c, kernel=(1, k), pads=(0, 0, k // 2, k // 2), groups=c)
+    a = net.add("conv2d", a, out_channels=c, kernel=(k, 1), pads=(k // 2, k // 2, 0, 0), groups=c)
+    a = net.add("activation", a, kind="sigmoid")
+    net.x = net.add("mul", [net.x, net.add("resize_nearest", [a, net.x])])
+
+
+BLOCKS = (_conv, _bn_act, _act, _se, _residual, _split_concat, _pool, _shuffle, _dfc)
 
 
 @st.composite
