@@ -1,9 +1,10 @@
 """Architectures as paper tables plus one builder per family.
 
 Each family module defines ``FAMILY``, ``build(name, num_classes, input_size, include_top, **variant)``
-and ``VARIANTS`` (model id -> the variant's keyword arguments); the registry reads them. ``FEATURES`` and
-``features(meta)`` (the graph's meta -> its ``common.FeaturePoint`` tuple) mark where each stage ends: the
-backbone outputs of ``lightnets.build(..., features=True)`` (``lightnets.features``).
+and ``VARIANTS`` (model id -> the variant's keyword arguments); the registry reads them. ``FEATURES`` (a
+``common.FeaturePoint`` tuple), or ``features(meta)`` where the taps depend on the variant (the graph's meta -> its
+tuple), mark where each stage ends: the backbone outputs of ``lightnets.build(..., features=True)``
+(``lightnets.features``).
 """
 
 from . import (

@@ -80,7 +80,3 @@ VARIANTS = {f"lcnet_{round(w * 100):03d}": dict(width=w) for w in WIDTHS}
 FEATURE_STAGES = (0, 1, 2, 4, 5)
 FEATURES = tuple(FeaturePoint(f"blocks.{s}", f"blocks.{max(i for i, b in enumerate(BLOCKS) if b.stage == s)}", s + 1)
                  for s in FEATURE_STAGES)
-
-
-def features(meta) -> tuple[FeaturePoint, ...]:
-    return FEATURES

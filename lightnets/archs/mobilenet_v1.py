@@ -75,7 +75,3 @@ FEATURES = (
     FeaturePoint("blocks.3", "blocks.10", 4),
     FeaturePoint("blocks.4", "blocks.12", 5),
 )
-
-
-def features(meta) -> tuple[FeaturePoint, ...]:
-    return FEATURES

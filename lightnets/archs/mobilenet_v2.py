@@ -90,7 +90,3 @@ VARIANTS = {
 FEATURE_ROWS = (0, 1, 2, 4, 6)
 FEATURES = tuple(FeaturePoint(f"blocks.{r}", f"blocks.{sum(st.n for st in STAGES[:r + 1]) - 1}", r + 1)
                  for r in FEATURE_ROWS)
-
-
-def features(meta) -> tuple[FeaturePoint, ...]:
-    return FEATURES

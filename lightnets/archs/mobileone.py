@@ -96,7 +96,3 @@ VARIANTS = {f"mobileone_{v}": dict(variant=v) for v in TABLE}
 FEATURES = (FeaturePoint("stem", "stem", 0),
             *(FeaturePoint(f"stages.{s}", f"stages.{s}.{2 * DEPTHS[s] - 1}", s + 1) for s in range(3)),
             FeaturePoint("final_conv", f"stages.3.{2 * DEPTHS[3] - 1}", 4))
-
-
-def features(meta) -> tuple[FeaturePoint, ...]:
-    return FEATURES

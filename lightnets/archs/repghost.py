@@ -108,7 +108,3 @@ VARIANTS = {f"repghostnet_{round(w * 100):03d}": dict(width=w) for w in WIDTHS}
 FEATURES = (FeaturePoint("conv_stem", "stem.conv", 0),
             *(FeaturePoint(f"blocks.{s}", f"blocks.{next(i for i, b in enumerate(BLOCKS) if b.stage == s)}", s + 1)
               for s in (1, 3, 5, 7)))
-
-
-def features(meta) -> tuple[FeaturePoint, ...]:
-    return FEATURES

@@ -133,7 +133,3 @@ FEATURES = (
     FeaturePoint("stage3", "stages.3", 3),
     FeaturePoint("stage4", "stages.4", 4),
 )
-
-
-def features(meta) -> tuple[FeaturePoint, ...]:
-    return FEATURES

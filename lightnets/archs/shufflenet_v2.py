@@ -95,7 +95,3 @@ FEATURES = (
     FeaturePoint("stage4", "stages.4", 4),
     FeaturePoint("conv5", "head.conv", 5),
 )
-
-
-def features(meta) -> tuple[FeaturePoint, ...]:
-    return FEATURES
