@@ -1,8 +1,8 @@
-"""Zoo imports of the issue-23 families (MNASNet, LCNet, EfficientNet, MixNet) with BN statistics from data: one
-train-mode forward with momentum 1 on low-variance images makes running variances of ~1e-3..1e-6, which amplify
-float32 rounding; the float64 probe must still hold the mapping to PROBE_FLOAT64, the zoo model in float64 must equal
-the reference of the imported graph on another batch (at an odd, non-square size, where TF "same" pads differ from
-symmetric ones), and export_zoo must give the zoo model back bit for bit.
+"""Zoo imports of the issue-23 families (MNASNet, LCNet, EfficientNet, MixNet, GhostNetV2) with BN statistics from
+data: one train-mode forward with momentum 1 on low-variance images makes running variances of ~1e-3..1e-6, which
+amplify float32 rounding; the float64 probe must still hold the mapping to PROBE_FLOAT64, the zoo model in float64
+must equal the reference of the imported graph on another batch (at an odd, non-square size, where TF "same" pads
+differ from symmetric ones), and export_zoo must give the zoo model back bit for bit.
 
 tests/test_zoo.py imports every entry with randomised statistics; this file runs the smallest entry of each zoo
 and variant (every entry with LIGHTNETS_SLOW=1). Zoo models are built locally with random weights. The last test
@@ -18,9 +18,9 @@ import lightnets
 from lightnets import registry, zoo
 from lightnets.numerics import rel_error
 
-FAMILIES = ("mnasnet", "lcnet", "efficientnet", "mixnet")
-KEYS = profiles.smallest_of_each_variant(
-    [k for k in zoo.list_zoo() if registry.entry(zoo.ZOO[k].arch).family in FAMILIES],
+FAMILIES = ("mnasnet", "lcnet", "efficientnet", "mixnet", "ghostnet_v2", "mobilenet_v4", "mobileone", "repghost")
+KEYS = profiles.smallest_of_each_variant(  # the "<name>_reparam" entries: tests/test_reparameterize.py
+    [k for k in zoo.list_zoo() if registry.entry(zoo.ZOO[k].arch).family in FAMILIES and zoo.ZOO[k].form == "train"],
     arch=lambda k: zoo.ZOO[k].arch, source=lambda k: k[0])
 
 
@@ -29,7 +29,9 @@ def test_the_quick_profile_covers_every_zoo_and_variant_of_the_new_families():
     assert {("torchvision", "mnasnet_b1"), ("timm", "mnasnet_b1"), ("timm", "mnasnet_a1"), ("timm", "mnasnet_small"),
             ("timm", "lcnet"), ("torchvision", "efficientnet_b"), ("timm", "efficientnet_b"),
             ("timm", "efficientnet_lite"), ("timm", "efficientnet_lite_tf"), ("timm", "mixnet_s"),
-            ("timm", "mixnet_m_tf")} <= variants
+            ("timm", "mixnet_m_tf"), ("timm", "ghostnet_v2"), ("timm", "mobilenet_v4_conv_small"),
+            ("timm", "mobilenet_v4_conv_medium"), ("timm", "mobilenet_v4_conv_large"), ("timm", "mobileone"),
+            ("timm", "repghostnet")} <= variants
 
 
 @pytest.mark.parametrize("key", KEYS, ids=[f"{z}-{n}" for z, n in KEYS])
@@ -58,7 +60,7 @@ def test_zoo_import_with_data_calibrated_bn_is_exact_in_float64_and_exports_back
         assert torch.equal(fresh(x32), model(x32))
 
 
-ONNX_KEYS = [("torchvision", "mnasnet0_5"), ("timm", "lcnet_035")]
+ONNX_KEYS = [("torchvision", "mnasnet0_5"), ("timm", "lcnet_035"), ("timm", "mobilenetv4_conv_small_035")]
 ONNX_KEYS += [("timm", "semnasnet_050"), ("timm", "mnasnet_small")] if profiles.SLOW else []
 
 
