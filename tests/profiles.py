@@ -35,6 +35,18 @@ def full_ids(*more: str) -> list[str]:
     return lightnets.list_models() if SLOW else sorted({*MATRIX_MODELS, *more})
 
 
+def input_size(model_id: str, size: int) -> int:
+    """``size``, or the next size the model takes: GhostNetV2's DFC attention pools its stride-32 map 2x2 (timm's too:
+    torch refuses a 2x2 pool of a 1x1 map), so ghostnet_v2_* need >= 33 px where the other families run at 32."""
+    for s in range(size, size + 64):
+        try:
+            lightnets.get_spec(model_id, input_size=s)
+            return s
+        except lightnets.errors.SpecError:
+            continue
+    raise AssertionError(f"{model_id} builds at no input size in [{size}, {size + 64})")
+
+
 def variant(model_id: str) -> str:
     """An id without its width multiplier (``mobilenet_v3_large_075_paddle`` -> ``mobilenet_v3_large_paddle``) or its
     compound-scaling index (``efficientnet_lite3_tf`` -> ``efficientnet_lite_tf``; ``mixnet_l``, MixNet-M at width

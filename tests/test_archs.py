@@ -39,6 +39,8 @@ PARAMS = {
     # PP-LCNet: timm lcnet_035..150
     "lcnet_035": 1_644_370, "lcnet_050": 1_880_856, "lcnet_075": 2_358_288, "lcnet_100": 2_953_800,
     "lcnet_150": 4_501_112,
+    # GhostNetV2: timm ghostnetv2_100/130/160
+    "ghostnet_v2_100": 6_156_908, "ghostnet_v2_130": 8_960_404, "ghostnet_v2_160": 12_392_698,
 }
 # docs/design.md §3: official megvii ShuffleNetV1 (rounded to 0.01M there; within 1% here).
 SHUFFLENET_V1_PARAMS = {
@@ -53,6 +55,7 @@ MACS = {
     "mobilenet_v3_large_100": 219, "mobilenet_v3_small_100": 56,
     "ghostnet_050": 42, "ghostnet_100": 141, "ghostnet_130": 226,
     "mnasnet_b1_100": 315, "mnasnet_a1_100": 312,
+    "ghostnet_v2_100": 167, "ghostnet_v2_130": 269, "ghostnet_v2_160": 399,  # GhostNetV2 paper table 2
 }
 
 
@@ -117,6 +120,9 @@ TORCH_TWINS = [  # (our id, zoo, constructor, kwargs)
     ("lcnet_075", "timm", "lcnet_075", {}),
     ("lcnet_100", "timm", "lcnet_100", {}),
     ("lcnet_150", "timm", "lcnet_150", {}),
+    ("ghostnet_v2_100", "timm", "ghostnetv2_100", {}),
+    ("ghostnet_v2_130", "timm", "ghostnetv2_130", {}),
+    ("ghostnet_v2_160", "timm", "ghostnetv2_160", {}),
 ]
 
 
@@ -237,6 +243,28 @@ def test_forward_matches_paddle_twin_float64(model_id, ctor):
     x = np.random.default_rng(2).standard_normal((2, 3, 64, 64))
     got = twin(paddle.to_tensor(x)).numpy()
     want = reference.run(graph, w, x)
+    np.testing.assert_allclose(got, want, rtol=1e-9, atol=1e-9 * np.abs(want).max())
+
+
+# --- GhostNetV2 ---------------------------------------------------------------------------------
+def test_ghostnet_v2_gates_ghost1_from_the_third_block_and_matches_timm_at_odd_sizes():
+    """DFC attention on blocks.2..15's first ghost module only (timm layer_idx > 1); at 35 px their maps are 9, 5, 3
+    and 2 wide, so the nearest resize goes 4 -> 9, 2 -> 5, 1 -> 3, 1 -> 2 (float64 vs timm)."""
+    import torch
+    g = _spec("ghostnet_v2_100", 10, 35)
+    gated = sorted({int(n.name.split(".")[1]) for n in g.nodes if n.op == "resize_nearest"})
+    assert gated == list(range(2, 16)) and not any(".ghost2.dfc." in n.name for n in g.nodes)
+    assert g.node("blocks.2.ghost1.dfc.horizontal.conv").attrs["kernel"] == (1, 5)
+    assert {g.shapes[n.name][1:] for n in g.nodes if n.op == "resize_nearest"} == {(9, 9), (5, 5), (3, 3), (2, 2)}
+    twin = _torch_twin("timm", "ghostnetv2_100", {}, num_classes=10).double().eval()
+    sd = {k: v for k, v in twin.state_dict().items() if not k.endswith("num_batches_tracked")}
+    w = weights.init_weights(g, seed=3)
+    native = _native(g, [(k, tuple(v.shape)) for k, v in sd.items()], w)
+    twin.load_state_dict({k: torch.from_numpy(np.ascontiguousarray(v)) for k, v in native.items()}, strict=False)
+    x = np.random.default_rng(4).standard_normal((2, 3, 35, 35))
+    with torch.no_grad():
+        got = twin(torch.from_numpy(x)).numpy()
+    want = reference.run(g, w, x)
     np.testing.assert_allclose(got, want, rtol=1e-9, atol=1e-9 * np.abs(want).max())
 
 

@@ -10,6 +10,7 @@ tuple), mark where each stage ends: the backbone outputs of ``lightnets.build(..
 from . import (
     efficientnet,
     ghostnet,
+    ghostnet_v2,
     lcnet,
     mixnet,
     mnasnet,
@@ -18,10 +19,10 @@ from . import (
     mobilenet_v3,
     mobilenet_v4,
     mobileone,
-    shufflenet_v1,
     repghost,
+    shufflenet_v1,
     shufflenet_v2,
 )
 
 FAMILIES = (mobilenet_v1, mobilenet_v2, mobilenet_v3, shufflenet_v1, shufflenet_v2, ghostnet, mnasnet, lcnet,
-            efficientnet, mixnet, mobilenet_v4, mobileone, repghost)
+            efficientnet, mixnet, mobilenet_v4, mobileone, repghost, ghostnet_v2)

@@ -53,16 +53,32 @@ LAST_CONV = 960
 HEAD = 1280
 DIVISOR = 4
 RATIO = 2
+DFC_KERNEL = 5  # GhostNetV2's 1xK / Kx1 depthwise pair
 
 
-def _ghost(g: GraphBuilder, name: str, x: str, out: int, act: str | None, eps: float) -> str:
+def _ghost(g: GraphBuilder, name: str, x: str, out: int, act: str | None, eps: float, dfc: bool = False) -> str:
     init = math.ceil(out / RATIO)
     primary = g.conv_bn_act(f"{name}.primary", x, init, 1, act=act, eps=eps)
     cheap = g.conv_bn_act(f"{name}.cheap", primary, init * (RATIO - 1), 3, groups=init, act=act, eps=eps)
     y = g.add(f"{name}.concat", "concat", [primary, cheap])
     if g.channels(y) != out:
         y = g.add(f"{name}.slice", "slice_channels", y, start=0, stop=out)
+    if dfc:  # GhostNetV2: gate the module's output with DFC attention of its input (after primary/cheap: timm's order)
+        y = g.add(f"{name}.scale", "mul", [y, _dfc_gate(g, f"{name}.dfc", x, y, eps)])
     return y
+
+
+def _dfc_gate(g: GraphBuilder, name: str, x: str, like: str, eps: float) -> str:
+    """GhostNetV2's decoupled fully connected attention (timm GhostModuleV2 'attn'): 2x2 average pool (stride 2,
+    floor) -> 1x1 conv + BN -> 1x5 depthwise + BN -> 5x1 depthwise + BN (no activations) -> sigmoid -> nearest
+    back to ``like``'s size (an odd size too: 7 -> 3 -> 7)."""
+    out, k = g.channels(like), DFC_KERNEL
+    a = g.add(f"{name}.pool", "avg_pool2d", x, kernel=2, stride=2, count_include_pad=False)
+    a = g.conv_bn_act(f"{name}.reduce", a, out, 1, act=None, eps=eps)
+    a = g.conv_bn_act(f"{name}.horizontal", a, out, (1, k), groups=out, act=None, eps=eps, pads=(0, 0, k // 2, k // 2))
+    a = g.conv_bn_act(f"{name}.vertical", a, out, (k, 1), groups=out, act=None, eps=eps, pads=(k // 2, k // 2, 0, 0))
+    a = g.add(f"{name}.gate", "activation", a, kind="sigmoid")
+    return g.add(f"{name}.resize", "resize_nearest", [a, like])
 
 
 def _se(g: GraphBuilder, name: str, x: str, ratio: float) -> str:
@@ -77,15 +93,16 @@ def _se(g: GraphBuilder, name: str, x: str, ratio: float) -> str:
 
 
 def build(name: str, width: float, num_classes: int, input_size: int, include_top: bool,
-          dropout: float = 0.2, eps: float = 1e-5) -> Graph:
-    """GhostNet at ``width`` as timm ``ghostnet_<width>``."""
-    g = GraphBuilder(name, (3, input_size, input_size), family="ghostnet", width=width)
+          dropout: float = 0.2, eps: float = 1e-5, dfc_from: int | None = None, family: str = "ghostnet") -> Graph:
+    """GhostNet at ``width`` as timm ``ghostnet_<width>``; with ``dfc_from`` (GhostNetV2, ``ghostnet_v2``) the
+    first ghost module of every block from that row on is gated by DFC attention."""
+    g = GraphBuilder(name, (3, input_size, input_size), family=family, width=width)
     x = g.conv_bn_act("stem", "input", make_divisible(STEM * width, DIVISOR), 3, stride=2, eps=eps)
     for i, row in enumerate(BLOCKS):
         block, inp = f"blocks.{i}", x
         c_in = g.channels(x)
         mid, out = make_divisible(row.exp * width, DIVISOR), make_divisible(row.out * width, DIVISOR)
-        x = _ghost(g, f"{block}.ghost1", x, mid, "relu", eps)
+        x = _ghost(g, f"{block}.ghost1", x, mid, "relu", eps, dfc=dfc_from is not None and i >= dfc_from)
         if row.stride > 1:
             x = g.conv_bn_act(f"{block}.dw", x, mid, row.kernel, stride=row.stride, groups=mid, act=None,
                               eps=eps)
