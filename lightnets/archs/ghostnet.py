@@ -139,7 +139,3 @@ FEATURES = (
     FeaturePoint("blocks.5", "blocks.5", 6),
     FeaturePoint("blocks.7", "blocks.11", 8),
 )
-
-
-def features(meta) -> tuple[FeaturePoint, ...]:
-    return FEATURES

@@ -41,7 +41,3 @@ VARIANTS = {
 # Backbone outputs, as timm ghostnetv2_* (features_only): GhostNet's stages and taps (conv_stem before its BN,
 # then the first block at each stride: blocks.1/3/5/7 = BLOCKS rows 1, 3, 5, 11)
 FEATURES = ghostnet.FEATURES
-
-
-def features(meta) -> tuple:
-    return FEATURES
