@@ -229,9 +229,11 @@ def read_artifact(path, session_of) -> Artifact:
         raise unreadable(path, ".onnx", e) from None
     runs, qdq = model, None
     if any(n.op_type in ("QuantizeLinear", "DequantizeLinear") or n.op_type.startswith(onnx_int8.QUANTIZED_OPS)
-           for n in model.graph.node):  # a QDQ int8 file: its float graph read, the file run
-        onnx_int8.check_int8(model, path.name)
-        qdq, model = model, onnx_int8.dequantized_view(model)
+           for n in model.graph.node):  # an int8 file (QDQ, or QOperator): its float graph read, the file run
+        onnx_int8.check_int8(model, path.name, qoperator=True)
+        qdq = model
+        model = onnx_int8.dequantized_view(model) if not onnx_int8.is_qoperator(model) else \
+            onnx_int8.qoperator_view(model)
     f, g = _OnnxFile(model), model.graph
     unknown = [n for n in g.node if n.op_type not in WEIGHTLESS and n.op_type not in _CONV_LIKE
                and n.op_type != "DequantizeLinear"]
@@ -272,8 +274,9 @@ def read_artifact(path, session_of) -> Artifact:
         return in_batches(lambda xb: run_onnx(session, path, name, shown, xb, dtype), np.asarray(x), batch)
     quantized = "weights stored quantized (DequantizeLinear): dequantized on import" if f.dequantized else None
     if qdq is not None:
-        quantized = ("QDQ int8 file (QuantizeLinear/DequantizeLinear): int8 weights dequantized on import (per-channel "
-                     "scales; int32 biases at input x weight scale), activations quantized per tensor in the file")
+        kind = "QOperator (QLinearConv...)" if onnx_int8.is_qoperator(qdq) else "QDQ (QuantizeLinear/DequantizeLinear)"
+        quantized = (f"{kind} int8 file: int8 weights dequantized on import (per-channel scales; int32 biases at "
+                     "input x weight scale), activations quantized per tensor in the file")
     return Artifact(str(path), "onnx", layers, layout, hw if None not in hw else None, rescaling, activation,
                     quantized, (), run_file, None if qdq is None else onnx_int8.input_range(qdq, name), batch=batch,
                     outputs=len(g.output), producers=_producers(f, g, name))

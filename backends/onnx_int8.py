@@ -58,15 +58,19 @@ def _consts(model) -> dict[str, onnx.TensorProto]:
     return out
 
 
-def check_int8(model, where: str) -> None:
+def check_int8(model, where: str, qoperator: bool = False) -> None:
     """LightnetsError naming the tensor and op of the first int8 input of ``model`` (an onnx.ModelProto) that the
-    QDQ reader cannot take; ``where`` names the file."""
+    QDQ reader (``qoperator``: the importer, which also reads :data:`_QOPERATOR`'s ops) cannot take; ``where`` names
+    the file."""
     consts = _consts(model)
     for n in model.graph.node:
+        if qoperator and n.op_type in _QOPERATOR:
+            continue
         if n.op_type.startswith(QUANTIZED_OPS) or (n.domain == "com.microsoft" and "Quant" in n.op_type):
+            known = "the QOperator ops " + ", ".join(_QOPERATOR) if qoperator else "QDQ files"
             raise FileFormatError(f"{where}: quantized operator {n.op_type} (node {n.name!r}, output {n.output[0]!r}) "
-                                  "is not a QuantizeLinear/DequantizeLinear pair: a QOperator-format file (or "
-                                  "dynamic quantization). lightnets reads QDQ files: quantize the float model with "
+                                  f"is not a QuantizeLinear/DequantizeLinear pair (QOperator format or dynamic "
+                                  f"quantization), and lightnets reads {known} here: quantize the float model with "
                                   "onnxruntime.quantization.quantize_static(..., quant_format=QuantFormat.QDQ)")
         if n.op_type in ("QuantizeLinear", "DequantizeLinear"):
             zp = consts.get(n.input[2]) if len(n.input) > 2 and n.input[2] else None
@@ -155,9 +159,11 @@ def node_tensors(model_bytes: bytes, graph: Graph, x_nchw: np.ndarray, where: st
     pairs = [(p, _node_of(p, names)) for p in activation_pairs(model)]
     pairs = [(p, node) for p, node in pairs if node is not None]
     if not pairs:
-        raise LightnetsError(f"{where} quantizes no tensor named after a node of graph {graph.name!r} (no "
-                             "QuantizeLinear of an activation): not a QDQ int8 model of that graph; quantize the "
-                             "float ONNX export with quantize_static(..., quant_format=QuantFormat.QDQ)")
+        raise LightnetsError(f"{where} quantizes no tensor named after a node of graph {graph.name!r}: the locator "
+                             "maps a QDQ file's tensors by the node names lightnets' ONNX export writes (a file of "
+                             "another exporter, e.g. torch.onnx, still imports, dequantized); to locate, export the "
+                             "float model with `lightnets export ... --to onnx --static` and quantize that file with "
+                             "quantize_static(..., quant_format=QuantFormat.QDQ), or use --quantize int8")
     inp = model.graph.input[0]
     if inp.type.tensor_type.elem_type != TensorProto.FLOAT:
         raise LightnetsError(f"the int8 locator feeds float32 images; {where} takes "
@@ -209,9 +215,10 @@ def _reader(calibration: np.ndarray):
     return Images()
 
 
-def quantize_qdq(graph: Graph, weights, calibration: np.ndarray) -> onnx.ModelProto:
+def quantize_qdq(graph: Graph, weights, calibration: np.ndarray, quant_format: str = "QDQ") -> onnx.ModelProto:
     """The QDQ int8 ONNX model of ``graph`` with ``weights``, calibrated on the NCHW images ``calibration`` (see the
-    module doc); its metadata_props and doc_string are the float export's."""
+    module doc); its metadata_props and doc_string are the float export's. ``quant_format="QOperator"``: the same
+    quantization written as QLinearConv... (what the importer reads too)."""
     import logging
 
     import onnxruntime as ort
@@ -230,7 +237,7 @@ def quantize_qdq(graph: Graph, weights, calibration: np.ndarray) -> onnx.ModelPr
         level = root.level
         root.setLevel(logging.ERROR)  # the quantizer warns on the root logger ("consider pre-processing")
         try:
-            quantize_static(folded, out, _reader(np.asarray(calibration)), quant_format=QuantFormat.QDQ,
+            quantize_static(folded, out, _reader(np.asarray(calibration)), quant_format=QuantFormat[quant_format],
                             per_channel=True)
         finally:
             root.setLevel(level)
@@ -347,3 +354,65 @@ def versions() -> dict:
     import onnxruntime
 
     return {"onnxruntime": onnxruntime.__version__}
+
+
+# QOperator ops as their float counterparts: (float op, index of the data inputs in the quantized op's inputs,
+# the weight input, the bias input or None), for the importer's view of a QOperator file
+_QOPERATOR = {"QLinearConv": ("Conv", (0,), 3, 8), "QGemm": ("Gemm", (0,), 3, 6),
+              "QLinearMatMul": ("MatMul", (0,), 3, None),
+              "QLinearAdd": ("Add", (0, 3), None, None), "QLinearMul": ("Mul", (0, 3), None, None),
+              "QLinearGlobalAveragePool": ("GlobalAveragePool", (0,), None, None),
+              "QLinearAveragePool": ("AveragePool", (0,), None, None), "QLinearSigmoid": ("Sigmoid", (0,), None, None),
+              "QLinearSoftmax": ("Softmax", (0,), None, None)}
+
+
+def qoperator_view(model):
+    """A QOperator-format ``model`` (``quantize_static(..., quant_format=QuantFormat.QOperator)``) as the float graph
+    it computes: each QLinear op its float op on the same tensor names, its int8 weight and int32 bias dequantized
+    into new initializers (bias scale = input scale x weight scale), the QuantizeLinear / DequantizeLinear of
+    activations Identity. The importer reads its structure; the file itself runs. Other quantized ops are refused by
+    name (:func:`check_int8`'s message)."""
+    consts = {i.name: numpy_helper.to_array(i) for i in model.graph.initializer}
+    view = onnx.ModelProto()
+    view.CopyFrom(model)
+    nodes, inits = [], []
+
+    def dequantized(q: str, scale, zero, name: str, axis: int = 0) -> str:
+        w, s, z = consts[q].astype(np.float64), np.asarray(scale, np.float64), np.asarray(zero, np.float64)
+        shape = [1] * w.ndim
+        if s.size > 1:
+            shape[axis] = -1
+        inits.append(numpy_helper.from_array(((w - z.reshape(shape)) * s.reshape(shape)).astype(np.float32), name))
+        return name
+
+    for n in model.graph.node:
+        if n.op_type in ("QuantizeLinear", "DequantizeLinear") and n.input[0] not in consts:
+            nodes.append(helper.make_node("Identity", [n.input[0]], list(n.output), name=n.name))
+            continue
+        if n.op_type not in _QOPERATOR:
+            nodes.append(n)
+            continue
+        op, data, w, b = _QOPERATOR[n.op_type]
+        attrs = {k: v for k, v in _attrs(n).items() if k not in ("channels_last", "opset")}
+        if _attrs(n).get("channels_last"):
+            raise FileFormatError(f"{n.op_type} node {n.name!r} is channels_last; lightnets imports NCHW QOperator "
+                                  "files")
+        inputs = [n.input[i] for i in data]
+        if w is not None:
+            if n.input[w] not in consts:
+                raise FileFormatError(f"{n.op_type} node {n.name!r}: its weight {n.input[w]!r} is not a constant")
+            ws, wz = consts[n.input[w + 1]], consts.get(n.input[w + 2], np.zeros(()))
+            inputs.append(dequantized(n.input[w], ws, wz, n.input[w] + "/dequantized", 1 if op == "MatMul" else 0))
+            if b is not None and len(n.input) > b and n.input[b]:
+                scale = np.asarray(consts[n.input[1]], np.float64) * np.asarray(ws, np.float64)
+                inputs.append(dequantized(n.input[b], scale, np.zeros(()), n.input[b] + "/dequantized"))
+        nodes.append(helper.make_node(op, inputs, list(n.output), name=n.name, **attrs))
+    del view.graph.node[:]
+    view.graph.node.extend(nodes)
+    view.graph.initializer.extend(inits)
+    return view
+
+
+def is_qoperator(model) -> bool:
+    """Whether ``model`` holds QOperator ops (QLinearConv, QGemm...)."""
+    return any(n.op_type in _QOPERATOR for n in model.graph.node)

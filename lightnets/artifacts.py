@@ -570,8 +570,9 @@ def import_artifact(art: Artifact, runtime, arch: str | Graph | None = None, num
         probe.update(tolerance=tol, float32_noise=noise)
         ok = err <= tol
     if not ok:
-        bound_q = (f"each map's correlation {QUANTIZED_CORR}" if len(got) > 1 else
-                   f"top-1 agreement {QUANTIZED_TOP1:.0%}") + f" or {QUANTIZED_REL:.0%} relative"
+        bound_q = (f"each map's correlation {QUANTIZED_CORR}" if art.outputs > 1 else  # (got: one array by now)
+                   f"top-1 agreement {QUANTIZED_TOP1:.0%}, measured {probe.get('top1_agreement', 0):.0%},") + \
+            f" or {QUANTIZED_REL:.0%} relative"
         raise WeightsError(f"{art.path}: the file's {runtime.name} output differs from the float64 reference of "
                            f"{best!r} with its weights by {err:.2e} relative (bound {probe['tolerance'] or bound_q}); "
                            "the file is not that net - not returning a wrong model")

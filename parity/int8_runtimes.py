@@ -53,9 +53,8 @@ def run(model_id: str, size: int, calibration: int, images: int, out: Path, qdq_
               "seconds": {"tflite_convert": round(t1 - t0, 1), "qdq_quantize": round(t2 - t1, 1)},
               "qdq_kept_vs_fused_output_steps": fused,
               **{k: int8.summary(r) for k, r in reports.items()}, "parity": [r._asdict() for r in parity]}
-    if qdq_file is not None:  # a quantize_static file the user wrote themselves
-        g, w = E.source_graph_and_weights(str(qdq_file), size)
-        rep = int8.locate(g, w, x, OI.node_tensors(qdq_file.read_bytes(), g, x, qdq_file.name))
+    if qdq_file is not None:  # a quantize_static file the user wrote from this id's float export (same weights)
+        rep = int8.locate(graph, ref_w, x, OI.node_tensors(qdq_file.read_bytes(), graph, x, qdq_file.name))
         result["file"] = {"path": str(qdq_file), **int8.summary(rep)}
         reports["file"] = rep
     out.mkdir(parents=True, exist_ok=True)
@@ -83,7 +82,8 @@ def main(argv=None) -> int:
     p.add_argument("--calibration", type=int, default=32)
     p.add_argument("--images", type=int, default=2)
     p.add_argument("--out", type=Path, default=Path("int8-runtimes"))
-    p.add_argument("--qdq-file", type=Path, help="also locate this quantize_static QDQ file (of the first id)")
+    p.add_argument("--qdq-file", type=Path, help="also locate this quantize_static QDQ file (of the first id's float "
+                   "ONNX export with the same weights)")
     args = p.parse_args(argv)
     for i, mid in enumerate(args.ids):
         run(mid, args.size, args.calibration, args.images, args.out, args.qdq_file if i == 0 else None)

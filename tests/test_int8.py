@@ -176,7 +176,7 @@ def test_qdq_onnx_export_records_its_calibration_and_imports_dequantized(tmp_pat
     assert relu6 and all(q["ranges"][n][0] == 0.0 and q["ranges"][n][1] <= 6.0 + 1e-5
                          for n in relu6 if n in q["ranges"])
     loaded = formats.read(path)
-    assert loaded.graph_from.startswith("sidecar") and any("QDQ int8" in n for n in loaded.card["notes"])
+    assert loaded.graph_from.startswith("sidecar") and any("QDQ (QuantizeLinear" in n for n in loaded.card["notes"])
     w, got = weights["stem.conv.weight"], loaded.weights["stem.conv.weight"]
     bn = weights["stem.bn.gamma"] / np.sqrt(weights["stem.bn.var"] + graph.node("stem.bn").attrs["eps"])
     folded = w * bn[:, None, None, None]  # the file's conv carries the folded BN; the import splits it back
@@ -245,8 +245,8 @@ def _tiny_qdq(activation=np.int8, weight=np.int8, qlinear=False):
     (dict(weight=np.float16), r"weight 'w16' \(read by Cast node 'cast_w'\) is stored as float16"),
     (dict(qlinear=True), r"quantized operator QLinearConv \(node 'qconv', output 'yq'\).*QuantFormat.QDQ")])
 def test_bad_int8_onnx_input_names_the_tensor_and_the_op(tmp_path, case, match):
-    """int16 activations, float16 weights and a QOperator op are refused by the QDQ import and by the locator, each
-    naming the tensor and the op."""
+    """int16 activations and float16 weights are refused by the int8 import, and by the locator with a QOperator op,
+    each naming the tensor and the op."""
     import onnx
 
     from lightnets.backends import onnx_int8 as OI
@@ -256,11 +256,35 @@ def test_bad_int8_onnx_input_names_the_tensor_and_the_op(tmp_path, case, match):
     model = _tiny_qdq(**case)
     path = tmp_path / "q.onnx"
     onnx.save(model, str(path))
-    with pytest.raises(LightnetsError, match=match):
-        load_backend("onnxruntime").read_artifact(path)
+    if not case.get("qlinear"):  # (the importer reads QOperator files: test_qoperator_onnx_imports_as_qdq_does)
+        with pytest.raises(LightnetsError, match=match):
+            load_backend("onnxruntime").read_artifact(path)
     graph = lightnets.get_spec("mobilenet_v1_025", input_size=32)
     with pytest.raises(LightnetsError, match=match.replace(r"q\.onnx: ", "")):
         OI.node_tensors(model.SerializeToString(), graph, np.zeros((1, 3, 32, 32), np.float32), "q.onnx")
+
+
+def test_qoperator_onnx_imports_as_qdq_does(tmp_path):
+    """The same quantization written as QOperator (QLinearConv, com.microsoft QLinearAdd / QLinearGlobalAveragePool /
+    QGemm) imports onto the same graph with the weights the QDQ file gives (int8 values, per-channel scales; the
+    biases' scale input x weight scale recomputed in float64: 1e-7 relative)."""
+    import onnx
+
+    from lightnets import artifacts
+    from lightnets.backends import onnx_int8 as OI
+
+    graph = lightnets.get_spec("mobilenet_v2_035", input_size=SIZE, num_classes=10)
+    weights = {k: v.astype(np.float32) for k, v in W.init_weights(graph, seed=1).items()}
+    calibration = np.random.default_rng(0).standard_normal((8, 3, SIZE, SIZE)).astype(np.float32)
+    imported = {}
+    for fmt in ("QDQ", "QOperator"):
+        onnx.save(OI.quantize_qdq(graph, weights, calibration, fmt), str(tmp_path / f"{fmt}.onnx"))
+        imported[fmt] = artifacts.read(tmp_path / f"{fmt}.onnx", "onnx", "onnxruntime", graph)
+    qdq, qop = imported["QDQ"], imported["QOperator"]
+    assert any(n.startswith("QOperator (QLinearConv...) int8 file") for n in qop.notes)
+    assert qop.weights.keys() == qdq.weights.keys()
+    for k, v in qdq.weights.items():
+        np.testing.assert_allclose(qop.weights[k], v, rtol=1e-6, atol=1e-7, err_msg=k)
 
 
 class _Interpreter:
