@@ -420,9 +420,7 @@ def cmd_int8(args) -> int:
             else f"the folder {args.calibration}'s")
     kind = _int8_file(args.source)
     if kind is not None:  # an int8 file: its own tensors against the float64 reference of its dequantized weights
-        from .export import source_graph_and_weights
-
-        graph, weights = source_graph_and_weights(args.source, args.size)
+        graph, weights = int8.file_reference(args.source, "onnxruntime" if kind == "onnx" else "tflite", args.size)
         x = seeded_images(graph, args.images, AGREEMENT_SEED)
         data = Path(args.source).read_bytes()
         backend = importlib.import_module(f"lightnets.backends.{kind}_int8")
