@@ -19,7 +19,8 @@ the graph), on the same input:
   256 levels on the widest channel: the narrow ones get few).
 
 The first node that saturates or whose local error is not int8 rounding is named with the likely reason (see
-:func:`first_jump`). numpy only.
+:func:`first_jump`). The tensors come from LiteRT (``backends/tflite_int8.py``) or ONNX Runtime running a QDQ file
+(``backends/onnx_int8.py``); :func:`runtime_parity` puts two runtimes side by side. numpy only.
 """
 
 from __future__ import annotations
@@ -39,7 +40,9 @@ from .graph import INPUT, Graph
 # gain error; at 224 px (`lightnets int8`, 32 calibration images) mobilenet_v2_100 / mobilenet_v3_large_100 /
 # ghostnet_100 <= 3.3 / 2.0 / 3.3 steps, no significant gain error, <= 0.006 % clipped. Planted: one output
 # channel's weights x1.25 -> 7.7 / 11.4 / 13.2 steps (gain 0.25 on mobilenet_v2_035), two depthwise filters
-# swapped -> 131 / 90 / 155 steps, each at the node it touches only.
+# swapped -> 131 / 90 / 155 steps, each at the node it touches only. Through ONNX Runtime (QDQ, quantize_static, the
+# same images): clean <= 3.5 / 2.1 / 2.2 steps at 64 px, <= 3.4 / 2.3 / 2.9 at 224 px; planted 28.6 / 20.5 / 12.3 and
+# 131.8 / 91.9 / 171.0 steps (docs/design.md §6).
 JUMP_STEPS = 8.0
 JUMP_GAIN = 0.1
 # a channel narrower than MIN_STEPS steps, or with fewer than MIN_VALUES non-zero values, is not measured

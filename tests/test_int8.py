@@ -1,6 +1,8 @@
-"""The per-layer int8 locator (lightnets.int8 on backends/tflite_int8.py): planted mapping errors are named at exactly
-the node they touch, and nowhere else (each node's local error is computed from its int8 inputs, so an error does
-not propagate into the nodes after it); every other node's error is int8 rounding.
+"""The per-layer int8 locator (lightnets.int8 on backends/tflite_int8.py and, for QDQ ONNX, backends/onnx_int8.py):
+planted mapping errors are named at exactly the node they touch, and nowhere else (each node's local error is computed
+from its int8 inputs, so an error does not propagate into the nodes after it); every other node's error is int8
+rounding. Also the QDQ / QOperator ONNX export and import, the locator on int8 files, LiteRT vs ONNX Runtime, and the
+named errors for int8 input the readers cannot take.
 
 Weights with BN statistics from data (``init_weights`` calibrates them on random images); 8 calibration images,
 probed on 2 of them. mobilenet_v2_035 in `make test`; mobilenet_v3_small_075 and ghostnet_050 with LIGHTNETS_SLOW=1.
