@@ -47,6 +47,22 @@ def input_size(model_id: str, size: int) -> int:
     raise AssertionError(f"{model_id} builds at no input size in [{size}, {size + 64})")
 
 
+def train_size(model_id: str, size: int = 64) -> int:
+    """``size``, or the next multiple of 32 at which every batch norm of the id sees a map of >= 2x2 (8 values per
+    channel at batch 2): float32 train-mode statistics over 2 values per channel measured up to 3.3e-4 against the
+    1e-4 bound (GhostNetV2's DFC BNs, 1x1 maps at 64 px: it runs at 128)."""
+    s = size
+    # a BN of a pooled map (MobileNetV4's head) is 1x1 at every size: parity.cases.case_batch gives it a batch of 4
+    big = lightnets.get_spec(model_id, input_size=4 * size)
+    pooled = {n.name for n in big.nodes if n.op == "batch_norm" and big.shapes[n.inputs[0]][1:] == (1, 1)}
+    while True:
+        g = lightnets.get_spec(model_id, input_size=s)
+        if all(g.shapes[n.inputs[0]][1] * g.shapes[n.inputs[0]][2] >= 4 for n in g.nodes
+               if n.op == "batch_norm" and n.name not in pooled):
+            return s
+        s += 32
+
+
 def variant(model_id: str) -> str:
     """An id without its width multiplier (``mobilenet_v3_large_075_paddle`` -> ``mobilenet_v3_large_paddle``) or its
     compound-scaling index (``efficientnet_lite3_tf`` -> ``efficientnet_lite_tf``; ``mixnet_l``, MixNet-M at width

@@ -30,7 +30,8 @@ BACKBONES = [CHEAPEST, *(m for m in QUICK if m.startswith(("mobilenet_v3", "shuf
 @pytest.fixture(scope="module")
 def matrix(tmp_path_factory):
     ops = C.op_cases()
-    models = C.model_cases(list(QUICK), input_size=64, num_classes=10)
+    # 64 px, or where every BN sees >= 2x2 (profiles.train_size: ghostnet_v2_100 at 128)
+    models = [c for m in QUICK for c in C.model_cases([m], input_size=profiles.train_size(m), num_classes=10)]
     # backbones (every feature map) of three families: timm's taps with SE (v3) and without (v1), the
     # shufflenets' stage ends
     backbones = C.feature_cases(list(BACKBONES), input_size=64, num_classes=10)
@@ -150,3 +151,11 @@ def test_rel_error_is_relative_to_the_reference_magnitude():
     assert T.rel_error(ref + 0.2, ref) == pytest.approx(0.01)
     with pytest.raises(ValueError, match="differs from the reference shape"):
         T.rel_error(np.zeros(3), ref)
+
+
+def test_op_cases_cover_every_op():
+    """Every op of the vocabulary has a conformance case (so every target runs it)."""
+    from lightnets import ops
+
+    used = {n.op for c in C.op_cases() for n in c.graph.nodes}
+    assert used == set(ops.OPS), set(ops.OPS) - used
