@@ -529,6 +529,7 @@ CLI_BAD_ARGS = [
     ("cli_info_without_file", ["info"]),
     ("cli_int8_unknown_model", ["int8", "nope"]),
     ("cli_int8_zero_calibration_images", ["int8", "mobilenet_v1_025", "--calibration", "0"]),
+    ("cli_int8_unknown_runtime", ["int8", "mobilenet_v1_025", "--to", "paddle"]),
 ]
 CLI_ERRORS = [
     ("cli_summary_misspelled_model", ["summary", "mobilenet_v2_10"], "Did you mean"),

@@ -192,8 +192,8 @@ def test_float_export_keeps_the_card_and_refuses_an_existing_file(tmp_path):
     assert rel_error(lightnets.run(rebuilt, x), want) <= T.MODEL_REL["float32"]
     with pytest.raises(LightnetsError, match="float32"):
         lightnets.export(model, to="tflite", path=tmp_path / "d.tflite", dtype="float64")
-    with pytest.raises(LightnetsError, match="TFLite options"):
-        lightnets.export(model, to="onnx", path=tmp_path / "d.onnx", quantize="int8")
+    with pytest.raises(LightnetsError, match="calibrates an int8 export; add quantize='int8'"):
+        lightnets.export(model, to="onnx", path=tmp_path / "d.onnx", calibration=4)  # (int8 ONNX is QDQ: test_int8)
     assert sorted(p.name for p in tmp_path.iterdir()) == ["m.tflite", "m.tflite.lightnets.json"]
 
 
@@ -207,8 +207,8 @@ def test_cli_export_tflite(tmp_path, capsys):
     with pytest.raises(InputShapeError, match="fixed height/width"):
         BE.forward(out, np.zeros((1, 3, 40, 32)))
     assert cli.main(args) == 1 and "exists" in capsys.readouterr().err
-    assert cli.main([*args[:3], "onnx", *args[4:], "--quantize", "int8", "--force"]) == 2
-    assert "--quantize is a TFLite option" in capsys.readouterr().err
+    assert cli.main([*args[:3], "onnx", *args[4:], "--calibration", str(tmp_path), "--force"]) == 2
+    assert "--calibration calibrates an int8 export; add --quantize int8" in capsys.readouterr().err
 
 
 def test_backend_module_imports_no_framework():
