@@ -1,5 +1,5 @@
 """MobileNetV4 conv-small / conv-medium / conv-large (Qin et al. 2024, "MobileNetV4 - Universal Models for the Mobile
-Ecosystem", tables 10-12; the TF reference ``official/vision/modeling/backbones/mobilenet.py`` and timm
+Ecosystem", its architecture tables; the TF reference ``official/vision/modeling/backbones/mobilenet.py`` and timm
 ``_gen_mobilenet_v4`` as oracles).
 
 A table row is one block kind (timm's block string in brackets):
@@ -21,7 +21,8 @@ linear. The head conv runs on the pooled (C, 1, 1) map, so its BN is an ordinary
 map (timm's ``norm_head`` is a BatchNorm2d there too; in training its batch statistics are over the batch only).
 ``include_top=False`` keeps that head conv + BN + relu and drops the classifier: the 1280-vector of timm
 ``create_model(..., num_classes=0)`` (its ``forward_head(pre_logits=True)``). The classifier has no dropout
-(timm's default ``drop_rate=0``).
+(timm's default ``drop_rate=0``). In training that BN normalises each channel over the batch alone (a batch of 2 is
+2 values per channel: parity's model cases of such graphs run a batch of 4, ``parity/cases.case_batch``).
 
 Widths: ``make_divisible(c * width, 8)`` for every row's output (timm ``round_channels``; 960 too), expansions
 ``make_divisible(in * e, 8)`` of the block's actual input; below width 1.0 the stem stays 32 (timm ``fix_stem``) and
@@ -54,9 +55,9 @@ from .common import FeaturePoint, make_divisible
 
 
 class Block(NamedTuple):
-    """A row of the paper's tables 10-12 (timm's arch_def strings): the block kind (conv / fused / uib), the start
-    kernel (uib: the start depthwise, 0 = none; conv / fused: their kxk conv), the middle depthwise kernel (uib; 0 =
-    none), the stride of the first repeat, the expansion ratio, the output channels and the repeats."""
+    """A row of the paper's architecture tables (timm's arch_def strings): the block kind (conv / fused / uib), the
+    start kernel (uib: the start depthwise, 0 = none; conv / fused: their kxk conv), the middle depthwise kernel (uib;
+    0 = none), the stride of the first repeat, the expansion ratio, the output channels and the repeats."""
 
     kind: str
     start: int
