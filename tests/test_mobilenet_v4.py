@@ -133,3 +133,15 @@ def test_include_top_false_is_timm_num_classes_0_in_float64():
         want = model.double()(torch.from_numpy(x)).numpy()
     assert want.shape == (2, 1280)
     assert rel_error(reference.run(g, {p.name: w[p.name] for p in g.params}, x), want) <= 1e-12
+
+
+def test_every_id_builds_at_any_input_size_and_without_top():
+    for model_id in PARAMS:
+        for size in (32, 97, 224):
+            assert lightnets.get_spec(model_id, num_classes=7, input_size=size).output_shape == (7,)
+            assert lightnets.get_spec(model_id, input_size=size, include_top=False).output_shape == (1280,)
+
+
+def test_parity_cases_run_a_batch_of_4_where_a_bn_normalises_the_pooled_map():
+    from lightnets.parity import cases as C
+    assert [c.batch for c in C.model_cases(["mobilenet_v4_conv_small_035", "mobilenet_v3_small_075"])] == [4, 2]
