@@ -341,11 +341,15 @@ def dequantized_view(model):
 
 
 def input_range(model, image: str) -> tuple[float, float] | None:
-    """The float range a QDQ file's QuantizeLinear of its input ``image`` represents, or None."""
-    for p in activation_pairs(model):
-        if p.source == image:
-            info = np.iinfo(p.dtype)
-            return (info.min - p.zero_point) * p.scale, (info.max - p.zero_point) * p.scale
+    """The float range the QuantizeLinear of an int8 file's input ``image`` represents (QDQ or QOperator), or None."""
+    consts = _consts(model)
+    for q in model.graph.node:
+        if q.op_type == "QuantizeLinear" and q.input[0] == image and q.input[1] in consts:
+            scale = float(numpy_helper.to_array(consts[q.input[1]]).reshape(-1)[0])
+            has_zp = len(q.input) > 2 and q.input[2]
+            zp = numpy_helper.to_array(consts[q.input[2]]) if has_zp else np.zeros((), np.uint8)
+            info, z = np.iinfo(zp.dtype), int(zp.reshape(-1)[0])
+            return (info.min - z) * scale, (info.max - z) * scale
     return None
 
 
