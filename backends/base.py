@@ -20,6 +20,7 @@ import contextlib
 import os
 from collections.abc import Mapping
 from pathlib import Path
+from typing import Any, NamedTuple
 
 import numpy as np
 
@@ -29,6 +30,28 @@ from lightnets.layouts import to_canonical, to_native
 from lightnets.numerics import check_dtype
 from lightnets.reference import check_input
 from lightnets.weights import atomic_write, few
+
+
+class Lowering(NamedTuple):
+    """What an op's converter gets, in every backend: ``CONVERTERS[op](c: Lowering)``.
+
+    ``node`` (its op, ``attrs`` and name), ``in_shapes`` (per sample, channels-first, at the build size),
+    ``inputs`` (the native values the node reads, where the backend wires values as it lowers: keras tensors, ONNX
+    value names; empty for torch/paddle, whose converters return the module called at forward), ``dtype``,
+    ``name`` (the native name of the node's layer or value) and ``native`` (the backend's builder: the keras
+    module, the ONNX emitter; None for torch/paddle).
+    """
+
+    node: Any
+    in_shapes: list
+    inputs: list = []
+    dtype: str = "float32"
+    name: str = ""
+    native: Any = None
+
+    @property
+    def attrs(self) -> dict:
+        return self.node.attrs
 
 
 def native_op(node, in_channels: int) -> str:

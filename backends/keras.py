@@ -24,7 +24,7 @@ from lightnets.errors import FileFormatError, InputShapeError, LightnetsError, S
 from lightnets.graph import INPUT, Graph, Node
 from lightnets.reference import check_input
 
-from .base import Backend, unreadable
+from .base import Backend, Lowering, unreadable
 
 _GRAPH = "_lightnets_graph"  # attribute of the model holding the Graph
 _ALL = "_lightnets_all"  # cached keras.Model over every node's output (return_all)
@@ -200,7 +200,7 @@ def _static_size_only(keras, node: Node) -> bool:
             and keras.backend.backend() != "tensorflow")
 
 
-# --- converters: (keras, node, inputs, in_shapes, name, dtype) -> output tensor ----------------
+# --- converters: Lowering (native: the keras module) -> output tensor -------------------------
 def _strided_dilated(node: Node) -> bool:
     """Keras convs refuse stride > 1 with dilation > 1: such a node is conv (stride 1) + subsample."""
     a = node.attrs
@@ -216,7 +216,8 @@ def _is_depthwise(node: Node, in_channels: int) -> bool:
 _INIT = "zeros"
 
 
-def _conv2d(keras, node, xs, shapes, name, dtype):
+def _conv2d(c: Lowering):
+    keras, node, xs, shapes, name, dtype = c.native, c.node, c.inputs, c.in_shapes, c.name, c.dtype
     a, x, c = node.attrs, xs[0], shapes[0][0]
     split = _strided_dilated(node)
     mode = None if split else _pad_mode(a)
@@ -239,7 +240,8 @@ def _param_layer_name(node: Node) -> str:
     return layer_name(node.name, "conv" if _strided_dilated(node) else None)
 
 
-def _batch_norm(keras, node, xs, shapes, name, dtype):
+def _batch_norm(c: Lowering):
+    keras, node, xs, name, dtype = c.native, c.node, c.inputs, c.name, c.dtype
     a = node.attrs  # keras momentum weighs the old statistic: keras = 1 - torch
     return keras.layers.BatchNormalization(epsilon=a["eps"], momentum=1.0 - a["momentum"], name=name,
                                            dtype=dtype)(xs[0])
@@ -250,14 +252,16 @@ _ACTIVATIONS = {"hardsigmoid": "hard_sigmoid", "hardswish": "hard_silu", "sigmoi
                 "swish": "silu"}
 
 
-def _activation(keras, node, xs, shapes, name, dtype):
+def _activation(c: Lowering):
+    keras, node, xs, name, dtype = c.native, c.node, c.inputs, c.name, c.dtype
     kind = node.attrs["kind"]
     if kind in ("relu", "relu6"):
         return keras.layers.ReLU(max_value=6.0 if kind == "relu6" else None, name=name, dtype=dtype)(xs[0])
     return keras.layers.Activation(_ACTIVATIONS[kind], name=name, dtype=dtype)(xs[0])
 
 
-def _max_pool2d(keras, node, xs, shapes, name, dtype):
+def _max_pool2d(c: Lowering):
+    keras, node, xs, name, dtype = c.native, c.node, c.inputs, c.name, c.dtype
     a, x = node.attrs, xs[0]
     mode = _pad_mode(a)
     if mode is None:  # zero pads could win the max: pad with -inf
@@ -265,7 +269,8 @@ def _max_pool2d(keras, node, xs, shapes, name, dtype):
     return keras.layers.MaxPooling2D(a["kernel"], a["stride"], padding=mode, name=name, dtype=dtype)(x)
 
 
-def _avg_pool2d(keras, node, xs, shapes, name, dtype):
+def _avg_pool2d(c: Lowering):
+    keras, node, xs, name, dtype = c.native, c.node, c.inputs, c.name, c.dtype
     a, x = node.attrs, xs[0]
     mode, pads = _pad_mode(a), ir_ops.static_pads(a)
     if mode != "valid" and a["count_include_pad"]:
@@ -297,7 +302,8 @@ _LAYER = {
 }
 
 
-def _one_layer(keras, node, xs, shapes, name, dtype):
+def _one_layer(c: Lowering):
+    keras, node, xs, name, dtype = c.native, c.node, c.inputs, c.name, c.dtype
     layer = _LAYER[node.op](keras, node.attrs, name=name, dtype=dtype)
     return layer(xs if len(xs) > 1 else xs[0])
 
@@ -319,8 +325,8 @@ def build(graph: Graph, dtype: str = "float32"):
     inp = keras.Input((h, w, c), dtype=dtype, name=layer_name(INPUT))
     values = {INPUT: inp}
     for node in graph.nodes:
-        values[node.name] = CONVERTERS[node.op](keras, node, [values[i] for i in node.inputs],
-                                                graph.in_shapes(node), layer_name(node.name), dtype)
+        values[node.name] = CONVERTERS[node.op](Lowering(node, graph.in_shapes(node), [values[i] for i in node.inputs],
+                                                         dtype, layer_name(node.name), keras))
     outputs = [values[o] for o in graph.outputs] if graph.multi_output else values[graph.output]
     model = keras.Model(inp, outputs, name=graph.name)
     setattr(model, _GRAPH, graph)

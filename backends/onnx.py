@@ -54,7 +54,7 @@ from lightnets.graph import INPUT, Graph, Node
 from lightnets.numerics import check_dtype
 from lightnets.reference import check_input
 
-from .base import unreadable
+from .base import Lowering, unreadable
 from .compiled import CompiledModel, InferenceRuntime
 
 try:
@@ -137,7 +137,8 @@ def _window(node: Node) -> dict:
     return {"kernel_shape": list(a["kernel"]), "strides": list(a["stride"])}
 
 
-def _conv2d(em: _Emitter, node: Node, xs, hw):
+def _conv2d(c: Lowering):
+    em, node, xs, hw = c.native, c.node, c.inputs, c.in_shapes[0][1:]
     a = node.attrs
     f32 = em.f64
     inputs = [em.param(node, "weight", f32)] + ([em.param(node, "bias", f32)] if a["bias"] else [])
@@ -146,7 +147,8 @@ def _conv2d(em: _Emitter, node: Node, xs, hw):
                          lambda x, out: em.add("Conv", [x, *inputs], out, name=node.name + "/Conv", **attrs))
 
 
-def _batch_norm(em: _Emitter, node: Node, xs, hw):
+def _batch_norm(c: Lowering):
+    em, node, xs = c.native, c.node, c.inputs
     g, b, m, v = (em.param(node, s) for s in ("gamma", "beta", "mean", "var"))
     if not em.f64:
         return em.add("BatchNormalization", [xs[0], g, b, m, v], node.name, name=node.name + "/BatchNormalization",
@@ -168,7 +170,8 @@ def _hardsigmoid(em: _Emitter, x: str, out: str, n: str) -> str:
     return em.add("Div", [clipped, em.const(6.0)], out)
 
 
-def _activation(em: _Emitter, node: Node, xs, hw):
+def _activation(c: Lowering):
+    em, node, xs = c.native, c.node, c.inputs
     x, n, kind = xs[0], node.name, node.attrs["kind"]
     if kind == "relu":
         return em.add("Relu", [x], n)
@@ -190,14 +193,16 @@ def _activation(em: _Emitter, node: Node, xs, hw):
     raise AssertionError(kind)  # unreachable: the schema checks kinds
 
 
-def _slice(em: _Emitter, node: Node, xs, hw):
+def _slice(c: Lowering):
+    em, node, xs = c.native, c.node, c.inputs
     n = node.name
     return em.add("Slice", [xs[0], em.ints(f"{n}/starts", [node.attrs["start"]]),
                             em.ints(f"{n}/ends", [node.attrs["stop"]]), em.ints("const/axis1", [1])], n)
 
 
-def _channel_shuffle(em: _Emitter, node: Node, xs, hw):
+def _channel_shuffle(c: Lowering):
     """view (N, g, C/g, H*W), swap the group axes, back to the input's shape (N, H, W from Shape(x))."""
+    em, node, xs = c.native, c.node, c.inputs
     n, g = node.name, node.attrs["groups"]
     c = em.graph.shapes[node.inputs[0]][0]
     grouped = em.add("Reshape", [xs[0], em.ints(f"{n}/grouped_shape", [0, g, c // g, -1])], f"{n}/grouped")
@@ -205,9 +210,10 @@ def _channel_shuffle(em: _Emitter, node: Node, xs, hw):
     return em.add("Reshape", [swapped, em.add("Shape", [xs[0]], f"{n}/input_shape")], n)
 
 
-def _resize_nearest(em: _Emitter, node: Node, xs, hw):
+def _resize_nearest(c: Lowering):
     """Gather rows then columns at floor(i * in / out), the sizes read from Shape(x) and Shape(like) (Resize's
     float scale lands one index low at some size pairs); all int64, exact, any input size."""
+    em, node, xs = c.native, c.node, c.inputs
     n, x = node.name, xs[0]
     shape_x = em.add("Shape", [x], f"{n}/x_shape")
     shape_like = em.add("Shape", [xs[1]], f"{n}/like_shape")
@@ -223,23 +229,27 @@ def _resize_nearest(em: _Emitter, node: Node, xs, hw):
     return x
 
 
-def _max_pool(em: _Emitter, node: Node, xs, hw):
+def _max_pool(c: Lowering):
+    em, node, xs, hw = c.native, c.node, c.inputs, c.in_shapes[0][1:]
     return em.add("MaxPool", [xs[0]], node.name, name=node.name + "/MaxPool", **_window(node), **em.pads(node, hw))
 
 
-def _avg_pool(em: _Emitter, node: Node, xs, hw):
+def _avg_pool(c: Lowering):
+    em, node, xs, hw = c.native, c.node, c.inputs, c.in_shapes[0][1:]
     attrs = {**_window(node), **em.pads(node, hw), "count_include_pad": int(node.attrs["count_include_pad"])}
     return em.float32_op(node, xs[0], node.name,
                          lambda x, out: em.add("AveragePool", [x], out, name=node.name + "/AveragePool", **attrs))
 
 
-def _global_avg_pool(em: _Emitter, node: Node, xs, hw):
+def _global_avg_pool(c: Lowering):
+    em, node, xs = c.native, c.node, c.inputs
     if em.f64:  # GlobalAveragePool has no double kernel; ReduceMean has
         return em.add("ReduceMean", [xs[0]], node.name, axes=[2, 3], keepdims=1)
     return em.add("GlobalAveragePool", [xs[0]], node.name)
 
 
-def _linear(em: _Emitter, node: Node, xs, hw):
+def _linear(c: Lowering):
+    em, node, xs = c.native, c.node, c.inputs
     inputs = [xs[0], em.param(node, "weight")] + ([em.param(node, "bias")] if node.attrs["bias"] else [])
     return em.add("Gemm", inputs, node.name, transB=1)
 
@@ -248,18 +258,18 @@ CONVERTERS = {
     "conv2d": _conv2d,
     "batch_norm": _batch_norm,
     "activation": _activation,
-    "add": lambda em, node, xs, hw: em.add("Add", list(xs), node.name),
-    "mul": lambda em, node, xs, hw: em.add("Mul", list(xs), node.name),
-    "concat": lambda em, node, xs, hw: em.add("Concat", list(xs), node.name, axis=1),
+    "add": lambda c: c.native.add("Add", list(c.inputs), c.name),
+    "mul": lambda c: c.native.add("Mul", list(c.inputs), c.name),
+    "concat": lambda c: c.native.add("Concat", list(c.inputs), c.name, axis=1),
     "slice_channels": _slice,
     "channel_shuffle": _channel_shuffle,
     "resize_nearest": _resize_nearest,
     "max_pool2d": _max_pool,
     "avg_pool2d": _avg_pool,
     "global_avg_pool": _global_avg_pool,
-    "flatten": lambda em, node, xs, hw: em.add("Flatten", [xs[0]], node.name, axis=1),
+    "flatten": lambda c: c.native.add("Flatten", [c.inputs[0]], c.name, axis=1),
     "linear": _linear,
-    "dropout": lambda em, node, xs, hw: em.add("Identity", [xs[0]], node.name),
+    "dropout": lambda c: c.native.add("Identity", [c.inputs[0]], c.name),
 }
 
 
@@ -284,7 +294,7 @@ def to_onnx(graph: Graph, weights: Mapping[str, np.ndarray], dtype: str = "float
     weights = W.check_weights(graph, weights)
     em = _Emitter(graph, weights, dtype, dynamic_hw)
     for node in graph.nodes:
-        CONVERTERS[node.op](em, node, list(node.inputs), graph.shapes[node.inputs[0]][1:])
+        CONVERTERS[node.op](Lowering(node, graph.in_shapes(node), list(node.inputs), dtype, node.name, em))
     c, h, w = graph.input_shape
     hw = [HEIGHT, WIDTH] if dynamic_hw else [h, w]
 

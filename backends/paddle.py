@@ -31,7 +31,7 @@ from lightnets import ops  # noqa: E402
 from lightnets.errors import LightnetsError  # noqa: E402
 from lightnets.graph import Graph  # noqa: E402
 
-from .base import Backend, unreadable  # noqa: E402
+from .base import Backend, Lowering, unreadable  # noqa: E402
 
 
 class _Fn(nn.Layer):
@@ -73,8 +73,9 @@ def _paddle_pads(a):
     return [t, l] if (t, l) == (b, r) else list(pads)
 
 
-def _conv2d(a, in_shapes):
-    return nn.Conv2D(in_shapes[0][0], a["out_channels"], a["kernel"], stride=a["stride"],
+def _conv2d(c: Lowering):
+    a = c.attrs
+    return nn.Conv2D(c.in_shapes[0][0], a["out_channels"], a["kernel"], stride=a["stride"],
                      padding=_paddle_pads(a), dilation=a["dilation"], groups=a["groups"],
                      bias_attr=None if a["bias"] else False)
 
@@ -108,14 +109,14 @@ class _BatchNorm2D(nn.BatchNorm2D):
         return (x - mean.reshape(shape)) * scale.reshape(shape) + self.bias.reshape(shape)
 
 
-def _batch_norm(a, in_shapes):
+def _batch_norm(c: Lowering):
     # paddle's momentum weighs the old statistic (like keras): the IR's torch momentum m is 1 - m here.
-    return _BatchNorm2D(in_shapes[0][0], momentum=1.0 - a["momentum"], epsilon=a["eps"])
+    return _BatchNorm2D(c.in_shapes[0][0], momentum=1.0 - c.attrs["momentum"], epsilon=c.attrs["eps"])
 
 
-def _max_pool2d(a, in_shapes):
+def _max_pool2d(c: Lowering):
     # paddle's pooling ignores padded cells for max, i.e. -inf padding semantics.
-    return nn.MaxPool2D(a["kernel"], stride=a["stride"], padding=_paddle_pads(a))
+    return nn.MaxPool2D(c.attrs["kernel"], stride=c.attrs["stride"], padding=_paddle_pads(c.attrs))
 
 
 def _window_sum(x, a, pads):
@@ -137,7 +138,8 @@ def _avg_pool2d_float64(a):
     return pool
 
 
-def _avg_pool2d(a, in_shapes):
+def _avg_pool2d(c: Lowering):
+    a = c.attrs
     if not a["count_include_pad"]:
         native = nn.AvgPool2D(a["kernel"], stride=a["stride"], padding=_paddle_pads(a), exclusive=True)
     else:
@@ -161,26 +163,26 @@ def _resize_nearest(x, like):
     return paddle.index_select(paddle.index_select(x, rows, axis=2), cols, axis=3)
 
 
-def _linear(a, in_shapes):
-    return nn.Linear(in_shapes[0][0], a["out_features"], bias_attr=None if a["bias"] else False)
+def _linear(c: Lowering):
+    return nn.Linear(c.in_shapes[0][0], c.attrs["out_features"], bias_attr=None if c.attrs["bias"] else False)
 
 
 CONVERTERS = {
     "conv2d": _conv2d,
     "batch_norm": _batch_norm,
-    "activation": lambda a, s: _Fn(_ACTIVATIONS[a["kind"]]),
-    "add": lambda a, s: _Fn(lambda x, y: x + y),
-    "mul": lambda a, s: _Fn(lambda x, y: x * y),
-    "concat": lambda a, s: _Fn(lambda *xs: paddle.concat(list(xs), axis=1)),
-    "slice_channels": lambda a, s: _Fn(lambda x: x[:, a["start"]: a["stop"]]),
-    "channel_shuffle": lambda a, s: _Fn(lambda x: F.channel_shuffle(x, a["groups"])),
-    "resize_nearest": lambda a, s: _Fn(_resize_nearest),
+    "activation": lambda c: _Fn(_ACTIVATIONS[c.attrs["kind"]]),
+    "add": lambda c: _Fn(lambda x, y: x + y),
+    "mul": lambda c: _Fn(lambda x, y: x * y),
+    "concat": lambda c: _Fn(lambda *xs: paddle.concat(list(xs), axis=1)),
+    "slice_channels": lambda c: _Fn(lambda x: x[:, c.attrs["start"]: c.attrs["stop"]]),
+    "channel_shuffle": lambda c: _Fn(lambda x: F.channel_shuffle(x, c.attrs["groups"])),
+    "resize_nearest": lambda c: _Fn(_resize_nearest),
     "max_pool2d": _max_pool2d,
     "avg_pool2d": _avg_pool2d,
-    "global_avg_pool": lambda a, s: _Fn(lambda x: x.mean(axis=[2, 3], keepdim=True)),
-    "flatten": lambda a, s: _Fn(lambda x: x.flatten(1)),
+    "global_avg_pool": lambda c: _Fn(lambda x: x.mean(axis=[2, 3], keepdim=True)),
+    "flatten": lambda c: _Fn(lambda x: x.flatten(1)),
     "linear": _linear,
-    "dropout": lambda a, s: nn.Dropout(a["rate"]),
+    "dropout": lambda c: nn.Dropout(c.attrs["rate"]),
 }
 
 # THE canonical suffix -> paddle attribute table, per op, and the layouts that differ from canonical
@@ -207,7 +209,7 @@ class GraphLayer(nn.Layer):
                 if part not in parent._sub_layers:
                     parent.add_sublayer(part, nn.Layer())
                 parent = parent._sub_layers[part]
-            parent.add_sublayer(leaf, CONVERTERS[node.op](node.attrs, graph.in_shapes(node)))
+            parent.add_sublayer(leaf, CONVERTERS[node.op](Lowering(node, graph.in_shapes(node))))
 
     def layer(self, name: str) -> nn.Layer:
         """The layer at node ``name`` now."""

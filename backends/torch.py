@@ -23,10 +23,10 @@ from torch import nn
 from lightnets import ops
 from lightnets import weights as W
 from lightnets.errors import LightnetsError, SpecError
-from lightnets.graph import INPUT, Graph, Node
+from lightnets.graph import INPUT, Graph
 from lightnets.numerics import check_dtype
 
-from .base import Backend, unreadable
+from .base import Backend, Lowering, unreadable
 
 DTYPES = {"float32": torch.float32, "float64": torch.float64}
 
@@ -139,7 +139,7 @@ def resize_nearest(x: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
     return x.index_select(2, _nearest_index(h, ho, x.device)).index_select(3, _nearest_index(w, wo, x.device))
 
 
-# --- converters: (node, input shapes) -> module or plain callable of the node's inputs -----------
+# --- converters: Lowering -> module or plain callable of the node's inputs -------------------------
 def _symmetric(a, pool: bool = False) -> tuple[int, int] | None:
     """(pad_h, pad_w) if torch's symmetric padding expresses the node's pads at every input size
     (pools: pad <= kernel / 2)."""
@@ -153,16 +153,16 @@ def _symmetric(a, pool: bool = False) -> tuple[int, int] | None:
     return (t, l)
 
 
-def _conv2d(node: Node, shapes):
-    a = node.attrs
-    args = dict(in_channels=shapes[0][0], out_channels=a["out_channels"], kernel_size=a["kernel"],
+def _conv2d(c: Lowering):
+    a = c.attrs
+    args = dict(in_channels=c.in_shapes[0][0], out_channels=a["out_channels"], kernel_size=a["kernel"],
                 stride=a["stride"], dilation=a["dilation"], groups=a["groups"], bias=a["bias"])
     sym = _symmetric(a)
     return nn.Conv2d(padding=sym, **args) if sym else PadConv2d(attrs=a, **args)
 
 
-def _batch_norm(node: Node, shapes):
-    return nn.BatchNorm2d(shapes[0][0], eps=node.attrs["eps"], momentum=node.attrs["momentum"])
+def _batch_norm(c: Lowering):
+    return nn.BatchNorm2d(c.in_shapes[0][0], eps=c.attrs["eps"], momentum=c.attrs["momentum"])
 
 
 _ACTIVATIONS: dict[str, Callable[[], nn.Module]] = {
@@ -189,8 +189,8 @@ _ALIASING = ("slice_channels", "flatten", "dropout", "channel_shuffle", "resize_
 
 
 def _pool(kind: str):
-    def convert(node: Node, shapes):
-        a = node.attrs
+    def convert(c: Lowering):
+        a = c.attrs
         sym = _symmetric(a, pool=True)
         include = a.get("count_include_pad", True)
         if sym is None:
@@ -201,31 +201,31 @@ def _pool(kind: str):
     return convert
 
 
-def _slice(node: Node, shapes):
-    start, stop = node.attrs["start"], node.attrs["stop"]
+def _slice(c: Lowering):
+    start, stop = c.attrs["start"], c.attrs["stop"]
     return lambda x: x[:, start:stop]
 
 
-def _linear(node: Node, shapes):
-    return nn.Linear(shapes[0][0], node.attrs["out_features"], bias=node.attrs["bias"])
+def _linear(c: Lowering):
+    return nn.Linear(c.in_shapes[0][0], c.attrs["out_features"], bias=c.attrs["bias"])
 
 
-CONVERTERS: dict[str, Callable[[Node, list], Callable]] = {
+CONVERTERS: dict[str, Callable[[Lowering], Callable]] = {
     "conv2d": _conv2d,
     "batch_norm": _batch_norm,
-    "activation": lambda node, shapes: _ACTIVATIONS[node.attrs["kind"]](),
-    "add": lambda node, shapes: operator.add,
-    "mul": lambda node, shapes: operator.mul,
-    "concat": lambda node, shapes: lambda *xs: torch.cat(xs, 1),
+    "activation": lambda c: _ACTIVATIONS[c.attrs["kind"]](),
+    "add": lambda c: operator.add,
+    "mul": lambda c: operator.mul,
+    "concat": lambda c: lambda *xs: torch.cat(xs, 1),
     "slice_channels": _slice,
-    "channel_shuffle": lambda node, shapes: ChannelShuffle(node.attrs["groups"]),
-    "resize_nearest": lambda node, shapes: resize_nearest,
+    "channel_shuffle": lambda c: ChannelShuffle(c.attrs["groups"]),
+    "resize_nearest": lambda c: resize_nearest,
     "max_pool2d": _pool("max"),
     "avg_pool2d": _pool("avg"),
-    "global_avg_pool": lambda node, shapes: nn.AdaptiveAvgPool2d(1),
-    "flatten": lambda node, shapes: lambda x: torch.flatten(x, 1),
+    "global_avg_pool": lambda c: nn.AdaptiveAvgPool2d(1),
+    "flatten": lambda c: lambda x: torch.flatten(x, 1),
     "linear": _linear,
-    "dropout": lambda node, shapes: nn.Dropout(node.attrs["rate"]),
+    "dropout": lambda c: nn.Dropout(c.attrs["rate"]),
 }
 
 
@@ -253,7 +253,7 @@ class GraphModule(nn.Module):
         op_of = {n.name: n.op for n in graph.nodes}
         viewed = {n.inputs[0] for n in graph.nodes if n.op in _ALIASING}  # a view of it may outlive its reader
         for node in graph.nodes:
-            fn = CONVERTERS[node.op](node, graph.in_shapes(node))
+            fn = CONVERTERS[node.op](Lowering(node, graph.in_shapes(node)))
             if isinstance(fn, nn.Module):
                 self._attach(node.name, fn)
             # values no later node reads are dropped right after their last reader, so memory is reused
