@@ -1,7 +1,7 @@
 """The closed op vocabulary: each op's attributes, parameters and shape rule.
 
 Shapes are per sample and channels-first: ``(C, H, W)`` for feature maps, ``(C,)`` for vectors.
-Nothing outside this table may enter a graph. Every place an op lives (docs/design.md §6, "Add an op"):
+Nothing outside this table may enter a graph. Every place an op lives (docs/design.md §7, "Add an op"):
 its schema in ``OPS`` here; its float64 forward in ``reference.run_node``; its vector-Jacobian product in
 ``backward._node_backward`` (and ``backward._shift_passes`` if a per-channel shift passes through it); one
 converter ``CONVERTERS[op](c: Lowering)`` in each of ``backends/torch.py``, ``keras.py`` (LiteRT converts
