@@ -22,7 +22,8 @@ map (timm's ``norm_head`` is a BatchNorm2d there too; in training its batch stat
 ``include_top=False`` keeps that head conv + BN + relu and drops the classifier: the 1280-vector of timm
 ``create_model(..., num_classes=0)`` (its ``forward_head(pre_logits=True)``). The classifier has no dropout
 (timm's default ``drop_rate=0``). In training that BN normalises each channel over the batch alone (a batch of 2 is
-2 values per channel: parity's model cases of such graphs run a batch of 4, ``parity/cases.case_batch``).
+2 values per channel: parity's model cases of such graphs run a batch of 4, ``parity/cases.case_batch``; a training
+batch of 1 is refused by torch's BatchNorm2d, as for the timm twin).
 
 Widths: ``make_divisible(c * width, 8)`` for every row's output (timm ``round_channels``; 960 too), expansions
 ``make_divisible(in * e, 8)`` of the block's actual input; below width 1.0 the stem stays 32 (timm ``fix_stem``) and
