@@ -26,11 +26,13 @@ from lightnets.errors import FileFormatError, LightnetsError, runtime_failure
 from . import onnx_int8
 from .base import unreadable
 
-# ops without weights that the light CNNs export to (torch.onnx, tf2onnx, paddle2onnx); anything else is refused
+# ops without weights that the light CNNs export to (torch.onnx, tf2onnx, paddle2onnx); anything else is refused.
+# Resize: GhostNetV2's nearest upsample of its DFC gate (torch: mode nearest, asymmetric, floor); the probe, which
+# runs the file itself, judges any other mode
 WEIGHTLESS = frozenset("""Relu Clip HardSwish HardSigmoid Sigmoid Mul Add Sub Div Neg Max Min GlobalAveragePool
     AveragePool MaxPool ReduceMean Flatten Reshape Transpose Concat Split Slice Gather Shape Unsqueeze Squeeze
     Constant ConstantOfShape Identity Dropout Softmax Pad Cast Range Expand Tile Floor Ceil Equal Where
-    ScatterND CastLike""".split())
+    ScatterND CastLike Resize""".split())
 # nodes whose outputs are constants when their inputs are (folded on reading, the runtime still computes them)
 _FOLDED = frozenset("Constant Shape Expand ConstantOfShape Unsqueeze Squeeze Concat Gather Range".split())
 _CONV_LIKE = {"Conv": "conv", "BatchNormalization": "bn", "Gemm": "linear", "MatMul": "linear"}

@@ -79,3 +79,23 @@ def test_torch_onnx_export_of_the_twin_imports_as_the_zoo_model(key, tmp_path):
     with torch.no_grad():
         want = model(torch.from_numpy(x)).numpy()
     assert rel_error(lightnets.reference.run(graph, w, x.astype(np.float64)), want) <= 1e-4
+
+
+@pytest.mark.skipif(not profiles.SLOW, reason="~40 s: LIGHTNETS_SLOW=1")
+def test_torch_onnx_export_of_timm_ghostnetv2_imports_through_its_resize(tmp_path):
+    """The file holds torch's nearest Resize (asymmetric, floor) where the graph has resize_nearest. timm's own BN
+    statistics: with data-calibrated ones (running variances ~1e-8) the twin's float32 is 0.29 off its float64, so a
+    float32 file cannot be held to 1e-4 there (measured: probe 1.5e-7, 1.9e-7 vs the twin)."""
+    pytest.importorskip("onnxruntime")
+    import torch
+    key = ("timm", "ghostnetv2_100")
+    model = zoo.ZOO[key].make(1000).eval()
+    path = tmp_path / "ghostnetv2_100.onnx"
+    torch.onnx.export(model, torch.randn(1, 3, 64, 64), str(path), dynamo=False,
+                      dynamic_axes={"input": {0: "n"}}, input_names=["input"])
+    graph, w, info = zoo.import_zoo(*key, str(path), input_size=64)
+    assert info["arch"] == "ghostnet_v2_100" and info["probe"]["rel_error"] <= info["probe"]["tolerance"]
+    x = np.random.default_rng(6).standard_normal((2, 3, 64, 64)).astype(np.float32)
+    with torch.no_grad():
+        want = model(torch.from_numpy(x)).numpy()
+    assert rel_error(lightnets.reference.run(graph, w, x.astype(np.float64)), want) <= 1e-5
