@@ -15,11 +15,12 @@ file's fused op does.
 Locating (:func:`node_tensors`): every activation ``QuantizeLinear -> DequantizeLinear`` pair of the file quantizes
 one tensor; the QuantizeLinear outputs are added as graph outputs and the file is run once: the integer values
 (dequantized in float64, as LiteRT's are), scale and zero point of every tensor named after a graph node (or
-``input``). A quantized tensor that is a graph output is not fused into ONNX Runtime's integer kernels (QLinearConv
-...): the kept run computes each quantized op in float32 from dequantized inputs and rounds its output in
-QuantizeLinear (round half to even), which is the QDQ format's definition; :func:`traced_vs_fused` measures how far
-that is from the fused run (on this AVX2 host without VNNI: tens to ~150 output steps on 64 px nets, see
-docs/design.md §6).
+``input``); a file of another exporter (torch.onnx's ``/features/features.1/.../Clip_output_0``) is mapped through
+the graph's structure instead (:func:`structural_names`). A quantized tensor that is a graph output is not fused
+into ONNX Runtime's integer kernels (QLinearConv...): the kept run computes each quantized op in float32 from
+dequantized inputs and rounds its output in QuantizeLinear (round half to even), which is the QDQ format's
+definition; :func:`traced_vs_fused` measures how far that is from the fused run (on this AVX2 host without VNNI: tens
+to ~150 output steps on 64 px nets, see docs/design.md §6).
 
 Every int8 input this module cannot read is refused by name (:func:`check_int8`): activations of another integer
 type (int16: ``activation_type=QInt16``), float16 weights, and quantized operators that are not QDQ pairs
@@ -158,6 +159,12 @@ def node_tensors(model_bytes: bytes, graph: Graph, x_nchw: np.ndarray, where: st
     names = {INPUT, *(n.name for n in graph.nodes)}
     pairs = [(p, _node_of(p, names)) for p in activation_pairs(model)]
     pairs = [(p, node) for p, node in pairs if node is not None]
+    if not pairs:  # another exporter's tensor names: map them through the graph's structure
+        by_structure = structural_names(model, graph, where)
+        pairs = [(p, by_structure.get(p.source) or by_structure.get(p.dq_out)) for p in activation_pairs(model)]
+        pairs = [(p, node) for p, node in pairs if node is not None]
+        seen: set[str] = set()
+        pairs = [(p, node) for p, node in pairs if not (node in seen or seen.add(node))]  # one tensor per node
     if not pairs:
         raise LightnetsError(f"{where} quantizes no tensor named after a node of graph {graph.name!r}: the locator "
                              "maps a QDQ file's tensors by the node names lightnets' ONNX export writes (a file of "
@@ -176,6 +183,9 @@ def node_tensors(model_bytes: bytes, graph: Graph, x_nchw: np.ndarray, where: st
     sess = make_session(model.SerializeToString())
     outs = dict(zip([o.name for o in sess.get_outputs()],
                     sess.run(None, {inp.name: np.ascontiguousarray(x_nchw, np.float32)}), strict=True))
+    shapes = graph.shapes_at(*np.shape(x_nchw)[2:])
+    pairs = [(p, node) for p, node in pairs  # a tensor of another shape (a reshape the graph writes otherwise)
+             if tuple(np.shape(outs[p.q_out])[1:]) == tuple(shapes[node] if node != INPUT else graph.input_shape)]
     quantized = {node for _, node in pairs}
     out: dict[str, QuantTensor] = {}
     for p, node in pairs:
@@ -420,3 +430,77 @@ def qoperator_view(model):
 def is_qoperator(model) -> bool:
     """Whether ``model`` holds QOperator ops (QLinearConv, QGemm...)."""
     return any(n.op_type in _QOPERATOR for n in model.graph.node)
+
+
+# ONNX ops of a file -> the lightnets op (and activation kind) they compute, for mapping a file's tensors onto nodes
+_SAME_OP = {"Add": ("add", None), "Mul": ("mul", None), "Concat": ("concat", None),
+            "GlobalAveragePool": ("global_avg_pool", None), "ReduceMean": ("global_avg_pool", None),
+            "MaxPool": ("max_pool2d", None), "AveragePool": ("avg_pool2d", None), "Flatten": ("flatten", None),
+            "Relu": ("activation", "relu"), "Clip": ("activation", "relu6"), "HardSwish": ("activation", "hardswish"),
+            "HardSigmoid": ("activation", "hardsigmoid"), "Sigmoid": ("activation", "sigmoid"),
+            "Identity": ("dropout", None), "Slice": ("slice_channels", None)}
+_REMOVABLE = ("relu", "relu6")  # activations the quantizer folds into the op before them
+
+
+def structural_names(model, graph: Graph, where: str = "the QDQ file") -> dict[str, str]:
+    """``{file tensor: graph node}`` for a QDQ file whose tensors are not named after the graph's nodes (another
+    exporter's names, e.g. torch.onnx's ``/features/features.1/conv/conv.0/conv.0.2/Clip_output_0``): the file's
+    convs / linears matched onto the graph as the importer matches them (``lightnets.artifacts.match``: shapes, order,
+    data flow); each one's output tensor is its graph unit's last node (conv, its BN, and a relu/relu6 after it that
+    the file does not compute: the quantizer folded it); then, along the file's float graph, an op whose inputs are
+    mapped takes the graph node of the same op that reads exactly those nodes. Tensors of ops the graph writes
+    otherwise (a channel shuffle's reshapes, a hard-swish split into HardSigmoid and Mul) stay unmapped, and the
+    next conv maps again."""
+    from lightnets import artifacts
+
+    from .onnx_file import read_artifact
+
+    with tempfile.TemporaryDirectory(prefix="lightnets-qdq-") as tmp:
+        path = Path(tmp) / "file.onnx"
+        onnx.save(model, str(path))
+        art = read_artifact(path, lambda model_bytes: None)
+    fits, _, closest = artifacts.fitting(art, graph)
+    if not fits:
+        raise LightnetsError(f"{where} does not fit graph {graph.name!r} ({closest[1].problem if closest else ''}); "
+                             "locate it with the graph it was exported from")
+    pairs = fits[0][1].layers
+    view = dequantized_view(model)
+    consts = _consts(view)
+    users: dict[str, list] = {}
+    for n in graph.nodes:
+        for i in n.inputs:
+            users.setdefault(i, []).append(n)
+    file_users: dict[str, list] = {}
+    for n in view.graph.node:
+        for i in n.input:
+            file_users.setdefault(i, []).append(n)
+    names = {view.graph.input[0].name: INPUT}
+    for node_name, layer in pairs.items():
+        end = graph.node(node_name)
+        after = users.get(end.name, [])
+        if len(after) == 1 and after[0].op == "batch_norm":
+            end = after[0]
+            after = users.get(end.name, [])
+        file_act = any(u.op_type in ("Relu", "Clip") for u in file_users.get(layer.output, []))
+        if len(after) == 1 and after[0].op == "activation" and after[0].attrs["kind"] in _REMOVABLE and not file_act:
+            end = after[0]
+        names[layer.output] = end.name
+    for n in view.graph.node:
+        if n.op_type not in _SAME_OP or not n.output or n.output[0] in names:
+            continue
+        ins = [i for i in n.input if i and i not in consts and i in names]
+        if not ins or (len(ins) < len([i for i in n.input if i and i not in consts]) and n.op_type != "Mul"):
+            continue
+        gins = [names[i] for i in ins]
+        op, kind = _SAME_OP[n.op_type]
+        if n.op_type == "Mul" and len(ins) == 1:  # x * HardSigmoid(x): onnxruntime's optimizer splits HardSwish so
+            gate = next((m for m in view.graph.node if m.op_type == "HardSigmoid" and m.output[0] in n.input), None)
+            if gate is not None and gate.input[0] == ins[0]:
+                op, kind = "activation", "hardswish"
+        found = [u for u in users.get(gins[0], []) if u.op == op and sorted(u.inputs) == sorted(gins)
+                 and (kind is None or u.attrs.get("kind") == kind)]
+        if len(found) == 1:
+            names[n.output[0]] = found[0].name
+        elif n.op_type in ("Slice", "Identity") and not found:  # a slice of every channel (timm's ghost module
+            names[n.output[0]] = gins[0]  # cuts its concat to the channels it has): the same node's tensor
+    return names

@@ -239,6 +239,7 @@ class Match(NamedTuple):
     folded: int  # units whose BN was folded into the conv
     problem: str | None  # None: every unit matched and every pad agrees
     matched: int  # units matched before the first problem
+    layers: dict | None = None  # graph conv/linear node -> the file Layer matched onto it (a fit only)
 
 
 def _upstream(units: list[Unit], first_input, producers_of, out_names) -> list[frozenset]:
@@ -289,6 +290,7 @@ def match(graph: Graph, art: Artifact, hw: tuple[int, int]) -> Match:
     used: set[int] = set()
     weights: dict[str, np.ndarray] = {}
     eps: dict[str, float] = {}
+    pairs: dict[str, Layer] = {}
     folded = 0
     for k, g in enumerate(gu):
         why, flow = {}, None
@@ -312,6 +314,7 @@ def match(graph: Graph, art: Artifact, hw: tuple[int, int]) -> Match:
         used.add(i)
         took[k] = i
         f, node = fu[i], g.main
+        pairs[node.name] = f.main
         if g.kind == "conv":
             problem = _pad_problem(graph, node, f.main, shapes)
             if problem:
@@ -347,7 +350,7 @@ def match(graph: Graph, art: Artifact, hw: tuple[int, int]) -> Match:
         nodes = tuple(Node(nd.name, nd.op, nd.inputs, {**nd.attrs, "eps": eps[nd.name]}) if nd.name in eps else nd
                       for nd in graph.nodes)
         graph = graph.replace(nodes=nodes)
-    return Match(weights, graph, folded, None, len(gu))
+    return Match(weights, graph, folded, None, len(gu), pairs)
 
 
 # --- which id, and the probe -----------------------------------------------------------------------------

@@ -370,3 +370,63 @@ def test_cli_int8_locates_an_int8_tflite_file(tmp_path, capsys):
     assert "LiteRT" in capsys.readouterr().out
     rows = json.loads((tmp_path / "r" / "int8.json").read_text())["rows"]
     assert len(rows) >= 27 and max(r["local_steps"] for r in rows) <= 1.0
+
+
+@pytest.mark.skipif(not SLOW, reason="two torch exports, a quantization and an import (~20 s): LIGHTNETS_SLOW=1")
+def test_a_torch_onnx_qdq_file_is_mapped_through_the_graph_and_planted_errors_are_named(tmp_path):
+    """A quantize_static QDQ file of torch.onnx.export (torchvision mobilenet_v2 x0.5, BN statistics from data; tensor
+    names like /features/features.1/conv/conv.0/conv.0.2/Clip_output_0) is mapped onto the graph through its matched
+    convs and its data flow: every one of its 66 quantized tensors; the same planted errors as above (in the torch
+    model before export), against the float file's import, jump at the nodes they touch (35.7 / 255 steps measured) and
+    nowhere else (every other node <= 4.1 steps measured: the float reference keeps the unrounded weights)."""
+    torch = pytest.importorskip("torch")
+    torchvision = pytest.importorskip("torchvision")
+    import onnx
+    from onnxruntime.quantization import CalibrationDataReader, QuantFormat, quantize_static
+
+    from lightnets import artifacts
+    from lightnets.backends import onnx_int8 as OI
+
+    torch.manual_seed(0)
+    net = torchvision.models.mobilenet_v2(width_mult=0.5)
+    for m in net.modules():
+        if isinstance(m, torch.nn.BatchNorm2d):
+            m.momentum = 1.0
+    net.train()
+    with torch.no_grad():
+        net(torch.randn(8, 3, SIZE, SIZE))
+    net.eval()
+    calibration = np.random.default_rng(0).standard_normal((8, 3, SIZE, SIZE)).astype(np.float32)
+
+    class Images(CalibrationDataReader):
+        def __init__(self):
+            self.it = iter(range(len(calibration)))
+
+        def get_next(self):
+            i = next(self.it, None)
+            return None if i is None else {"x": calibration[i: i + 1]}
+
+    def export(name):
+        torch.onnx.export(net, torch.randn(1, 3, SIZE, SIZE), str(tmp_path / f"{name}.onnx"), dynamo=False,
+                          input_names=["x"], output_names=["y"], dynamic_axes={"x": {0: "b"}})
+        return tmp_path / f"{name}.onnx"
+
+    clean = artifacts.read(export("float"), "onnx", "onnxruntime", "mobilenet_v2_050", input_size=SIZE)
+    graph, weights = clean.graph, {k: np.asarray(v, np.float64) for k, v in clean.weights.items()}
+    with torch.no_grad():  # features.6: blocks.5 (expand conv channel 0 x1.25); features.9: blocks.8 (dw swap)
+        net.features[6].conv[0][0].weight[0] *= 1.25
+        w = net.features[9].conv[1][0].weight
+        w[[0, 1]] = w[[1, 0]].clone()
+    quantize_static(str(export("planted")), str(tmp_path / "q.onnx"), Images(), quant_format=QuantFormat.QDQ,
+                    per_channel=True)
+    model = onnx.load(str(tmp_path / "q.onnx"))
+    assert len(OI.activation_pairs(model)) == 66 and "/features/features.1/conv/conv.0/conv.0.2/Clip_output_0" in {
+        p.source for p in OI.activation_pairs(model)}
+    x = calibration[:2]
+    tensors = OI.node_tensors(model.SerializeToString(), graph, x, "q.onnx")
+    assert len(tensors) == 66
+    report = int8.locate(graph, weights, x, tensors)
+    jumped = [r for r in report["rows"] if int8.jumps(r)]
+    assert [r.node for r in jumped] == ["blocks.5.expand.act", "blocks.8.dw.act"], jumped
+    assert report["first_jump"] == jumped[0] and jumped[1].local_steps >= 5 * int8.JUMP_STEPS
+    assert max(r.local_steps for r in report["rows"] if r not in jumped) < int8.JUMP_STEPS
