@@ -166,11 +166,11 @@ def node_tensors(model_bytes: bytes, graph: Graph, x_nchw: np.ndarray, where: st
         seen: set[str] = set()
         pairs = [(p, node) for p, node in pairs if not (node in seen or seen.add(node))]  # one tensor per node
     if not pairs:
-        raise LightnetsError(f"{where} quantizes no tensor named after a node of graph {graph.name!r}: the locator "
-                             "maps a QDQ file's tensors by the node names lightnets' ONNX export writes (a file of "
-                             "another exporter, e.g. torch.onnx, still imports, dequantized); to locate, export the "
-                             "float model with `lightnets export ... --to onnx --static` and quantize that file with "
-                             "quantize_static(..., quant_format=QuantFormat.QDQ), or use --quantize int8")
+        raise LightnetsError(f"{where} quantizes no tensor that maps onto a node of graph {graph.name!r} (by the node "
+                             "names lightnets' ONNX export writes, or through the graph's convs and data flow): is it "
+                             "a QDQ file of that graph? Export the float model with `lightnets export ... --to onnx "
+                             "--quantize int8`, or quantize lightnets' float ONNX export with quantize_static(..., "
+                             "quant_format=QuantFormat.QDQ)")
     inp = model.graph.input[0]
     if inp.type.tensor_type.elem_type != TensorProto.FLOAT:
         raise LightnetsError(f"the int8 locator feeds float32 images; {where} takes "
