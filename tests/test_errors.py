@@ -154,6 +154,10 @@ CATALOGUE = [
     ("concat_spatial_mismatch", lambda: _graph(
         Node("p", "max_pool2d", ("input",), {"kernel": 2, "stride": 2}), Node("c", "concat", ("input", "p"), {})),
      E.SpecError, "concat: inputs", "must be feature maps of one spatial size"),
+    ("resize_nearest_to_a_vector", lambda: _graph(
+        Node("g", "global_avg_pool", ("input",), {}), Node("f", "flatten", ("g",), {}),
+        Node("r", "resize_nearest", ("input", "f"), {})), E.SpecError, "resize_nearest needs a (C, H, W) feature map",
+     "put it before global_avg_pool/flatten"),
     ("slice_out_of_range", lambda: _graph(Node("s", "slice_channels", ("input",), {"start": 4, "stop": 9})),
      E.SpecError, "[4, 9) is not a non-empty range", "inside the 6 input channels"),
     ("cycle", lambda: _graph(_relu("a", ("b",)), _relu("b", ("a",))), E.SpecError,
