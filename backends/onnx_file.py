@@ -27,7 +27,7 @@ from . import onnx_int8
 from .base import unreadable
 
 # ops without weights that the light CNNs export to (torch.onnx, tf2onnx, paddle2onnx); anything else is refused.
-# Resize: GhostNetV2's nearest upsample of its DFC gate (torch: mode nearest, asymmetric, floor); the probe, which
+# Resize: a nearest upsample of an attention gate (IR resize_nearest; torch: nearest, asymmetric, floor); the probe, which
 # runs the file itself, judges any other mode
 WEIGHTLESS = frozenset("""Relu Clip HardSwish HardSigmoid Sigmoid Mul Add Sub Div Neg Max Min GlobalAveragePool
     AveragePool MaxPool ReduceMean Flatten Reshape Transpose Concat Split Slice Gather Shape Unsqueeze Squeeze
