@@ -27,8 +27,8 @@ from . import onnx_int8
 from .base import unreadable
 
 # ops without weights that the light CNNs export to (torch.onnx, tf2onnx, paddle2onnx); anything else is refused.
-# Resize: a nearest upsample of an attention gate (IR resize_nearest; torch: nearest, asymmetric, floor); the probe, which
-# runs the file itself, judges any other mode
+# Resize: a nearest upsample of an attention gate (IR resize_nearest; torch: nearest, asymmetric, floor); the
+# probe, which runs the file itself, judges any other mode
 WEIGHTLESS = frozenset("""Relu Clip HardSwish HardSigmoid Sigmoid Mul Add Sub Div Neg Max Min GlobalAveragePool
     AveragePool MaxPool ReduceMean Flatten Reshape Transpose Concat Split Slice Gather Shape Unsqueeze Squeeze
     Constant ConstantOfShape Identity Dropout Softmax Pad Cast Range Expand Tile Floor Ceil Equal Where
