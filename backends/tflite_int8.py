@@ -1,11 +1,12 @@
 """The tensors of an int8 TFLite file, kept and mapped onto a lightnets graph: the runtime side of the per-layer
 int8 locator (:mod:`lightnets.int8` compares them with the float64 reference).
 
-LiteRT's ``experimental_preserve_all_tensors`` keeps every intermediate tensor (and runs the builtin kernels, no
-XNNPack). The converter names a tensor after the keras layers its op fused (``model/blocks__1__dw__act/Relu6;
-model/blocks__1__dw__bn/...;model/blocks__1__dw__conv/...``); a tensor holds the output of the LAST of those
-nodes in graph order (the activation of a fused conv + BN + activation). The quantize op of the input is the node
-``input``.
+LiteRT's ``experimental_preserve_all_tensors`` keeps every intermediate tensor of the builtin kernels; the interpreter
+is made with ``OpResolverType.BUILTIN_WITHOUT_DEFAULT_DELEGATES``, else its default XNNPack delegate takes partitions
+of ops whose inner tensors are not kept (a planted channel scale went unseen that way). The converter
+names a tensor after the keras layers its op fused (``model/blocks__1__dw__act/Relu6;model/blocks__1__dw__bn/...;
+model/blocks__1__dw__conv/...``); a tensor holds the output of the LAST of those nodes in graph order (the activation
+of a fused conv + BN + activation). The quantize op of the input is the node ``input``.
 """
 
 from __future__ import annotations
@@ -125,6 +126,8 @@ def _quantized_outputs(it, graph: Graph) -> list[_Quantized]:
             fused = [INPUT] if op["op_name"] == "QUANTIZE" and not found else _nodes_named(t["name"], layers)
             if fused:
                 node = max(fused, key=order.get)
+                if node in found:  # the earlier op's tensor is no node's output: its nodes are this tensor's too
+                    fused = list(dict.fromkeys([*found[node].fused, *fused]))
                 found[node] = _Quantized(node, tuple(sorted(fused, key=order.get)), op["op_name"], index, float(scale),
                                          int(zero_point), t["dtype"])
     return list(found.values())
@@ -142,11 +145,27 @@ def graph_ranges(flat_buffer: bytes, graph: Graph) -> dict[str, list[float]]:
     return out
 
 
-def node_tensors(flat_buffer: bytes, graph: Graph, x_nchw: np.ndarray) -> dict[str, QuantTensor]:
+def _builtin_kernels(cls) -> dict:
+    """The interpreter option that runs the builtin kernels without the default XNNPack delegate: a delegated
+    partition keeps only its outputs (its ops show as one DELEGATE op), so the tensors inside it are not kept."""
+    import importlib
+
+    module = importlib.import_module(cls.__module__)
+    resolver = getattr(module, "OpResolverType", None)
+    if resolver is None or not hasattr(resolver, "BUILTIN_WITHOUT_DEFAULT_DELEGATES"):
+        return {}
+    return {"experimental_op_resolver_type": resolver.BUILTIN_WITHOUT_DEFAULT_DELEGATES}
+
+
+def node_tensors(flat_buffer: bytes, graph: Graph, x_nchw: np.ndarray, xnnpack: bool = False
+                 ) -> dict[str, QuantTensor]:
     """Run the int8 flat buffer on the NCHW batch ``x_nchw`` with every tensor kept: ``{node: QuantTensor}`` for
-    every graph node (and ``input``) whose output a quantized tensor holds."""
+    every graph node (and ``input``) whose output a quantized tensor holds. The builtin kernels run (``xnnpack``:
+    LiteRT's default XNNPack delegate instead, whose int8 requantization rounds otherwise - docs/design.md §6 - and
+    whose partitions keep only their outputs)."""
     cls, _ = interpreter_class()
-    it = cls(model_content=bytes(flat_buffer), experimental_preserve_all_tensors=True)
+    it = cls(model_content=bytes(flat_buffer), experimental_preserve_all_tensors=True,
+             **({} if xnnpack else _builtin_kernels(cls)))
     inp = it.get_input_details()[0]
     x = nhwc(x_nchw)
     if tuple(inp["shape"]) != x.shape:
