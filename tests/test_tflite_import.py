@@ -334,3 +334,17 @@ def test_fixed_batch_keras_files_float_and_uint8_io_import(tmp_path):
     assert q.graph.name == "mobilenet_v1_025_keras" and q.probe["file_batch"] == 1
     assert "uint8 input" in " ".join(q.notes)
     assert tfl.forward(q_path, x.astype(np.float32)).shape == (3, 1000)
+
+
+@pytest.mark.skipif(not SLOW, reason="~40 s (a TFLite conversion): LIGHTNETS_SLOW=1")
+def test_ghostnet_v2_tflite_without_its_sidecar_imports_through_the_resize_gathers(tmp_path):
+    """resize_nearest's keras lowering converts to RANGE / FLOOR_DIV / LESS / SELECT / GATHER; a .tflite of it that
+    lost its sidecar imports as the timm twin's id (measured probe 2.1e-6)."""
+    import importlib
+
+    export = importlib.import_module("lightnets.export")
+    path = export.export("ghostnet_v2_100", to="tflite", path=tmp_path / "g.tflite", input_size=64)
+    for extra in tmp_path.glob("g.tflite.*"):
+        extra.unlink()
+    graph, w, info = lightnets.import_zoo("timm", "ghostnetv2_100", str(path), input_size=64)
+    assert info["arch"] == "ghostnet_v2_100" and info["probe"]["rel_error"] <= info["probe"]["tolerance"]
