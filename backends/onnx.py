@@ -14,14 +14,14 @@ canonical .safetensors files), so a lightnets .onnx file carries its graph: :fun
 
 Lowering (float32): conv2d -> Conv (pads [top, left, bottom, right], group, dilations); batch_norm ->
 BatchNormalization (eval); relu -> Relu; relu6 -> Clip(0, 6); hardsigmoid -> Div(Clip(Add(x, 3), 0, 6), 6)
-written out (``HardSigmoid``'s alpha is a float32 attribute: 1/6 -> 0.16666667163, so it is not exactly
-relu6(x + 3) / 6); hardswish -> x * that; sigmoid -> Sigmoid; swish -> Mul(x, Sigmoid(x)); add/mul -> Add/Mul
-(numpy broadcast); concat -> Concat(axis 1); resize_nearest -> Gather of rows then columns at int64
-floor(i * in / out) from Shape(x), Shape(like) (Range, Mul, Div); slice_channels -> Slice; channel_shuffle ->
-Reshape(x, [0, g, C/g, -1]) -> Transpose(0, 2, 1, 3) -> Reshape(., Shape(x)) (batch, height and width stay dynamic);
-max_pool2d -> MaxPool (pads are ignored elements: the IR's -inf); avg_pool2d -> AveragePool
-(count_include_pad); global_avg_pool -> GlobalAveragePool; flatten -> Flatten(axis 1); linear -> Gemm
-(transB=1, canonical (out, in) weight); dropout -> Identity.
+written out (``HardSigmoid``'s alpha is a float32 attribute: 1/6 -> 0.16666667163, so it is not exactly relu6(x
++ 3) / 6); hardswish -> x * that; sigmoid -> Sigmoid; swish -> Mul(x, Sigmoid(x)); add/mul -> Add/Mul (numpy
+broadcast); concat -> Concat(axis 1); resize_nearest -> Gather of rows then columns at int64 floor(i * in / out)
+from Shape(x), Shape(like) (CumSum of ConstantOfShape ones, Mul, Div); slice_channels -> Slice; channel_shuffle
+-> Reshape(x, [0, g, C/g, -1]) -> Transpose(0, 2, 1, 3) -> Reshape(., Shape(x)) (batch, height and width stay
+dynamic); max_pool2d -> MaxPool (pads are ignored elements: the IR's -inf); avg_pool2d -> AveragePool
+(count_include_pad); global_avg_pool -> GlobalAveragePool; flatten -> Flatten(axis 1); linear -> Gemm (transB=1,
+canonical (out, in) weight); dropout -> Identity.
 
 float64 (measured on onnxruntime 1.32 CPU): Conv, AveragePool, GlobalAveragePool, HardSigmoid and
 HardSwish have no double kernel (NOT_IMPLEMENTED); BatchNormalization, Relu, Clip, Sigmoid, Add/Sub/Mul/Div,
@@ -212,18 +212,21 @@ def _channel_shuffle(c: Lowering):
 
 def _resize_nearest(c: Lowering):
     """Gather rows then columns at floor(i * in / out), the sizes read from Shape(x) and Shape(like) (Resize's
-    float scale lands one index low at some size pairs); all int64, exact, any input size."""
+    float scale lands one index low at some size pairs); all int64, exact, any input size. The positions 0..out-1
+    are an exclusive CumSum of ConstantOfShape(out) ones, not a Range: onnx shape inference (data propagation)
+    follows ConstantOfShape to a static length, a Range of a computed limit it leaves unknown."""
     em, node, xs = c.native, c.node, c.inputs
     n, x = node.name, xs[0]
     shape_x = em.add("Shape", [x], f"{n}/x_shape")
     shape_like = em.add("Shape", [xs[1]], f"{n}/like_shape")
-    zero, one = em.ints("const/int0", 0), em.ints("const/int1", 1)
+    axis0 = em.ints("const/int0", 0)
+    one = numpy_helper.from_array(np.array([1], np.int64), "value")
     for axis in (2, 3):
         begin, end = em.ints(f"const/at{axis}", [axis]), em.ints(f"const/at{axis + 1}", [axis + 1])
         size_in = em.add("Slice", [shape_x, begin, end], f"{n}/in{axis}")
-        size_out = em.add("Squeeze", [em.add("Slice", [shape_like, begin, end], f"{n}/out{axis}")],
-                          f"{n}/out{axis}_scalar")
-        steps = em.add("Range", [zero, size_out, one], f"{n}/range{axis}")
+        size_out = em.add("Slice", [shape_like, begin, end], f"{n}/out{axis}")
+        ones = em.add("ConstantOfShape", [size_out], f"{n}/ones{axis}", value=one)
+        steps = em.add("CumSum", [ones, axis0], f"{n}/steps{axis}", exclusive=1)
         index = em.add("Div", [em.add("Mul", [steps, size_in], f"{n}/scaled{axis}"), size_out], f"{n}/index{axis}")
         x = em.add("Gather", [x, index], n if axis == 3 else f"{n}/rows", axis=axis)
     return x

@@ -32,7 +32,7 @@ from .base import unreadable
 WEIGHTLESS = frozenset("""Relu Clip HardSwish HardSigmoid Sigmoid Mul Add Sub Div Neg Max Min GlobalAveragePool
     AveragePool MaxPool ReduceMean Flatten Reshape Transpose Concat Split Slice Gather Shape Unsqueeze Squeeze
     Constant ConstantOfShape Identity Dropout Softmax Pad Cast Range Expand Tile Floor Ceil Equal Where
-    ScatterND CastLike Resize""".split())
+    ScatterND CastLike Resize CumSum""".split())
 # nodes whose outputs are constants when their inputs are (folded on reading, the runtime still computes them)
 _FOLDED = frozenset("Constant Shape Expand ConstantOfShape Unsqueeze Squeeze Concat Gather Range".split())
 _CONV_LIKE = {"Conv": "conv", "BatchNormalization": "bn", "Gemm": "linear", "MatMul": "linear"}
