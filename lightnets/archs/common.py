@@ -63,3 +63,9 @@ def squeeze_excite(g, name: str, x: str, squeeze: int, act: str = "relu", gate: 
     s = g.add(f"{name}.fc2", "conv2d", s, out_channels=c, kernel=1, bias=True)
     s = g.add(f"{name}.gate", "activation", s, kind=gate)
     return g.add(f"{name}.scale", "mul", [x, s])
+
+
+def residual(g, name: str, inp: str, x: str) -> str:
+    """``inp + x`` as ``name`` where the block kept the shape of its input (an inverted residual's shortcut), else
+    ``x``."""
+    return g.add(name, "add", [inp, x]) if g.shape(x) == g.shape(inp) else x

@@ -38,7 +38,7 @@ from typing import NamedTuple
 
 from ..errors import SpecError
 from ..graph import Graph, GraphBuilder
-from .common import FeaturePoint, make_divisible, squeeze_excite
+from .common import FeaturePoint, make_divisible, residual, squeeze_excite
 
 
 class Stage(NamedTuple):
@@ -122,8 +122,7 @@ def build(name: str, version: str, num_classes: int, input_size: int, include_to
             if not lite:
                 x = squeeze_excite(g, f"{block}.se", x, max(1, c // 4), act="swish", gate="sigmoid")
             x = g.conv_bn_act(f"{block}.project", x, out, 1, act=None, **bn)
-            if g.shape(x) == g.shape(inp):
-                x = g.add(f"{block}.add", "add", [inp, x])
+            x = residual(g, f"{block}.add", inp, x)
             i += 1
     head = HEAD if lite else make_divisible(HEAD * sc.width)
     x = g.conv_bn_act("head.conv", x, head, 1, act=act, **bn)

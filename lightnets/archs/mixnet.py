@@ -30,7 +30,7 @@ from typing import NamedTuple
 
 from ..errors import SpecError
 from ..graph import Graph, GraphBuilder
-from .common import FeaturePoint, make_divisible, squeeze_excite
+from .common import FeaturePoint, make_divisible, residual, squeeze_excite
 
 
 class Row(NamedTuple):
@@ -144,8 +144,7 @@ def build(name: str, version: str, width: float, num_classes: int, input_size: i
                 x = squeeze_excite(g, f"{block}.se", x, round(c * row.se), act=row.act, gate="sigmoid")
             x = bn_act(f"{block}.project", mixed_conv(g, f"{block}.project", x, out, (1,) * row.pw_groups,
                                                       padding=padding), None)
-            if g.shape(x) == g.shape(inp):
-                x = g.add(f"{block}.add", "add", [inp, x])
+            x = residual(g, f"{block}.add", inp, x)
             i += 1
     x = g.conv_bn_act("head.conv", x, HEAD, 1, **bn)
     g.classifier(x, num_classes, dropout=dropout, include_top=include_top)

@@ -25,7 +25,7 @@ from typing import NamedTuple
 
 from ..errors import SpecError
 from ..graph import Graph, GraphBuilder
-from .common import FeaturePoint, make_divisible, squeeze_excite
+from .common import FeaturePoint, make_divisible, residual, squeeze_excite
 
 
 class Stage(NamedTuple):
@@ -96,8 +96,7 @@ def build(name: str, version: str, width: float, num_classes: int, input_size: i
             if st.se:
                 x = squeeze_excite(g, f"{block}.se", x, round(c * st.se), act="relu", gate="sigmoid")
             x = g.conv_bn_act(f"{block}.project", x, out, 1, act=None, **bn)
-            if g.shape(x) == g.shape(inp):
-                x = g.add(f"{block}.add", "add", [inp, x])
+            x = residual(g, f"{block}.add", inp, x)
             i += 1
     x = g.conv_bn_act("head.conv", x, HEAD, 1, **bn)
     g.classifier(x, num_classes, dropout=dropout, include_top=include_top)

@@ -5,7 +5,7 @@ from __future__ import annotations
 from typing import NamedTuple
 
 from ..graph import Graph, GraphBuilder
-from .common import FeaturePoint, make_divisible, pads_for
+from .common import FeaturePoint, make_divisible, pads_for, residual
 
 
 class Stage(NamedTuple):
@@ -58,8 +58,7 @@ def build(name: str, width: float, num_classes: int, input_size: int, include_to
             x = g.conv_bn_act(f"{block}.dw", x, hidden, 3, stride=s, groups=hidden, act="relu6",
                               pads=pads_for(padding, 3, s, "correct_pad"), **bn)
             x = g.conv_bn_act(f"{block}.project", x, out, 1, act=None, **bn)
-            if g.shape(x) == g.shape(inp):
-                x = g.add(f"{block}.add", "add", [inp, x])
+            x = residual(g, f"{block}.add", inp, x)
             i += 1
     x = g.conv_bn_act("head.conv", x, make_divisible(HEAD * max(1.0, width)), 1, act="relu6", **bn)
     g.classifier(x, num_classes, dropout=dropout, include_top=include_top)

@@ -19,7 +19,7 @@ from typing import NamedTuple
 
 from ..errors import SpecError
 from ..graph import Graph, GraphBuilder
-from .common import FeaturePoint, make_divisible, pads_for
+from .common import FeaturePoint, make_divisible, pads_for, residual
 
 
 class Bneck(NamedTuple):
@@ -114,8 +114,7 @@ def build(name: str, size: str, width: float, num_classes: int, input_size: int,
         if row.se:
             x = _se(g, f"{block}.se", x, make_divisible(exp // 4, 8))
         x = g.conv_bn_act(f"{block}.project", x, make_divisible(row.out * width), 1, act=None, **bn)
-        if g.shape(x) == g.shape(inp):
-            x = g.add(f"{block}.add", "add", [inp, x])
+        x = residual(g, f"{block}.add", inp, x)
     x = g.conv_bn_act("head.conv", x, LAST_CONV_EXPANSION * g.channels(x), 1, act="hardswish", **bn)
     hidden = make_divisible(HEAD[size] * (max(1.0, width) if rounding == "ratio" else width))
     g.classifier(x, num_classes, dropout=dropout, hidden=hidden, hidden_act="hardswish",

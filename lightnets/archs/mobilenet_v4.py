@@ -52,7 +52,7 @@ from typing import NamedTuple
 
 from ..errors import SpecError
 from ..graph import Graph, GraphBuilder
-from .common import FeaturePoint, make_divisible
+from .common import FeaturePoint, make_divisible, residual
 
 
 class Block(NamedTuple):
@@ -156,8 +156,7 @@ def build(name: str, size: str, width: float, num_classes: int, input_size: int,
             x = g.conv_bn_act(f"{block}.conv_pwl", x, out, 1, act=None, **bn)
         else:
             x = _uib(g, block, x, row, stride, out, bn)
-        if g.shape(x) == g.shape(inp):
-            x = g.add(f"{block}.add", "add", [inp, x])
+        x = residual(g, f"{block}.add", inp, x)
     # timm head_norm: pool -> 1x1 conv (no bias) -> BN -> relu on the (C, 1, 1) map, then the classifier
     x = g.add("head.pool", "global_avg_pool", x)
     x = g.conv_bn_act("head.conv", x, HEAD, 1, act="relu", **bn)
