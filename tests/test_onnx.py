@@ -278,19 +278,14 @@ def test_missing_package_names_the_extra(missing, tmp_path):
 
 def test_locator_names_a_planted_wrong_pad_in_onnxruntime(tmp_path):
     """The runner's divergence locator reads every node of the ONNX graph (return_all outputs)."""
-    case = C.model_cases(["mobilenet_v1_025"], input_size=32, num_classes=10)[0]
-    m = runner.Matrix([case], tmp_path)
-    graph_file = tmp_path / "cases" / case.id / "graph.json"
-    d = json.loads(graph_file.read_text())
-    planted = next(n for n in d["nodes"] if n["name"] == "blocks.4.dw.conv")
-    planted["attrs"]["pads"] = [2, 0, 1, 1]  # same output shape, shifted window
-    graph_file.write_text(json.dumps(d))
-    outs = m.run_workers(["onnxruntime"], [case.id], ["float32"], "main")
-    [result] = [r for r in m.compare(outs, ["float32"]) if r.kind == "model"]
+    from planted import plant_and_locate
+
+    # same output shape, shifted window
+    result, first, per_node = plant_and_locate(tmp_path, "blocks.4.dw.conv", {"pads": [2, 0, 1, 1]}, "onnxruntime",
+                                               "float32")
     assert result.failed and result.rel_err > 1e-3
-    out = m.run_workers(["onnxruntime"], [case.id], ["float32"], "locate", return_all=True)["onnxruntime"]
-    first, per_node = m.locate("onnxruntime", "float32", [case.id], out)[case.id]
-    assert first["node"] == "blocks.4.dw.conv" and len(per_node) == len(case.graph.nodes)
+    assert first["node"] == "blocks.4.dw.conv" and len(per_node) == len(registry.get_spec(
+        "mobilenet_v1_025", num_classes=10, input_size=32).nodes)
 
 
 @pytest.mark.parametrize("arch", ["mobilenet_v2_050", "ghostnet_050"])

@@ -5,12 +5,12 @@ import json
 import numpy as np
 import profiles
 import pytest
+from planted import plant_and_locate
 
 from lightnets import cli, registry
 from lightnets.parity import cases as C
 from lightnets.parity import runner
 from lightnets.parity import tolerances as T
-from lightnets.parity.runner import Matrix
 
 TARGETS = list(runner.TARGETS)
 QUICK = profiles.MATRIX_MODELS  # the model subset of the matrix in `make test`
@@ -106,21 +106,11 @@ def test_probe_case_has_a_per_node_curve(matrix):
 
 def test_locator_names_a_planted_wrong_pad(tmp_path):
     """Change one conv's pads in the graph the worker builds; the locator must name that node."""
-    case = C.model_cases(["mobilenet_v1_025"], input_size=32, num_classes=10)[0]
-    m = Matrix([case], tmp_path)
-    graph_file = tmp_path / "cases" / case.id / "graph.json"
-    d = json.loads(graph_file.read_text())
-    planted = next(n for n in d["nodes"] if n["name"] == "blocks.4.dw.conv")
-    assert planted["attrs"]["pads"] == [1, 1, 1, 1]
-    planted["attrs"]["pads"] = [2, 0, 1, 1]  # same output shape, shifted window
-    graph_file.write_text(json.dumps(d))
-    outs = m.run_workers(["torch"], [case.id], ["float64"], "main")
-    [result] = [r for r in m.compare(outs, ["float64"]) if r.kind == "model"]
+    # same output shape, shifted window
+    result, first, per_node = plant_and_locate(tmp_path, "blocks.4.dw.conv", {"pads": [2, 0, 1, 1]}, "torch", "float64")
     assert result.failed and result.rel_err > 1e-3
-    out = m.run_workers(["torch"], [case.id], ["float64"], "locate", return_all=True)["torch"]
-    first, per_node = m.locate("torch", "float64", [case.id], out)[case.id]
     assert first["node"] == "blocks.4.dw.conv" and first["op"] == "conv2d"
-    assert first["attrs"]["pads"] == [1, 1, 1, 1]
+    assert first["attrs"]["pads"] == [1, 1, 1, 1]  # the reference's
     names = [n for n, _, _ in per_node]
     assert all(e <= T.MODEL_REL["float64"] for _, _, e in per_node[: names.index("blocks.4.dw.conv")])
 

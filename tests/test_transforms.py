@@ -307,21 +307,12 @@ def test_parity_matrix_inference_mode_torch_paddle(tmp_path):
 
 
 def test_parity_locator_names_a_bn_folded_with_a_planted_wrong_eps(tmp_path):
-    from lightnets.parity import cases as C
-    from lightnets.parity.runner import Matrix
+    from planted import plant_and_locate
 
-    case = C.model_cases(["mobilenet_v1_025"], input_size=32, num_classes=CLASSES)[0]
-    m = Matrix([case], tmp_path, mode="inference")
-    graph_file = tmp_path / "cases" / case.id / "graph.json"
-    d = json.loads(graph_file.read_text())
-    planted = next(n for n in d["nodes"] if n["name"] == "blocks.4.dw.bn")
-    planted["attrs"]["eps"] = 0.5  # the worker folds with it; the reference keeps 1e-5
-    graph_file.write_text(json.dumps(d))
-    outs = m.run_workers(["torch"], [case.id], ["float64"], "main")
-    [result] = [r for r in m.compare(outs, ["float64"]) if r.kind == "model"]
+    # the worker folds with eps 0.5; the reference keeps 1e-5
+    result, first, per_node = plant_and_locate(tmp_path, "blocks.4.dw.bn", {"eps": 0.5}, "torch", "float64",
+                                               mode="inference")
     assert result.failed and result.rel_err > 1e-3
-    out = m.run_workers(["torch"], [case.id], ["float64"], "locate", return_all=True)["torch"]
-    first, per_node = m.locate("torch", "float64", [case.id], out)[case.id]
     assert (first["node"], first["op"], first["folded_into"]) == ("blocks.4.dw.bn", "batch_norm", "blocks.4.dw.conv")
     names = [n for n, _, _ in per_node]
     assert "blocks.4.dw.conv" not in names
