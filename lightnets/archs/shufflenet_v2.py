@@ -15,6 +15,7 @@ from __future__ import annotations
 from typing import NamedTuple
 
 from ..graph import Graph, GraphBuilder
+from . import shufflenet_v1
 from .common import FeaturePoint
 
 
@@ -83,15 +84,8 @@ VARIANTS = {
     "shufflenet_v2_swish_100_paddle": dict(act="swish", widths=WIDTHS[1.0]),
 }
 
-# Backbone outputs (timm has no ShuffleNet; rule of lightnets, torchvision's module names): conv1 (stem conv + BN
-# + act, stride 2), maxpool (stride 4), stage2/3/4 (strides 8/16/32) and conv5 (the 1x1 conv + BN + act after
-# stage4, stride 32). The default selection is the last map at each stride, so conv5, not stage4, at 32
-# (out_indices=(2, 3, 4) gives the three stages).
-FEATURES = (
-    FeaturePoint("conv1", "stem.act", 1),
-    FeaturePoint("maxpool", "stem.pool", 1),
-    FeaturePoint("stage2", "stages.2", 2),
-    FeaturePoint("stage3", "stages.3", 3),
-    FeaturePoint("stage4", "stages.4", 4),
-    FeaturePoint("conv5", "head.conv", 5),
-)
+# Backbone outputs (timm has no ShuffleNet; rule of lightnets, torchvision's module names): ShuffleNetV1's conv1
+# (stem conv + BN + act, stride 2), maxpool (stride 4), stage2/3/4 (strides 8/16/32), and conv5 (the 1x1 conv +
+# BN + act after stage4, stride 32). The default selection is the last map at each stride, so conv5, not stage4,
+# at 32 (out_indices=(2, 3, 4) gives the three stages).
+FEATURES = (*shufflenet_v1.FEATURES, FeaturePoint("conv5", "head.conv", 5))
