@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import sys
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any, NamedTuple
@@ -52,6 +53,14 @@ class Lowering(NamedTuple):
     @property
     def attrs(self) -> dict:
         return self.node.attrs
+
+
+def before_tensorflow() -> None:
+    """Call before tensorflow may be imported (the keras and tflite backends do, when they load): where torch is
+    loaded, import ``torch._dynamo`` first - torch's optimizers import it, and imported after tensorflow it segfaults
+    (torch 2.14.1, tensorflow 2.21; the other order works: docs/design.md §2)."""
+    if "torch" in sys.modules and "tensorflow" not in sys.modules:
+        import torch._dynamo  # noqa: F401
 
 
 def native_op(node, in_channels: int) -> str:

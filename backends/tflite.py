@@ -50,8 +50,10 @@ from lightnets.graph import Graph
 from lightnets.reference import check_input
 
 from . import tflite_file
-from .base import Backend
+from .base import Backend, before_tensorflow
 from .compiled import CompiledModel, InferenceRuntime
+
+before_tensorflow()  # LiteRT's converter and interpreter import tensorflow: torch._dynamo first where torch is loaded
 
 DTYPES = {"float32": np.float32, "float64": np.float64}  # requested dtype -> output dtype (compute: float32)
 QUANTIZE = ("int8",)

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import copy
 import operator
+import sys
 import time
 import warnings
 from collections import OrderedDict
@@ -22,7 +23,7 @@ from torch import nn
 
 from lightnets import ops
 from lightnets import weights as W
-from lightnets.errors import LightnetsError, SpecError
+from lightnets.errors import BackendConflictError, LightnetsError, SpecError
 from lightnets.graph import INPUT, Graph
 from lightnets.numerics import check_dtype
 
@@ -580,6 +581,12 @@ class TorchBackend(Backend):
     def optimizer(self, spec, params):
         """The torch optimizer of a ``lightnets.optim`` spec over ``params``: torch's SGD and AdamW are the IR's
         formulas as written (coupled L2 on SGD, decoupled decay on AdamW)."""
+        if "torch._dynamo" not in sys.modules and "tensorflow" in sys.modules:
+            raise BackendConflictError(
+                "torch's optimizers import torch._dynamo, which segfaults when imported after tensorflow (already "
+                "imported in this process). Load the torch backend before keras / tensorflow "
+                "(lightnets.load_backend('torch') first: the keras backend then imports torch._dynamo in time), "
+                "or train in a separate process.")
         if spec.kind == "sgd":
             return torch.optim.SGD(params, lr=spec.lr, momentum=spec.momentum, weight_decay=spec.weight_decay,
                                    nesterov=spec.nesterov)

@@ -12,7 +12,7 @@ a lightnets model that ``lightnets.run`` (and ``return_all=True``, ``export_weig
   running a frozen ``torch.jit.trace`` of it, traced on the first call at each input shape.
 - keras: the folded functional ``keras.Model``, run by ``predict_on_batch`` / the bench's ``tf.function``;
   ``compile=True`` on tensorflow: by frozen-graph sessions of it (weights as constants, one session per input
-  shape, :mod:`lightnets.backends.tf_frozen`; XLA measured 10-26x slower here and is not used).
+  shape, :mod:`lightnets.backends.keras.frozen`; XLA measured 10-26x slower here and is not used).
 - paddle: the folded ``GraphLayer`` with its forward as ``paddle.jit.to_static``; ``compile=True``: a
   :class:`~lightnets.backends.paddle.PredictorLayer` running a ``paddle.inference`` predictor (oneDNN on,
   IR optimisation on) of the folded graph saved with ``paddle.jit.save`` to a temporary directory.

@@ -1,11 +1,12 @@
 """Test-session set-up: deterministic threads, and paddle before tensorflow in one process.
 
-Importing tensorflow before paddle in one process segfaults (docs/design.md §2), so test modules import
-frameworks only inside tests/fixtures, and the paddle tests are ordered first.
+Importing tensorflow before paddle in one process segfaults, and so does torch._dynamo (torch's optimizers import
+it) after tensorflow (docs/design.md §2), so test modules import frameworks only inside tests/fixtures, and the
+paddle tests are ordered first.
 
 ``make test`` runs two pytest-xdist workers (``-n 2``), each its own process on one core: every framework
-runs single-threaded (the variables below), each worker imports paddle when it starts (so the order in
-which a worker is handed tests cannot put tensorflow first), and the tests of a file in
+runs single-threaded (the variables below), each worker imports paddle and torch._dynamo when it starts (so the
+order in which a worker is handed tests cannot put tensorflow first), and the tests of a file in
 ``SHARED_FIXTURE_FILES`` go to one worker, so that their expensive module-scoped fixture is built once.
 """
 
@@ -30,6 +31,8 @@ SHARED_FIXTURE_FILES = {
 def pytest_configure(config):
     if os.environ.get("PYTEST_XDIST_WORKER") and importlib.util.find_spec("paddle") is not None:
         import paddle  # noqa: F401  (first in every worker: tensorflow after paddle is fine)
+    if os.environ.get("PYTEST_XDIST_WORKER") and importlib.util.find_spec("torch") is not None:
+        import torch._dynamo  # noqa: F401  (before tensorflow too: torch's optimizers import it, after tf it segfaults)
 
 
 def pytest_collection_modifyitems(session, config, items):

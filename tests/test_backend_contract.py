@@ -14,14 +14,12 @@ import functools
 import importlib
 import importlib.util
 import re
-from pathlib import Path
 
 import numpy as np
 import profiles
 import pytest
 
 import lightnets
-import lightnets.backends as backends_pkg
 from lightnets import reference
 from lightnets import weights as W
 from lightnets.errors import FileFormatError, InputShapeError, LightnetsError, WeightsError
@@ -468,16 +466,7 @@ def test_not_a_model_of_this_framework(name):
         load_backend(name).state_dict(object())
 
 
-# --- house rules ---------------------------------------------------------------------------------
-def test_backends_mention_no_model_name():
-    """A backend lowers ops; it never names an architecture."""
-    files = sorted(Path(backends_pkg.__file__).parent.glob("*.py"))
-    assert {f.name for f in files} >= {"__init__.py", "base.py", "torch.py", "keras.py", "paddle.py"}
-    for f in files:
-        hit = re.search(r"mobilenet|shufflenet|ghostnet|efficientnet", f.read_text().lower())
-        assert hit is None, f"{f.name} names an architecture: {hit.group(0)!r}"
-
-
+# --- house rules (a backend names no architecture: tests/test_spec.py) ----------------------------------
 def test_every_backend_is_one_row_that_the_cli_parity_bench_and_port_read():
     """lightnets.frameworks.FRAMEWORKS is the only list of backends: each row's module exists (found without
     importing its framework), and the CLI's, parity's, bench's and port's choices are read from it."""

@@ -121,11 +121,11 @@ def test_extra_op_matches_reference(case, dtype):
 def test_pad_choice():
     """keras' "same" only where it is the node's padding at every input size."""
     a = {"kernel": (3, 3), "stride": (2, 2), "pads": (0, 1, 0, 1), "padding": "explicit"}
-    assert kb._pad_mode(a) is None  # TF same at even sizes only: explicit
-    assert kb._pad_mode({**a, "pads": (0, 0, 0, 0), "padding": "same"}) == "same"
-    assert kb._pad_mode({**a, "stride": (1, 1), "pads": (1, 1, 1, 1)}) == "same"
-    assert kb._pad_mode({**a, "pads": (1, 1, 1, 1)}) is None
-    assert kb._pad_mode({**a, "pads": (0, 0, 0, 0)}) == "valid"
+    assert kb.lowering._pad_mode(a) is None  # TF same at even sizes only: explicit
+    assert kb.lowering._pad_mode({**a, "pads": (0, 0, 0, 0), "padding": "same"}) == "same"
+    assert kb.lowering._pad_mode({**a, "stride": (1, 1), "pads": (1, 1, 1, 1)}) == "same"
+    assert kb.lowering._pad_mode({**a, "pads": (1, 1, 1, 1)}) is None
+    assert kb.lowering._pad_mode({**a, "pads": (0, 0, 0, 0)}) == "valid"
 
 
 def test_layers_are_native_and_padding_uses_tf_same_when_it_matches():
@@ -196,7 +196,7 @@ def test_any_input_size_and_input_errors():
 
 
 def test_compiled_fast_path_runs_frozen_sessions_and_drops_them_on_new_weights():
-    """optimize(compile=True) on tensorflow: frozen-graph sessions per input shape (lightnets.backends.tf_frozen);
+    """optimize(compile=True) on tensorflow: frozen-graph sessions per input shape (lightnets.backends.keras.frozen);
     a net and a backbone (a list of outputs) match the unfolded reference at two batch sizes, and new weights set
     through lightnets drop the snapshot of the old ones."""
     keras = pytest.importorskip("keras")

@@ -502,6 +502,30 @@ def test_tensorflow_before_paddle_is_refused_not_a_segfault():
     assert "CONFLICT" in out.stdout and "segfaults" in out.stdout and "before tensorflow" in out.stdout
 
 
+def test_torch_training_after_tensorflow_is_refused_or_made_safe_not_a_segfault():
+    """torch._dynamo (torch's optimizers) imported after tensorflow segfaults: with the torch backend loaded first,
+    the keras backend imports it in time and a keras build then a torch optimizer step run; with tensorflow first,
+    the torch backend's optimizer refuses by name."""
+    from lightnets import optim
+
+    step = ("m = lightnets.build('mobilenet_v1_025', backend='torch', num_classes=10, input_size=32)\n"
+            "be = lightnets.load_backend('torch')\n"
+            "import numpy as np\n"
+            f"t = be.train_steps(m, [np.ones((2, 3, 32, 32))], [np.array([1, 2])], optim.{optim.SGD(0.1, 0.9)!r})\n"
+            "print('TRAINED', len(t.losses))\n")
+    safe = ("import lightnets\nfrom lightnets import optim\nlightnets.load_backend('torch')\n"
+            "lightnets.build('mobilenet_v1_025', backend='keras', num_classes=10, input_size=32)\n" + step)
+    unsafe = ("import tensorflow, lightnets\nfrom lightnets import optim\ntry:\n"
+              + "".join("    " + line + "\n" for line in step.splitlines())
+              + "except lightnets.errors.BackendConflictError as e:\n    print('CONFLICT', e)\n")
+    env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3", "KERAS_BACKEND": "tensorflow"}
+    for code, want in ((safe, "TRAINED 1"), (unsafe, "CONFLICT")):
+        out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env)
+        assert out.returncode == 0, out.stderr[-2000:]
+        assert want in out.stdout, out.stdout
+    assert "segfaults" in out.stdout and "separate process" in out.stdout
+
+
 @pytest.mark.parametrize("framework", ["torch", "keras"])
 def test_missing_framework_is_simulated_and_names_the_extra(framework):
     code = (f"import sys; sys.modules[{framework!r}] = None\n"

@@ -47,7 +47,7 @@ def test_no_framework_import_outside_backends_but_the_zoo_constructors():
 
 def test_no_backend_names_an_architecture():
     pattern = re.compile(r"shufflenet|mobilenet|ghostnet|mnasnet|efficientnet|lcnet|mobileone|repghost", re.I)
-    offenders = [f"{p.name}:{i}" for p in (ROOT / "backends").glob("*.py")
+    offenders = [f"{p.name}:{i}" for p in (ROOT / "backends").rglob("*.py")
                  for i, line in enumerate(p.read_text().splitlines(), 1) if pattern.search(line)]
     assert offenders == []
 
