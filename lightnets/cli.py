@@ -16,6 +16,7 @@ from . import registry
 from .errors import LightnetsError
 from .frameworks import BACKENDS, DEFAULT_PARITY_TARGETS, PARITY_TARGETS
 from .numerics import DTYPES
+from .parity.int8_runtimes import TARGETS as INT8_TARGETS
 
 
 def _csv(allowed: tuple[str, ...] | None = None):
@@ -150,6 +151,10 @@ def cmd_parity(args) -> int:
         print("lightnets parity: error: --train needs --mode train (folded models have no batch norms); "
               "drop --train or --mode", file=sys.stderr)
         return 2
+    int8_targets = [t for t in args.backends if t in INT8_TARGETS]
+    args.backends = [t for t in args.backends if t not in INT8_TARGETS]
+    if not args.backends:  # the int8 locator only
+        return _parity_int8(models, int8_targets, args.size, Path(args.out))
     case_list = (C.op_cases() if args.ops else []) + C.model_cases(models, input_size=args.size,
                                                                     num_classes=args.num_classes)
     kinds = {c.id: "op" for c in C.op_cases()} if args.ops else {}
@@ -183,6 +188,45 @@ def cmd_parity(args) -> int:
     failed = sum(r.failed for r in results)
     console.print(f"{len(results)} comparisons, {failed} failed, {elapsed:.0f} s; wrote {out}/report.md, "
                   f"report.json{', divergence.png' if plotted else ''}")
+    int8_failed = _parity_int8(models, int8_targets, args.size, out) if int8_targets else 0
+    return 1 if failed or int8_failed else 0
+
+
+def _parity_int8(models: list[str], targets: list[str], size: int, out: Path) -> int:
+    """The int8 targets of ``lightnets parity``: each model's full-integer TFLite (LiteRT) / QDQ ONNX (ONNX Runtime)
+    against the float64 reference node by node (``lightnets.int8``; seeded weights with BN statistics from data, 32
+    seeded calibration images): the error along depth, the first node whose error jumps and why. Not judged by a
+    bound (int8 error is the quantization's): writes ``int8.json`` and ``int8-<id>-<target>.png``; 1 if a run fails."""
+    import json
+
+    from rich.table import Table
+
+    from . import int8
+    from .parity import int8_runtimes as I8
+    from .weights import atomic_write
+
+    out.mkdir(parents=True, exist_ok=True)
+    table = Table(title=f"int8 vs the float64 reference, node by node ({size} px)")
+    for col in ("model", "target", "quantized nodes", "output rel", "max local steps", "first jump", "reason"):
+        table.add_column(col, justify="right" if col in ("quantized nodes", "output rel", "max local steps")
+                         else "left")
+    found, failed = {}, 0
+    for model in models:
+        for target in targets:
+            try:
+                report = I8.locate_in(model, target, size)
+            except LightnetsError as e:
+                failed += 1
+                table.add_row(model, target, "", "", "", f"[red]error[/] {e}"[:120], "")
+                continue
+            rows, jump = report["rows"], report["first_jump"]
+            found[f"{model} {target}"] = int8.summary(report)
+            int8.plot(report, out / f"int8-{model}-{target}.png", f"{model} {size} px, {target}: error along depth")
+            table.add_row(model, target, str(len(rows)), f"{rows[-1].rel_error:.3f}",
+                          f"{max(r.local_steps for r in rows):.1f}", jump.node if jump else "none",
+                          (report["reason"] or "")[:80])
+    _console().print(table)
+    atomic_write(out / "int8.json", lambda tmp: Path(tmp).write_text(json.dumps(found, indent=1, default=float)))
     return 1 if failed else 0
 
 
@@ -481,7 +525,9 @@ def make_parser() -> argparse.ArgumentParser:
 
     s = sub.add_parser("parity", help="the cross-framework parity matrix against the numpy reference")
     s.add_argument("--models", type=_csv(), default=["all"], help="ids, family names or 'all' (comma separated)")
-    s.add_argument("--backends", type=_csv(tuple(PARITY_TARGETS)), default=list(DEFAULT_PARITY_TARGETS))
+    s.add_argument("--backends", type=_csv((*PARITY_TARGETS, *INT8_TARGETS)), default=list(DEFAULT_PARITY_TARGETS),
+                   help="parity targets; tflite-int8 / onnx-int8: the per-node int8 locator of every model (its "
+                   "full-integer TFLite in LiteRT / QDQ ONNX in ONNX Runtime vs the float64 reference)")
     s.add_argument("--dtype", type=_csv(DTYPES), default=list(DTYPES))
     s.add_argument("--train", action="store_true", help="also train-mode BN and gradients")
     s.add_argument("--train-steps", type=_positive_int(), default=0, metavar="N",

@@ -24,20 +24,48 @@ from pathlib import Path
 
 import numpy as np
 
+# `lightnets parity --backends tflite-int8,onnx-int8`: the int8 targets (the locator, not a tolerance)
+TARGETS = ("tflite-int8", "onnx-int8")
 
-def run(model_id: str, size: int, calibration: int, images: int, out: Path, qdq_file: Path | None = None) -> dict:
+
+def _problem(model_id: str, size: int, calibration: int, images: int):
+    """The id's graph, float32 weights (BN statistics from data), calibration images and probe images."""
     import lightnets
     E = importlib.import_module("lightnets.export")  # (lightnets.export, the attribute, is the function)
-    from lightnets import int8
     from lightnets import weights as W
-    from lightnets.backends import onnx_int8 as OI
-    from lightnets.backends import tflite as TL
-    from lightnets.backends import tflite_int8 as TI
 
     graph = lightnets.get_spec(model_id, input_size=size)
     weights = {k: v.astype(np.float32) for k, v in W.init_weights(graph, seed=1).items()}
     cal = E.calibration_images(graph, calibration).astype(np.float32)
-    x = E.seeded_images(graph, images, E.AGREEMENT_SEED)
+    return graph, weights, cal, E.seeded_images(graph, images, E.AGREEMENT_SEED)
+
+
+def locate_in(model_id: str, target: str, size: int, calibration: int = 32, images: int = 2) -> dict:
+    """``lightnets.int8.locate``'s report of ``model_id`` through one int8 target of :data:`TARGETS` (its full-integer
+    TFLite in LiteRT, or its QDQ ONNX in ONNX Runtime; the same weights and calibration images)."""
+    from lightnets import int8
+
+    graph, weights, cal, x = _problem(model_id, size, calibration, images)
+    if target == "tflite-int8":
+        from lightnets.backends import tflite as TL
+        from lightnets.backends import tflite_int8 as TI
+
+        tensors = TI.node_tensors(TL.convert(graph, weights, quantize="int8", calibration=cal, static_hw=True),
+                                  graph, x)
+    else:
+        from lightnets.backends import onnx_int8 as OI
+
+        tensors = OI.node_tensors(OI.quantize_qdq(graph, weights, cal).SerializeToString(), graph, x)
+    return int8.locate(graph, {k: v.astype(np.float64) for k, v in weights.items()}, x, tensors)
+
+
+def run(model_id: str, size: int, calibration: int, images: int, out: Path, qdq_file: Path | None = None) -> dict:
+    from lightnets import int8
+    from lightnets.backends import onnx_int8 as OI
+    from lightnets.backends import tflite as TL
+    from lightnets.backends import tflite_int8 as TI
+
+    graph, weights, cal, x = _problem(model_id, size, calibration, images)
     t0 = time.time()
     flat = TL.convert(graph, weights, quantize="int8", calibration=cal, static_hw=True)
     t1 = time.time()

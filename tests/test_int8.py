@@ -112,6 +112,25 @@ def test_cli_int8_prints_the_table_and_writes_the_curve(tmp_path, capsys):
     assert (tmp_path / "int8.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
 
+def test_parity_int8_targets_locate_every_model_in_both_runtimes(tmp_path, capsys):
+    """`lightnets parity --backends tflite-int8,onnx-int8`: the locator per model and int8 target, a curve each."""
+    import json
+
+    from lightnets import cli
+
+    args = ["parity", "--models", "mobilenet_v1_025", "--backends", "tflite-int8,onnx-int8", "--size", "32",
+            "--out", str(tmp_path)]
+    assert cli.main(args) == 0
+    printed = capsys.readouterr().out
+    assert "int8 vs the float64 reference, node by node (32 px)" in printed
+    found = json.loads((tmp_path / "int8.json").read_text())
+    assert set(found) == {"mobilenet_v1_025 tflite-int8", "mobilenet_v1_025 onnx-int8"}
+    assert all(r["first_jump"] is None and len(r["rows"]) >= 27 for r in found.values())  # clean exports
+    for target in ("tflite-int8", "onnx-int8"):
+        assert (tmp_path / f"int8-mobilenet_v1_025-{target}.png").read_bytes()[:4] == b"\x89PNG"
+    assert not (tmp_path / "report.md").exists()  # no float target asked for: no matrix
+
+
 def test_the_locator_refuses_a_float32_model():
     from lightnets.backends import tflite as TL
     from lightnets.backends import tflite_int8 as TI
