@@ -4,11 +4,11 @@ Shapes are per sample and channels-first: ``(C, H, W)`` for feature maps, ``(C,)
 Nothing outside this table may enter a graph. Every place an op lives (docs/design.md §7, "Add an op"):
 its schema in ``OPS`` here; its float64 forward in ``reference.run_node``; its vector-Jacobian product in
 ``backward._node_backward`` (and ``backward._shift_passes`` if a per-channel shift passes through it); one
-converter ``CONVERTERS[op](c: Lowering)`` in each of ``backends/torch.py``, ``keras.py`` (LiteRT converts
-keras'), ``paddle.py`` and ``onnx.py`` (tests/test_backend_contract.py lists a missing one); op cases in
-``parity/cases.py`` and a use in ``tests/test_fuzz.py``'s random graphs (both checked to cover ``OPS``); and,
-where it applies, ``features.reductions`` (an op that sets a spatial size) and, for an op with weights, each
-backend's ``NATIVE_NAMES`` / ``NATIVE_LAYOUTS`` and the file importers (``lightnets/artifacts.py``).
+converter ``CONVERTERS[op](c: Lowering)`` in each of ``backends/torch/lowering.py``, ``keras/lowering.py``
+(LiteRT converts keras'), ``paddle.py`` and ``onnx.py`` (tests/test_backend_contract.py lists a missing one);
+op cases in ``parity/cases.py`` and a use in ``tests/test_fuzz.py``'s random graphs (both checked to cover
+``OPS``); and, where it applies, ``features.reductions`` (an op that sets a spatial size) and, for an op with
+weights, each backend's ``NATIVE_NAMES`` / ``NATIVE_LAYOUTS`` and the file importers (``lightnets/artifacts.py``).
 
 Activation formulas (pinned; every backend must compute exactly these):
 
