@@ -58,10 +58,10 @@ def test_every_op_and_quick_model_agrees_in_every_target(matrix):
         assert {("train", target), ("stats", target)} <= seen
 
 
-# The every-id matrix of `make test` runs the classifier of every id in torch and paddle (the two fast
-# ones; of a family outside profiles.FULL_FAMILIES the smallest id of each variant); keras, the runtimes and the
-# backbones of every id are `make parity` (and this test with LIGHTNETS_SLOW=1) - the `matrix` fixture above runs
-# them for the smallest id of every family.
+# The every-id matrix of `make test` runs the classifier of the smallest id of each variant (profiles.every_id) in
+# torch and paddle (the two fast ones); every id, keras, the runtimes and the backbones of every id are `make
+# parity` (and this test with LIGHTNETS_SLOW=1) - the `matrix` fixture above runs the smallest id of each of
+# profiles.FULL_FAMILIES in every target.
 EVERY_ID_TARGETS = TARGETS if profiles.SLOW else [t for t in ("torch", "paddle") if t in TARGETS]
 
 
