@@ -105,9 +105,8 @@ def op_cases() -> list[Case]:
         _one("channel_shuffle_g2", (6, 3, 3), "channel_shuffle", groups=2),
         _one("channel_shuffle_g3", (12, 3, 5), "channel_shuffle", groups=3),
         _one("channel_shuffle_batch1", (8, 2, 2), "channel_shuffle", batch=1, groups=4),
-        # resize_nearest: back up from a 2x2 / stride 2 pool at even, odd (7 -> 3 -> 7: rows 0,0,0,1,1,2,2) and
-        # mixed sizes; 6 -> 74 rows, where a float32 scale (torch/paddle F.interpolate) reads one row low; down
-        _one("resize_nearest_even", (3, 8, 6), "resize_nearest", pre=_resize_back(2)),
+        # resize_nearest: back up from a 2x2 / stride 2 pool at odd (7 -> 3 -> 7: rows 0,0,0,1,1,2,2) and mixed
+        # odd/even sizes; 6 -> 74 rows, where a float32 scale (torch/paddle F.interpolate) reads one row low; down
         _one("resize_nearest_odd", (3, 7, 7), "resize_nearest", pre=_resize_back(2)),
         _one("resize_nearest_odd_even", (2, 9, 6), "resize_nearest", batch=1, pre=_resize_back(2)),
         _one("resize_nearest_6_to_74", (2, 74, 3), "resize_nearest", pre=_resize_back((14, 1), (12, 1))),

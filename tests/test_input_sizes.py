@@ -25,7 +25,8 @@ from lightnets.graph import Graph
 SIZES = (160, 200, 224, 225, 256, 321)
 # every size for MobileNetV3Small (correct_pad and 5x5 kernels: the pads that move most with the size); in
 # `make test` MobileNetV2 and MobileNet_0.25 at one even size with an odd stride-8 map (200) and one odd (225)
-MODEL_SIZES = {"MobileNetV2": SIZES if profiles.SLOW else (200, 225), "MobileNetV3Small": SIZES,
+MODEL_SIZES = {"MobileNetV2": SIZES if profiles.SLOW else (200, 225),
+               "MobileNetV3Small": SIZES if profiles.SLOW else (160, 200, 225, 321),
                "MobileNet_0.25": SIZES if profiles.SLOW else (200, 225)}
 KERAS_SCRIPT = textwrap.dedent("""
     import json, sys
