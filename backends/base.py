@@ -26,7 +26,7 @@ from typing import Any, NamedTuple
 import numpy as np
 
 from lightnets.errors import FileFormatError, LightnetsError, WeightsError
-from lightnets.frameworks import BACKENDS, FRAMEWORKS
+from lightnets.frameworks import BACKENDS, TRAINERS
 from lightnets.layouts import to_canonical, to_native
 from lightnets.numerics import check_dtype
 from lightnets.reference import check_input
@@ -45,7 +45,7 @@ class Lowering(NamedTuple):
 
     node: Any
     in_shapes: list
-    inputs: list = []
+    inputs: list | tuple = ()
     dtype: str = "float32"
     name: str = ""
     native: Any = None
@@ -409,8 +409,8 @@ class Backend:
         raise self._unsupported("training")
 
     def _unsupported(self, what: str) -> LightnetsError:
-        trains = ", ".join(f.name for f in FRAMEWORKS if f.trains)
-        return LightnetsError(f"{what} is not supported by the {self.name} backend; use one of {trains} for it")
+        return LightnetsError(f"{what} is not supported by the {self.name} backend; use one of "
+                              f"{', '.join(TRAINERS)} for it")
 
     # --- bench ---------------------------------------------------------------------------------
     def set_threads(self, n: int) -> None:

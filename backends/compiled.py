@@ -11,7 +11,7 @@ import numpy as np
 
 from lightnets import weights as W
 from lightnets.errors import LightnetsError
-from lightnets.frameworks import FRAMEWORKS
+from lightnets.frameworks import TRAINERS
 from lightnets.numerics import check_dtype
 
 from .base import Backend
@@ -58,9 +58,8 @@ class InferenceRuntime(Backend):
         return {k: v.copy() for k, v in model.weights.items()}
 
     def _unsupported(self, what: str) -> LightnetsError:
-        trains = ", ".join(f.name for f in FRAMEWORKS if f.trains)
         return LightnetsError(f"{what} is not supported by {self.name} (an inference runtime: no train-mode batch "
-                              f"norm, no gradients); use one of {trains} for it")
+                              f"norm, no gradients); use one of {', '.join(TRAINERS)} for it")
 
     def train_forward(self, model, x):
         raise self._unsupported("train-mode forward")

@@ -152,8 +152,8 @@ def cmd_parity(args) -> int:
               "drop --train or --mode", file=sys.stderr)
         return 2
     int8_targets = [t for t in args.backends if t in INT8_TARGETS]
-    args.backends = [t for t in args.backends if t not in INT8_TARGETS]
-    if not args.backends:  # the int8 locator only
+    targets = [t for t in args.backends if t not in INT8_TARGETS]
+    if not targets:  # the int8 locator only
         return _parity_int8(models, int8_targets, args.size, Path(args.out))
     case_list = (C.op_cases() if args.ops else []) + C.model_cases(models, input_size=args.size,
                                                                     num_classes=args.num_classes)
@@ -168,17 +168,17 @@ def cmd_parity(args) -> int:
     n_ops = sum(k == "op" for k in kinds.values())
     n_feat = sum(k == "features" for k in kinds.values())
     console.print(f"parity: {len(models)} models + {n_feat} backbones + {n_ops} op cases x "
-                  f"{', '.join(args.backends)} x {', '.join(args.dtype)}, input {args.size}px"
+                  f"{', '.join(targets)} x {', '.join(args.dtype)}, input {args.size}px"
                   f"{', train mode + gradients' if args.train else ''}"
                   f"{f', BN folded (--mode {args.mode})' if args.mode != 'train' else ''}")
     t0 = time.perf_counter()
     with tempfile.TemporaryDirectory(prefix="lightnets-parity-") as work, Progress(console=console) as bar:
-        task = bar.add_task("backends", total=len(args.backends))
-        results = runner.run_matrix(case_list, args.backends, args.dtype, Path(work), kinds=kinds, jobs=args.jobs,
+        task = bar.add_task("backends", total=len(targets))
+        results = runner.run_matrix(case_list, targets, args.dtype, Path(work), kinds=kinds, jobs=args.jobs,
                                     train=args.train, probe=models[0] if models else None,
                                     on_done=lambda target: bar.advance(task), mode=args.mode)
     elapsed = time.perf_counter() - t0
-    meta = {"models": len(models), "op_cases": n_ops, "feature_cases": n_feat, "targets": ",".join(args.backends),
+    meta = {"models": len(models), "op_cases": n_ops, "feature_cases": n_feat, "targets": ",".join(targets),
             "dtypes": ",".join(args.dtype), "input_size": args.size, "train": args.train, "mode": args.mode,
             "wall_time_s": round(elapsed, 1), "python": sys.version.split()[0], **_versions()}
     report.print_summary(results, args.dtype, console)

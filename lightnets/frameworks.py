@@ -82,6 +82,8 @@ PARITY_TARGETS: dict[str, tuple[str, dict[str, str]]] = {
 DEFAULT_PARITY_TARGETS = tuple(t.name for f in FRAMEWORKS if f.default_parity for t in f.parity_targets)
 # targets without train-mode BN or gradients: parity asks them for eval outputs only
 INFERENCE_ONLY = frozenset(t.name for f in FRAMEWORKS if not f.trains for t in f.parity_targets)
+# the backends that train (the others refuse training by name, pointing here)
+TRAINERS = tuple(f.name for f in FRAMEWORKS if f.trains)
 # targets whose float64 cases compute in float32 inside
 FLOAT32_INSIDE = frozenset(t.name for f in FRAMEWORKS for t in f.parity_targets if not t.float64)
 # targets that run optimizer steps (parity/train.py)

@@ -101,6 +101,11 @@ class RepSum(NamedTuple):
     x: str
     attrs: dict
 
+    @property
+    def removed(self) -> tuple[str, ...]:
+        """The nodes that go (the root becomes the fused conv)."""
+        return (*self.adds, *(n for b in self.branches for n in b), *self.identities)
+
 
 def _sum_leaves(graph: Graph, root: str, by_name, reads) -> tuple[list[str], list[str]]:
     """(adds, leaves) of the tree of add nodes under ``root``: an add below the root joins the tree when the
@@ -213,7 +218,7 @@ def reparameterize(graph: Graph, weights: Mapping[str, np.ndarray] | None,
                 f"{s!r}: {why}" for s, why in bad.items()) + ". Leave sums=None to collapse only the sums that can")
         chosen = {s: plans[s] for s in sums}
     w = None if weights is None else W.check_weights(graph, weights)
-    gone = {n for p in chosen.values() for n in (*p.adds, *(x for b in p.branches for x in b), *p.identities)}
+    gone = {n for p in chosen.values() for n in p.removed}
     nodes: list[Node] = []
     for node in graph.nodes:
         if node.name in chosen:

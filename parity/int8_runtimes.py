@@ -40,40 +40,46 @@ def _problem(model_id: str, size: int, calibration: int, images: int):
     return graph, weights, cal, E.seeded_images(graph, images, E.AGREEMENT_SEED)
 
 
+def _int8_file(target: str, graph, weights, cal) -> bytes:
+    """The int8 file of a target of :data:`TARGETS`: full-integer TFLite, or QDQ ONNX (quantize_static)."""
+    if target == "tflite-int8":
+        from lightnets.backends import tflite as TL
+
+        return TL.convert(graph, weights, quantize="int8", calibration=cal, static_hw=True)
+    from lightnets.backends import onnx_int8 as OI
+
+    return OI.quantize_qdq(graph, weights, cal).SerializeToString()
+
+
+def _tensors(target: str, data: bytes, graph, x) -> dict:
+    """Every quantized node's tensor of the int8 file ``data`` on ``x``, by graph node (LiteRT / ONNX Runtime)."""
+    backend = importlib.import_module(f"lightnets.backends.{target.split('-')[0]}_int8")
+    return backend.node_tensors(data, graph, x)
+
+
 def locate_in(model_id: str, target: str, size: int, calibration: int = 32, images: int = 2) -> dict:
     """``lightnets.int8.locate``'s report of ``model_id`` through one int8 target of :data:`TARGETS` (its full-integer
     TFLite in LiteRT, or its QDQ ONNX in ONNX Runtime; the same weights and calibration images)."""
     from lightnets import int8
 
     graph, weights, cal, x = _problem(model_id, size, calibration, images)
-    if target == "tflite-int8":
-        from lightnets.backends import tflite as TL
-        from lightnets.backends import tflite_int8 as TI
-
-        tensors = TI.node_tensors(TL.convert(graph, weights, quantize="int8", calibration=cal, static_hw=True),
-                                  graph, x)
-    else:
-        from lightnets.backends import onnx_int8 as OI
-
-        tensors = OI.node_tensors(OI.quantize_qdq(graph, weights, cal).SerializeToString(), graph, x)
+    tensors = _tensors(target, _int8_file(target, graph, weights, cal), graph, x)
     return int8.locate(graph, {k: v.astype(np.float64) for k, v in weights.items()}, x, tensors)
 
 
 def run(model_id: str, size: int, calibration: int, images: int, out: Path, qdq_file: Path | None = None) -> dict:
     from lightnets import int8
     from lightnets.backends import onnx_int8 as OI
-    from lightnets.backends import tflite as TL
-    from lightnets.backends import tflite_int8 as TI
 
     graph, weights, cal, x = _problem(model_id, size, calibration, images)
     t0 = time.time()
-    flat = TL.convert(graph, weights, quantize="int8", calibration=cal, static_hw=True)
+    flat = _int8_file("tflite-int8", graph, weights, cal)
     t1 = time.time()
-    qdq = OI.quantize_qdq(graph, weights, cal).SerializeToString()
+    qdq = _int8_file("onnx-int8", graph, weights, cal)
     t2 = time.time()
     ref_w = {k: v.astype(np.float64) for k, v in weights.items()}
-    lite = TI.node_tensors(flat, graph, x)
-    ort = OI.node_tensors(qdq, graph, x)
+    lite = _tensors("tflite-int8", flat, graph, x)
+    ort = _tensors("onnx-int8", qdq, graph, x)
     reports = {"tflite": int8.locate(graph, ref_w, x, lite), "onnx": int8.locate(graph, ref_w, x, ort)}
     parity = int8.runtime_parity(graph, lite, ort, reports["tflite"]["rows"], reports["onnx"]["rows"])
     fused = OI.traced_vs_fused(qdq, graph, x)

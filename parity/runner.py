@@ -29,7 +29,7 @@ import numpy as np
 from lightnets import reference, workers
 from lightnets import weights as W
 from lightnets.frameworks import INFERENCE_ONLY, PARITY_TARGETS
-from lightnets.transforms import foldable_batch_norms
+from lightnets.transforms import RepSum, foldable_batch_norms, reparameterizable_sums
 
 from . import tolerances as T
 from .cases import Case, make_input
@@ -214,15 +214,15 @@ class Matrix:
             ref_all = reference.run(graph, W.load(self.files[case_id]["weights"]),
                                     np.load(self.files[case_id]["input"]), return_all=True)
             tol = self._tol(case_id, dtype, target)
-            # folded: a BN's value is its conv's output; a folded conv has no value of its own
+            # folded: a BN's value is its conv's output; a folded conv, and a branch that reparameterize collapsed
+            # into its sum's conv, have no value of their own
             folds = foldable_batch_norms(graph) if self.mode != "train" else {}
-            skip = set(folds.values())
+            skip = set(folds.values()) | {n for s in reparameterizable_sums(graph).values() if self.mode != "train"
+                                          and isinstance(s, RepSum) for n in s.removed}
             per_node, first = [], None
             for node in graph.nodes:
                 if node.name in skip:
                     continue
-                if f"node:{folds.get(node.name, node.name)}" not in arrays:
-                    continue  # a branch that reparameterize collapsed into its sum's conv: no value of its own
                 got = arrays[f"node:{folds.get(node.name, node.name)}"]
                 rel = T.rel_error(got, ref_all[node.name])
                 per_node.append((node.name, node.op, rel))

@@ -314,3 +314,19 @@ def test_torch_onnx_export_of_the_reparameterized_twin_imports(key, tmp_path):
         with torch.no_grad():
             want = m(torch.from_numpy(x)).numpy()
         assert rel_error(reference.run(graph, w, x.astype(np.float64)), want) <= 1e-4
+
+
+def test_the_parity_locator_walks_an_inference_form_past_the_collapsed_branches(tmp_path):
+    """--mode inference: the per-node curve of a reparameterized model skips exactly the nodes that went into a
+    fused conv (and the folded convs); every other node has its value, at float64 noise."""
+    from lightnets.parity import cases as C
+    from lightnets.parity import runner
+
+    [case] = C.model_cases(["repghostnet_050"], input_size=32, num_classes=10)
+    results = runner.run_matrix([case], ["torch"], ["float64"], tmp_path, mode="inference", probe=case.id)
+    curve = next(r.per_node for r in results if r.per_node)
+    removed = {n for s in reparameterizable_sums(case.graph).values() if isinstance(s, RepSum) for n in s.removed}
+    walked = {n for n, _, _ in curve}
+    assert removed and not removed & walked and len(walked) > len(case.graph.nodes) // 3
+    print(f"\nworst node {max(e for _, _, e in curve):.1e}")
+    assert max(e for _, _, e in curve) <= 1e-12  # measured 1.2e-14

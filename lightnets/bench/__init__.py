@@ -36,6 +36,7 @@ only; frameworks are used through the backend objects, inside the worker.
 
 from __future__ import annotations
 
+import functools
 import json
 import os
 import platform
@@ -76,29 +77,28 @@ def make_twin(key: tuple[str, str], size: int):
     return zoo.entry(*key).make(1000, size)
 
 
+@functools.cache
 def twins_of(backend: str) -> dict[str, tuple[str, str]]:
     """lightnets id -> the zoo model ``backend`` times it against (a key of ``lightnets.zoo.ZOO``; a runtime: its
     framework's twin, exported): the first zoo entry of the framework built as that id, else as one of the id's
     flavours (``<id>_keras``, ``<id>_timm``: the same net with the zoo's padding / BN conventions). Zoo order puts
-    torchvision before timm."""
+    torchvision before timm. Read once per backend (the worker asks per model and variant)."""
     from .. import registry, zoo
 
     framework = RUNTIME_TWINS.get(backend, backend)
+    ids = set(registry.list_models())
+
+    def plain(arch: str) -> str | None:  # mobilenet_v2_100_keras -> mobilenet_v2_100
+        base, _, flavour = arch.rpartition("_")
+        return base if not flavour.isdigit() and base in ids else None
+
     twins: dict[str, tuple[str, str]] = {}
     for exact in (True, False):
         for key, e in zoo.ZOO.items():
-            if e.framework != framework:
-                continue
-            arch = e.arch if exact else _flavour_of(e.arch, registry)
-            if arch is not None and arch not in twins:
+            arch = e.arch if exact else plain(e.arch)
+            if e.framework == framework and arch is not None and arch not in twins:
                 twins[arch] = key
     return twins
-
-
-def _flavour_of(arch: str, registry) -> str | None:
-    """The plain id that ``arch`` is a flavour of (``mobilenet_v2_100_keras`` -> ``mobilenet_v2_100``), or None."""
-    base, _, flavour = arch.rpartition("_")
-    return base if base and not flavour.isdigit() and base in registry.list_models() else None
 
 
 class Timed(NamedTuple):
