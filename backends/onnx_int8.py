@@ -39,7 +39,8 @@ from onnx import TensorProto, helper, numpy_helper
 from lightnets.errors import FileFormatError, LightnetsError
 from lightnets.graph import INPUT, Graph
 
-from .onnx import OnnxModel, make_session, to_onnx
+from .onnx import OnnxModel, make_session
+from .onnx_export import to_onnx
 from .tflite_int8 import QuantTensor
 
 # quantized operators other than the QDQ pair (QuantFormat.QOperator, dynamic quantization, contrib ops)

@@ -8,7 +8,7 @@
 - a model id (its deterministic initial weights, ``seed``),
 
 and writes one ``.onnx`` file atomically (refusing an existing file unless ``overwrite=True``). The ONNX
-graph is emitted node by node from the IR (``lightnets.backends.onnx``; nothing is traced), its
+graph is emitted node by node from the IR (``lightnets.backends.onnx_export``; nothing is traced), its
 initializers named after the canonical weights, and the file carries the graph JSON and provenance card
 (graph ``doc_string`` and ``metadata_props``). The export is checked before it is written:
 ``onnx.checker.check_model(full_check=True)`` and, when onnxruntime is installed, one probe image run
@@ -103,7 +103,8 @@ def to_onnx(source, dtype: str = "float32", dynamic_hw: bool | None = None, inpu
             seed: int = 0):
     """The checked ``onnx.ModelProto`` of ``source`` (nothing written)."""
     check_dtype(dtype)
-    O = onnx_module()  # noqa: N806
+    onnx_module()
+    O = importlib.import_module("lightnets.backends.onnx_export")  # noqa: N806 -- the exporter
     graph, weights = source_graph_and_weights(source, input_size, seed, dtype)
     return O.checked(O.to_onnx(graph, weights, dtype, dynamic_hw)), graph, weights
 

@@ -63,7 +63,7 @@ FRAMEWORKS: tuple[Framework, ...] = (
                              "XLA_FLAGS": "--xla_cpu_multi_thread_eigen=false intra_op_parallelism_threads=1"},
                optimizer_steps=False, float64=False))),
     Framework("paddle", "paddle", "paddle", "paddle", trains=True, native_files=True),
-    # ONNX emitted from the IR (backends/onnx.py also exports ONNX), run by onnxruntime's CPU provider
+    # ONNX emitted from the IR (the exporter: backends/onnx_export.py), run by onnxruntime's CPU provider
     Framework("onnxruntime", "onnxruntime", "onnx", "onnx", trains=False, native_files=False,
               runs_exports_of="torch", targets=(Target("onnxruntime", {}, float64=False),)),  # no double Conv
     # the keras lowering converted by tf.lite.TFLiteConverter, run by the LiteRT interpreter; float32 only. Not a

@@ -52,7 +52,7 @@ TRAIN_FEATURES_REL = {"float64": MODEL_REL["float64"]}
 # float32 inside a float64 model; measured 1e-7..1e-5 on float64 cases with those layers.
 # onnxruntime 1.32 (CPU provider) has no double kernel for Conv, AveragePool, GlobalAveragePool, HardSigmoid or
 # HardSwish (NOT_IMPLEMENTED; tests/test_onnx.py checks it). The float64 ONNX graph runs Conv and AveragePool in
-# float32 between Casts and writes the others with double ops (backends/onnx.py), so a case with a conv or an
+# float32 between Casts and writes the others with double ops (backends/onnx_export.py), so a case with a conv or an
 # avg pool is float32-accurate. Measured (onnxruntime target, batch 2, runner seeds): float64 conv/avg-pool op
 # cases <= 1.7e-7, the other 26 op cases <= 3.2e-16 (BN, activations, max/global pools, linear: double
 # kernels); every id <= 2.1e-5 at 64 px (mobilenet_v1_075_keras), <= 2.6e-5 at 32 px (mobilenet_v1_100).
