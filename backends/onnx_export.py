@@ -21,7 +21,7 @@ from Shape(x), Shape(like) (CumSum of ConstantOfShape ones, Mul, Div); slice_cha
 -> Reshape(x, [0, g, C/g, -1]) -> Transpose(0, 2, 1, 3) -> Reshape(., Shape(x)) (batch, height and width stay
 dynamic); max_pool2d -> MaxPool (pads are ignored elements: the IR's -inf); avg_pool2d -> AveragePool
 (count_include_pad); global_avg_pool -> GlobalAveragePool; flatten -> Flatten(axis 1); linear -> Gemm (transB=1,
-canonical (out, in) weight); dropout -> Identity.
+canonical (out, in) weight); dropout, drop_path -> Identity.
 
 float64 (measured on onnxruntime 1.32 CPU): Conv, AveragePool, GlobalAveragePool, HardSigmoid and
 HardSwish have no double kernel (NOT_IMPLEMENTED); BatchNormalization, Relu, Clip, Sigmoid, Add/Sub/Mul/Div,
@@ -267,6 +267,7 @@ CONVERTERS = {
     "flatten": lambda c: c.native.add("Flatten", [c.inputs[0]], c.name, axis=1),
     "linear": _linear,
     "dropout": lambda c: c.native.add("Identity", [c.inputs[0]], c.name),
+    "drop_path": lambda c: c.native.add("Identity", [c.inputs[0]], c.name),  # inference: the identity
 }
 
 

@@ -37,7 +37,8 @@ class Cache:
 
 def forward(graph: Graph, weights, x, train: bool = True) -> Cache:
     """Forward in float64 keeping what backward needs. ``train``: BN on batch statistics (running
-    statistics updated the IR's way into ``stats``), else on the running statistics; dropout is off."""
+    statistics updated the IR's way into ``stats``), else on the running statistics; dropout and drop_path
+    are off."""
     check_input(graph, np.asarray(x))
     x = np.asarray(x, F)
     shapes = graph.shapes_at(*x.shape[2:])
@@ -226,7 +227,7 @@ def _node_backward(node, xs, dy, cache: Cache):
         if a["bias"]:
             params["bias"] = dy.sum(axis=0)
         return [dy @ p("weight")], params
-    if op == "dropout":
+    if op in ("dropout", "drop_path"):  # off in train mode too (the reference's and parity's convention)
         return [dy], {}
     raise AssertionError(f"op {op!r} has no backward")  # unreachable: Node validates ops
 
@@ -235,8 +236,9 @@ def _shift_passes(node, shapes) -> bool:
     """Whether a per-channel constant added to the node's (first or any) input reaches its output as a
     per-channel constant: ops that commute with such shifts (a conv only where no window sees a pad)."""
     op, a = node.op, node.attrs
-    if op in ("add", "concat", "slice_channels", "channel_shuffle", "dropout", "global_avg_pool", "flatten",
-              "max_pool2d", "resize_nearest"):  # max(x + c) = max(x) + c, pads are -inf; resize copies x (like: size)
+    # max(x + c) = max(x) + c, pads are -inf; resize copies x (like: size); dropout and drop_path are off
+    if op in ("add", "concat", "slice_channels", "channel_shuffle", "dropout", "drop_path", "global_avg_pool",
+              "flatten", "max_pool2d", "resize_nearest"):
         return True
     if op == "conv2d":
         return not any(ops.effective_pads(a, shapes[node.inputs[0]][1:]))

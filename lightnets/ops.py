@@ -29,6 +29,12 @@ Max pooling pads with -inf; average pooling either counts pads (``count_include_
 the graph stays size-independent (an odd map: 7x7 -> 2x2 average pool, stride 2 -> 3x3 -> back to 7x7
 reads rows 0, 0, 0, 1, 1, 2, 2).
 
+``drop_path(x)`` (stochastic depth, drop-connect): in training each SAMPLE's whole input is zeroed with
+probability ``rate`` and the survivors are scaled by ``1 / (1 - rate)``: ``y[n] = x[n] * m[n] / (1 - rate)``,
+``m[n] ~ Bernoulli(1 - rate)`` (torchvision ``StochasticDepth(mode="row")``, timm ``DropPath``, keras
+``Dropout(noise_shape=(None, 1, 1, 1))``); in eval it is the identity. Like ``dropout``, the reference and every
+backend's parity train mode (``Backend.training``) run it off: its mask is each framework's own random draw.
+
 BatchNorm (eval): ``y = (x - mean) / sqrt(var + eps) * gamma + beta``; in training the running
 statistics follow the torch convention ``new = (1 - momentum) * old + momentum * batch`` with the
 unbiased batch variance.
@@ -320,6 +326,8 @@ OPS: dict[str, OpSchema] = {
         OpSchema("linear", {"out_features": Attr("int", R, _positive), "bias": Attr("bool", True)}, 1,
                  _linear_infer, _linear_params),
         OpSchema("dropout", {"rate": Attr("float", 0.0, _rate)}, 1, _same("dropout")),
+        # drop_path(x): stochastic depth of a residual branch (per sample, see the module docstring)
+        OpSchema("drop_path", {"rate": Attr("float", 0.0, _rate)}, 1, _same("drop_path")),
     ]
 }
 

@@ -98,7 +98,7 @@ def avg_pool2d(x, a, out_shape):
 
 
 def run_node(node: Node, inputs: list[np.ndarray], weights: dict[str, np.ndarray], out_shape) -> np.ndarray:
-    """Evaluate one node in float64 (eval mode: BN uses running statistics, dropout is identity)."""
+    """Evaluate one node in float64 (eval mode: BN uses running statistics, dropout and drop_path are identity)."""
     a = node.attrs
     x = inputs[0]
     p = lambda suffix: weights.get(f"{node.name}.{suffix}")  # noqa: E731
@@ -132,7 +132,7 @@ def run_node(node: Node, inputs: list[np.ndarray], weights: dict[str, np.ndarray
     if op == "linear":
         y = x @ p("weight").T
         return y if p("bias") is None else y + p("bias")
-    if op == "dropout":
+    if op in ("dropout", "drop_path"):
         return x
     raise AssertionError(f"op {op!r} has no reference")  # unreachable: Node validates ops
 
@@ -190,7 +190,7 @@ def _fits(graph: Graph, size: int) -> bool:
 
 
 def train_forward(graph: Graph, weights: dict[str, np.ndarray], x: np.ndarray):
-    """Training-mode forward (BN on batch statistics, dropout off) in float64.
+    """Training-mode forward (BN on batch statistics, dropout and drop_path off) in float64.
 
     Returns the output (a list for a graph with ``outputs``) and the updated running statistics
     ``{"<bn>.mean": ..., "<bn>.var": ...}`` after one step, torch convention: ``new = (1 - m) * old + m * batch``

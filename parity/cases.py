@@ -129,6 +129,8 @@ def op_cases() -> list[Case]:
         _one("linear_of_conv_5px", (3, 5, 5), "linear", pre=_spatial_flat, out_features=4),
         _one("linear_of_conv_8px", (3, 8, 8), "linear", pre=_spatial_flat, out_features=4),
         _one("dropout_eval_identity", (3, 4, 4), "dropout", rate=0.5),
+        # eval and parity's train mode: the identity (tests/test_backend_contract.py checks its train-mode mask)
+        _one("drop_path_eval_identity", (3, 5, 4), "drop_path", rate=0.5),
     ]
     return cases
 

@@ -270,6 +270,43 @@ def test_run_is_eval_even_in_train_mode_and_restores_it(name):
     assert np.array_equal(be.run(model, x), be.run(model, x))
 
 
+def _train_mode_forward(name, model, x):
+    """The framework's own train-mode forward of the NCHW batch ``x`` (dropouts and drop-paths ON), NCHW out."""
+    if name == "torch":
+        import torch
+
+        with torch.no_grad():
+            return model(torch.from_numpy(x)).numpy()
+    if name == "paddle":
+        import paddle
+
+        return model(paddle.to_tensor(x)).numpy()
+    return np.asarray(model(x.transpose(0, 2, 3, 1), training=True)).transpose(0, 3, 1, 2)
+
+
+def test_drop_path_drops_whole_samples_in_train_mode_and_is_off_in_training(name):
+    """The seeded-mask check of drop_path: in train mode each sample's output is 0 or x / (1 - rate) (float64, to
+    1e-12), the mask recovered from the output has a plausible kept count (binomial, 5 sd); parity's train mode
+    (``Backend.training``, ``train_forward``) and eval are the identity."""
+    case = next(c for c in OPS if c.graph.node("op").op == "drop_path")
+    rate, n = case.graph.node("op").attrs["rate"], 64
+    be, model, _ = _built(name, case.graph, "float64")
+    x = make_input(case.graph, n)
+    if hasattr(model, "train"):
+        model.train()
+    y = _train_mode_forward(name, model, x)
+    if hasattr(model, "eval"):
+        model.eval()
+    kept = np.array([np.abs(s).max() > 0 for s in y])
+    scaled = x / (1.0 - rate)
+    assert all(np.abs(y[i] - (scaled[i] if kept[i] else 0.0)).max() <= 1e-12 * np.abs(scaled[i]).max()
+               for i in range(n))
+    assert abs(kept.sum() - n * (1 - rate)) <= 5 * np.sqrt(n * rate * (1 - rate)), kept.sum()
+    with be.training(model):
+        assert np.array_equal(_train_mode_forward(name, model, x), x)
+    assert np.array_equal(be.train_forward(model, x)[0], x) and np.array_equal(be.run(model, x), x)
+
+
 # --- shape of the surface ---------------------------------------------------------------------------
 def test_backend_object_has_the_whole_surface(name):
     be = load_backend(name)

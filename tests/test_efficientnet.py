@@ -1,6 +1,7 @@
 """EfficientNet B0-B3 and EfficientNet-Lite 0-4 (issue 23): parameter counts equal the torchvision / timm twins,
 MACs the paper's, the structure the details that make a different net (SE from the block input, swish / relu6,
-Lite's fixed stem and head, TF "same" padding of the ``_tf`` ids, no drop-path node), a tf_ checkpoint refused by
+Lite's fixed stem and head, TF "same" padding of the ``_tf`` ids, stochastic depth as drop_path nodes on
+torchvision's schedule), a tf_ checkpoint refused by
 the symmetric graph, and the twins' torch.onnx files import as their id. The zoo imports with BN statistics from data
 are tests/test_zoo_calibrated.py (every new family).
 
@@ -90,7 +91,7 @@ def test_b_structure_se_from_the_block_input_swish_and_compound_scaling():
     assert g.shapes["blocks.0.se.fc1"][0] == 8 and "blocks.0.expand.conv" not in {n.name for n in g.nodes}
     assert {n.attrs["kind"] for n in g.nodes if n.op == "activation"} == {"swish", "sigmoid"}
     assert sum(n.name.endswith(".se.scale") for n in g.nodes) == 16
-    # one dropout, the classifier's: stochastic depth is not in the graph
+    # one dropout, the classifier's (stochastic depth is drop_path, test_drop_path_...)
     assert [n.name for n in g.nodes if n.op == "dropout"] == ["head.dropout"]
     assert g.node("head.dropout").attrs["rate"] == 0.2
     b3 = lightnets.get_spec("efficientnet_b3")
@@ -152,6 +153,72 @@ def test_repeats_per_stage_are_the_twins():
             "b3": (2, 3, 3, 5, 5, 6, 2), "lite0": (1, 2, 2, 3, 3, 4, 1), "lite1": (1, 3, 3, 4, 4, 5, 1),
             "lite2": (1, 3, 3, 4, 4, 5, 1), "lite3": (1, 3, 3, 5, 5, 6, 1), "lite4": (1, 4, 4, 6, 6, 8, 1)}
     assert {v: efficientnet.repeats(v) for v in efficientnet.SCALING} == want
+
+
+def _residual_blocks(g):
+    return [n.name[:-len(".add")] for n in g.nodes if n.op == "add"]
+
+
+@pytest.mark.parametrize("model_id", sorted(PARAMS))
+def test_drop_path_on_every_residual_branch_at_0_2_block_over_blocks(model_id):
+    """Stochastic depth on the branch of every residual block (project BN -> drop_path -> add) at torchvision's and
+    keras.applications' rate 0.2 * block / blocks; weightless: params and MACs as without it."""
+    g = lightnets.get_spec(model_id)
+    blocks = sum(efficientnet.repeats(g.meta["version"]))
+    drops = {n.name: n for n in g.nodes if n.op == "drop_path"}
+    assert sorted(drops) == sorted(f"{b}.drop_path" for b in _residual_blocks(g)) and drops
+    for b in _residual_blocks(g):
+        assert g.node(f"{b}.drop_path").inputs == (f"{b}.project.bn",)
+        assert g.node(f"{b}.add").inputs[1] == f"{b}.drop_path"
+        assert drops[f"{b}.drop_path"].attrs["rate"] == 0.2 * int(b.split(".")[1]) / blocks
+    plain = efficientnet.build(model_id, num_classes=1000, input_size=g.input_shape[1], include_top=True,
+                               drop_path_rate=0.0, **efficientnet.VARIANTS[model_id])
+    assert not any(n.op == "drop_path" for n in plain.nodes)
+    assert (plain.num_params(), plain.macs()) == (g.num_params(), g.macs())
+
+
+def test_drop_path_schedule_is_torchvisions_and_both_drop_in_train_mode():
+    """torchvision efficientnet_b1 (its block 1 is a 16 -> 16 residual): the StochasticDepth p of every block that
+    adds its input equals our drop_path rate bit for bit (eval-mode parity cannot see it); in train mode both the twin's
+    module and our torch lowering's zero whole samples (structural: each its own RNG)."""
+    import torch
+    import torchvision
+
+    twin = torchvision.models.efficientnet_b1(weights=None)
+    theirs = [m.stochastic_depth for stage in twin.features[1:-1] for m in stage if m.use_res_connect]
+    g = lightnets.get_spec("efficientnet_b1", input_size=32)
+    ours = [n.attrs["rate"] for n in g.nodes if n.op == "drop_path"]
+    assert [m.p for m in theirs] == ours and len(ours) == 16
+    model = lightnets.build(g, "torch")
+    mine = [m for name, m in model.named_modules() if name.endswith(".drop_path")]
+    assert [m.p for m in mine] == ours
+    torch.manual_seed(0)
+    x = torch.ones(256, 4, 2, 2)
+    for module in (theirs[-1], mine[-1]):  # p = 0.2 * 22 / 23
+        module.train()
+        y = module(x)
+        kept = y.flatten(1).amax(1)
+        assert torch.equal(y.flatten(1).amin(1), kept)  # whole samples
+        assert kept.unique().tolist() == [0.0, pytest.approx(1 / (1 - module.p), rel=1e-7)]
+        assert 150 < int((kept > 0).sum()) < 250  # 256 samples, keep 0.2087: 202.6 +- 6.5
+        module.eval()
+        assert torch.equal(module(x), x)
+
+
+def test_fold_batch_norm_keeps_drop_path_as_the_identity():
+    """fold_batch_norm keeps the drop_path nodes (now reading the folded project conv) and computes the same function
+    in float64."""
+    from lightnets import reference
+    from lightnets import weights as W
+    from lightnets.transforms import fold_batch_norm
+
+    g = lightnets.get_spec("efficientnet_lite0", num_classes=10, input_size=32)
+    w = W.init_weights(g, seed=0)
+    x = np.random.default_rng(0).standard_normal((2, 3, 32, 32))
+    fg, fw = fold_batch_norm(g, w)
+    assert fg.node("blocks.2.drop_path").inputs == ("blocks.2.project.conv",)
+    ref = reference.run(g, w, x)
+    assert rel_error(reference.run(fg, fw, x), ref) <= 1e-12
 
 
 # timm efficientnet_lite0 in `make test` (~2 s), torchvision efficientnet_b0 (~6 s) with LIGHTNETS_SLOW=1

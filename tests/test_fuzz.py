@@ -118,6 +118,8 @@ def _residual(draw, net: _Net):
     y = net.add("conv2d", net.x, out_channels=c, kernel=k, pads=p,
                 groups=draw(st.sampled_from(_divisors(c))))
     y = net.add("batch_norm", y)
+    if k > 1:  # stochastic depth on the branch (EfficientNet's), from the kernel drawn: the draws stay as they were
+        y = net.add("drop_path", y, rate=0.1 * p)
     net.x = net.add("add", [net.x, y])
 
 

@@ -164,6 +164,13 @@ _LAYER = {
 }
 
 
+def _drop_path(c: Lowering):
+    """Stochastic depth as keras.applications writes it: a ``Dropout`` whose mask has one value per sample
+    (``noise_shape`` (None, 1, 1, 1)), so ``training()`` switches it off with the dropouts."""
+    noise = (None,) + (1,) * len(c.in_shapes[0])
+    return c.native.layers.Dropout(c.attrs["rate"], noise_shape=noise, name=c.name, dtype=c.dtype)(c.inputs[0])
+
+
 def _one_layer(c: Lowering):
     keras, node, xs, name, dtype = c.native, c.node, c.inputs, c.name, c.dtype
     layer = _LAYER[node.op](keras, node.attrs, name=name, dtype=dtype)
@@ -171,7 +178,8 @@ def _one_layer(c: Lowering):
 
 
 CONVERTERS = {"conv2d": _conv2d, "batch_norm": _batch_norm, "activation": _activation,
-              "max_pool2d": _max_pool2d, "avg_pool2d": _avg_pool2d, **dict.fromkeys(_LAYER, _one_layer)}
+              "max_pool2d": _max_pool2d, "avg_pool2d": _avg_pool2d, "drop_path": _drop_path,
+              **dict.fromkeys(_LAYER, _one_layer)}
 
 
 # --- contract --------------------------------------------------------------------------------

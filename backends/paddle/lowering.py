@@ -25,6 +25,18 @@ class _Fn(nn.Layer):
         return self.fn(*xs)
 
 
+class DropPath(nn.Dropout):
+    """Stochastic depth: in train mode each sample is zeroed with probability ``p`` (paddle's RNG), the survivors
+    scaled by ``1 / (1 - p)``; in eval the identity. A ``Dropout``, so ``training()`` switches it off with them."""
+
+    def forward(self, x):
+        if not self.training or self.p == 0.0:
+            return x
+        keep = 1.0 - self.p
+        mask = paddle.bernoulli(paddle.full([x.shape[0]] + [1] * (x.ndim - 1), keep, dtype=x.dtype))
+        return x * (mask / keep)
+
+
 def _exact_in_float64(native, written_out):
     """Paddle's fused kernel in float32 (fast); in float64 the pinned formula of ops.py, written out,
     since paddle's kernels hold their constants in float32 (hardsigmoid slope 0.1666667)."""
@@ -163,6 +175,7 @@ CONVERTERS = {
     "flatten": lambda c: _Fn(lambda x: x.flatten(1)),
     "linear": _linear,
     "dropout": lambda c: nn.Dropout(c.attrs["rate"]),
+    "drop_path": lambda c: DropPath(c.attrs["rate"]),
 }
 
 class GraphLayer(nn.Layer):

@@ -108,6 +108,19 @@ class ChannelShuffle(nn.Module):
         return f"groups={self.groups}"
 
 
+class DropPath(nn.Dropout):
+    """Stochastic depth (torchvision ``StochasticDepth(p, "row")``, timm ``DropPath``): in train mode each sample is
+    zeroed with probability ``p`` (torch's RNG), the survivors scaled by ``1 / (1 - p)``; in eval the identity. A
+    ``Dropout``, so ``Backend.training`` (parity's train mode) switches it off with the dropouts."""
+
+    def forward(self, x):
+        if not self.training or self.p == 0.0:
+            return x
+        keep = 1.0 - self.p
+        mask = torch.empty((x.shape[0],) + (1,) * (x.dim() - 1), dtype=x.dtype, device=x.device).bernoulli_(keep)
+        return x * mask.div_(keep)
+
+
 def _nearest_index(size_in: int, size_out: int, device) -> torch.Tensor:
     """floor(i * in / out) in integers (lightnets.ops.nearest_index): F.interpolate's float32 scale lands one
     index low at some size pairs (6 -> 74)."""
@@ -168,7 +181,7 @@ _INPLACE: dict[str, Callable] = {
 
 # ops whose torch lowering may return a view of (or the very tensor of) their input; channel_shuffle's
 # reshape is a view when groups == 1 or groups == channels
-_ALIASING = ("slice_channels", "flatten", "dropout", "channel_shuffle", "resize_nearest")
+_ALIASING = ("slice_channels", "flatten", "dropout", "drop_path", "channel_shuffle", "resize_nearest")
 
 
 def _pool(kind: str):
@@ -209,6 +222,7 @@ CONVERTERS: dict[str, Callable[[Lowering], Callable]] = {
     "flatten": lambda c: lambda x: torch.flatten(x, 1),
     "linear": _linear,
     "dropout": lambda c: nn.Dropout(c.attrs["rate"]),
+    "drop_path": lambda c: DropPath(c.attrs["rate"]),
 }
 
 
@@ -243,7 +257,7 @@ class GraphModule(nn.Module):
             drop = graph.released[node.name]
             steps.append((node.name, fn, node.inputs, drop))
             # an activation that is the last reader of a node's output may overwrite it (as zoo models do),
-            # unless that output may alias a live tensor (a view: slice, flatten, eval-mode dropout)
+            # unless that output may alias a live tensor (a view: slice, flatten, eval-mode dropout / drop_path)
             if (node.op == "activation" and node.inputs[0] in drop and node.inputs[0] != INPUT
                     and node.attrs["kind"] in _INPLACE and op_of[node.inputs[0]] not in _ALIASING
                     and node.inputs[0] not in viewed):

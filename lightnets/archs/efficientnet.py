@@ -25,10 +25,16 @@ is ``efficientnet_lite0..4`` (eps 1e-5); timm ``tf_efficientnet_b0..b3`` and ``t
 TF checkpoints' ports) are ``efficientnet_b0_tf..b3_tf`` and ``efficientnet_lite0_tf..lite4_tf``: TF "same"
 padding on every conv (stride 2: the odd pixel bottom/right) and BN eps 1e-3 (momentum stays torch's 0.1 there).
 
-Stochastic depth (drop-path on the residual branch, torchvision ``StochasticDepth`` rate 0.2 * block / blocks,
-timm ``drop_path_rate``) is the identity in eval and is NOT in the graph: a model built from these ids trains
-without it (train-mode drop-path is not modelled yet; it would be a later op). The graph's dropout is the
-classifier's only.
+Stochastic depth: a ``drop_path`` node on the branch of every residual block, before its add, at rate
+``0.2 * block / blocks`` (``block`` counted from 0 over all blocks, ``blocks`` their total after depth scaling):
+torchvision's ``StochasticDepth(0.2 * stage_block_id / total_stage_blocks, "row")`` (B0-B3), keras.applications'
+``Dropout(drop_connect_rate * b / blocks, noise_shape=(None, 1, 1, 1))`` (drop_connect_rate 0.2), the TF reference
+code's ``survival_prob`` 0.8 (B and Lite; ``1 - 0.2 * idx / len(blocks)``, so the ``_tf`` ids too). timm builds
+its ``efficientnet_*`` / ``tf_efficientnet_*`` with ``drop_path_rate=0`` unless given (its model functions note
+"for train, drop_path_rate should be 0.2"; its builder's schedule ``drop_path_rate * block_idx / block_count`` is
+this one): these ids carry the rate its training recipes pass. ``drop_path`` is the identity in eval and in
+parity's train mode (like dropout), so params, MACs, weights and zoo imports do not see it; ``drop_path_rate=0``
+builds the graph without the nodes.
 """
 
 from __future__ import annotations
@@ -63,6 +69,7 @@ B0 = (
 STEM = 32
 HEAD = 1280
 SE_RATIO = 0.25
+DROP_PATH = 0.2  # stochastic depth of the last block; block i of n: DROP_PATH * i / n
 
 
 class Scaling(NamedTuple):
@@ -94,9 +101,11 @@ def repeats(version: str) -> tuple[int, ...]:
 
 
 def build(name: str, version: str, num_classes: int, input_size: int, include_top: bool,
-          eps: float = 1e-5, momentum: float = 0.1, padding: str = "symmetric") -> Graph:
+          eps: float = 1e-5, momentum: float = 0.1, padding: str = "symmetric",
+          drop_path_rate: float = DROP_PATH) -> Graph:
     """EfficientNet-``version`` (b0..b3, lite0..lite4). ``padding="same"``: TF "same" on every conv (the ``_tf``
-    ids, timm ``tf_*``); ``"symmetric"``: k//2 on every side (torchvision, timm)."""
+    ids, timm ``tf_*``); ``"symmetric"``: k//2 on every side (torchvision, timm). ``drop_path_rate``: the
+    stochastic depth of the last block (0: no drop_path nodes)."""
     if version not in SCALING or padding not in ("symmetric", "same"):
         raise SpecError(f"version must be one of {sorted(SCALING)} and padding 'symmetric' or 'same', "
                         f"got {version!r}, {padding!r}")
@@ -109,7 +118,7 @@ def build(name: str, version: str, num_classes: int, input_size: int, include_to
 
     stem = STEM if lite else make_divisible(STEM * sc.width)
     x = g.conv_bn_act("stem", "input", stem, 3, stride=2, act=act, pads=same, **bn)
-    i = 0
+    i, blocks = 0, sum(repeats(version))
     for st, n in zip(B0, repeats(version), strict=True):
         out = make_divisible(st.out * sc.width)
         for r in range(n):
@@ -122,6 +131,9 @@ def build(name: str, version: str, num_classes: int, input_size: int, include_to
             if not lite:
                 x = squeeze_excite(g, f"{block}.se", x, max(1, c // 4), act="swish", gate="sigmoid")
             x = g.conv_bn_act(f"{block}.project", x, out, 1, act=None, **bn)
+            rate = drop_path_rate * i / blocks  # torchvision's, keras.applications' and timm's expression
+            if rate and g.shape(x) == g.shape(inp):
+                x = g.add(f"{block}.drop_path", "drop_path", x, rate=rate)
             x = residual(g, f"{block}.add", inp, x)
             i += 1
     head = HEAD if lite else make_divisible(HEAD * sc.width)
