@@ -2,7 +2,7 @@
 
 Their lightnets models are :class:`CompiledModel` s: the graph and its canonical weights, compiled to the
 runtime's own model (an ONNX graph, a TFLite flat buffer) on first use and again after ``set_weights``. The
-runtimes run inference only: ``train_forward`` and ``gradients`` refuse.
+runtimes run inference only: ``train_forward``, ``gradients``, ``training`` and the training hooks refuse.
 """
 
 from __future__ import annotations
@@ -66,6 +66,9 @@ class InferenceRuntime(Backend):
 
     def gradients(self, model, x, probe):
         raise self._unsupported("gradients")
+
+    def training(self, model):
+        raise self._unsupported("train mode")
 
     def state_dict(self, model):
         return self.get_weights(model) if self.owns(model) else self._file_state_dict(model)

@@ -1,7 +1,9 @@
 """The backend contract, once, over every installed backend (einops' collect_test_backends is the model).
 
-Each test is parametrised over :func:`collect_test_backends`; per-backend test files keep only the
-quirks of one framework. Frameworks are imported inside tests only, and test ids carry the backend
+Each test is parametrised over the backends it applies to: ``name``, the frameworks with native files
+(:func:`collect_test_backends`), or ``any_name``, every installed backend, the inference runtimes (ONNX Runtime,
+LiteRT) too, whose refusals of every training call are rows of their own. Per-backend test files keep only the
+quirks of one backend. Frameworks are imported inside tests only, and test ids carry the backend
 name, so conftest runs the paddle cases first (tensorflow imported before paddle segfaults).
 
 Zoo models are the frameworks' own MobileNetV2 (torchvision, paddle.vision) or MobileNet 0.25
@@ -20,10 +22,10 @@ import profiles
 import pytest
 
 import lightnets
-from lightnets import reference
+from lightnets import optim, reference
 from lightnets import weights as W
 from lightnets.errors import FileFormatError, InputShapeError, LightnetsError, WeightsError
-from lightnets.frameworks import BACKENDS, NATIVE, backend_of, installed, load_backend
+from lightnets.frameworks import BACKENDS, NATIVE, TRAINERS, backend_of, installed, load_backend
 from lightnets.graph import INPUT, GraphBuilder
 from lightnets.numerics import rel_error
 from lightnets.parity.cases import make_input, op_cases
@@ -47,6 +49,11 @@ def collect_test_backends() -> list[str]:
 
 
 NAMES = collect_test_backends()
+EVERY = installed()  # every backend, in import order: the inference runtimes too
+RUNTIMES = [n for n in EVERY if not BACKENDS[n].trains]
+# (backend, model id): a backend that converts another's lowering (LiteRT: keras', ~20 s a model) runs one, a
+# "same"-padded inverted-residual net; the lowering's own rows run them all
+MODEL_ROWS = [(n, m) for n in EVERY for m in (["mobilenet_v2_035_keras"] if BACKENDS[n].lowered_by else MODELS)]
 
 
 @pytest.fixture(scope="module", params=NAMES)
@@ -54,6 +61,17 @@ def name(request):
     """The backend under test: a module-scoped parameter, so pytest runs every case of one backend, then the
     next, in ``frameworks.IMPORT_ORDER`` (keras last: tensorflow imported before paddle segfaults)."""
     return request.param
+
+
+@pytest.fixture(scope="module", params=EVERY)
+def any_name(request):
+    """The backend under test, the inference runtimes included (as ``name``: module-scoped, in import order)."""
+    return request.param
+
+
+def _bound(bounds, name, dtype):
+    """The bound for ``dtype`` in backend ``name``: float32's where it computes float64 in float32 inside."""
+    return bounds[dtype if load_backend(name).computes_float64 else "float32"]
 
 
 def _x(batch=2, seed=0, dtype="float32"):
@@ -104,15 +122,22 @@ def _built(name, graph, dtype, seed=0):
 
 
 # --- the contract on lightnets models: numbers against the float64 numpy reference ------------------
+@functools.cache
+def _op_reference(case_id):
+    case = next(c for c in OPS if c.id == case_id)
+    x = _input(case.graph, case.batch)
+    return x, reference.run(case.graph, W.init_weights(case.graph, 1), x)
+
+
 @pytest.mark.parametrize("dtype", DTYPES)
 @pytest.mark.parametrize("case", OPS, ids=[c.id for c in OPS])
-def test_op_matches_reference(name, case, dtype):
-    be, model, w = _built(name, case.graph, dtype, seed=1)
-    x = _input(case.graph, case.batch)
+def test_op_matches_reference(any_name, case, dtype):
+    be, model, _ = _built(any_name, case.graph, dtype, seed=1)
+    x, ref = _op_reference(case.id)
     y = be.run(model, x.astype(dtype))
     assert y.dtype == np.dtype(dtype)
-    err = rel_error(y, reference.run(case.graph, w, x))
-    assert err <= OP_REL[dtype], f"{case.id} {dtype}: rel error {err:.3g}"
+    err = rel_error(y, ref)
+    assert err <= _bound(OP_REL, any_name, dtype), f"{case.id} {dtype}: rel error {err:.3g}"
 
 
 @functools.cache
@@ -124,16 +149,16 @@ def _model_case(model_id):
 
 
 @pytest.mark.parametrize("dtype", DTYPES)
-@pytest.mark.parametrize("model_id", MODELS)
-def test_model_matches_reference(name, model_id, dtype):
+@pytest.mark.parametrize("any_name, model_id", MODEL_ROWS)
+def test_model_matches_reference(any_name, model_id, dtype):
     graph, w, x, ref = _model_case(model_id)
-    be = load_backend(name)
+    be = load_backend(any_name)
     model = be.build(graph, dtype)
     be.set_weights(model, w)
     y = be.run(model, x.astype(dtype))
     assert y.shape == (2, CLASSES) and y.dtype == np.dtype(dtype)
     err = rel_error(y, ref)
-    assert err <= MODEL_REL[dtype], f"{model_id} {dtype}: rel error {err:.3g}"
+    assert err <= _bound(MODEL_REL, any_name, dtype), f"{model_id} {dtype}: rel error {err:.3g}"
 
 
 def test_return_all_gives_every_node_in_nchw(name):
@@ -227,31 +252,43 @@ def test_weights_round_trip_bit_exact(name, dtype):
     assert np.array_equal(be.run(fresh, x), be.run(model, x))
 
 
-def test_canonical_file_round_trip(name, tmp_path):
-    a = _lightnets_model(name, seed=1)
-    b = _lightnets_model(name, seed=2)
-    lightnets.save_weights(a, tmp_path / "w.safetensors")
-    lightnets.load_weights(b, tmp_path / "w.safetensors")
-    x = _x()
-    assert np.array_equal(lightnets.run(b, x), lightnets.run(a, x))
+def test_canonical_file_round_trip_and_existing_files(any_name, tmp_path):
+    """Weights go through a canonical file; an existing file, in any of the backend's formats, is replaced only
+    with ``overwrite=True``, and nothing else is written beside it."""
+    a = _lightnets_model(any_name, seed=1)
+    b = _lightnets_model(any_name, seed=2)
+    path = lightnets.save_weights(a, tmp_path / "w.safetensors")
+    lightnets.load_weights(b, path)
+    be = load_backend(any_name)
+    _same_state(be.get_weights(b), be.get_weights(a))
+    for fmt, suffix in be.FORMATS.items():
+        kept = tmp_path / f"kept{suffix}"
+        kept.write_bytes(b"keep")
+        with pytest.raises(FileFormatError, match="exists; pass overwrite=True"):
+            lightnets.save_weights(a, kept, fmt)
+        assert kept.read_bytes() == b"keep"
+        kept.unlink()
+    assert lightnets.save_weights(b, path, overwrite=True) == path and [p.name for p in tmp_path.iterdir()] == [
+        path.name]
 
 
-def test_ownership_and_build_by_id(name):
-    be = load_backend(name)
-    model = lightnets.build("mobilenet_v1_025", backend=name, num_classes=7, input_size=SIZE)
+def test_ownership_and_build_by_id(any_name):
+    be = load_backend(any_name)
+    model = lightnets.build("mobilenet_v1_025", backend=any_name, num_classes=7, input_size=SIZE)
     assert be.owns(model) and not be.owns(object()) and backend_of(model) is be
-    assert not be.owns(_zoo_model(name))
-    assert be.graph_of(model).name == "mobilenet_v1_025"
+    if any_name in NAMES:
+        assert not be.owns(_zoo_model(any_name))
+    assert be.graph_of(model).name == "mobilenet_v1_025" and be.bn_eps(model) == {1e-5}
     y = lightnets.run(model, make_input(be.graph_of(model), 3))
     assert y.shape == (3, 7) and y.dtype == np.float32
 
 
 @pytest.mark.parametrize("shape, message", [
     ((3, 32, 32), "4-D NCHW"), ((1, 32, 32, 3), "is it in NCHW layout"), ((1, 1, 32, 32), "the model expects 3")])
-def test_bad_input_raises_input_shape_error(name, shape, message):
-    be = load_backend(name)
-    model = _lightnets_model(name)
-    for call in (be.run, be.train_forward):
+def test_bad_input_raises_input_shape_error(any_name, shape, message):
+    be = load_backend(any_name)
+    model = _lightnets_model(any_name)
+    for call in (be.run, be.train_forward) if any_name in TRAINERS else (be.run,):
         with pytest.raises(InputShapeError, match=message):
             call(model, np.zeros(shape, np.float32))
 
@@ -307,13 +344,27 @@ def test_drop_path_drops_whole_samples_in_train_mode_and_is_off_in_training(name
     assert np.array_equal(be.train_forward(model, x)[0], x) and np.array_equal(be.run(model, x), x)
 
 
+@pytest.mark.parametrize("runtime", RUNTIMES)
+def test_an_inference_runtime_refuses_every_training_call_by_name(runtime):
+    be = load_backend(runtime)
+    model = _lightnets_model(runtime)  # nothing compiled: every call is refused before it runs
+    x, spec = _x(), optim.SGD()
+    for call in (lambda: be.train_forward(model, x), lambda: be.gradients(model, x, np.zeros((2, CLASSES))),
+                 lambda: be.training(model), lambda: be.optimizer(spec, []), lambda: be.loss(x, [0, 1]),
+                 lambda: be.train_steps(model, [x], [np.array([0, 1])], spec), lambda: be.sync_batchnorm(model)):
+        with pytest.raises(LightnetsError, match=f"not supported by {runtime}.*use one of {', '.join(TRAINERS)}"):
+            call()
+
+
 # --- shape of the surface ---------------------------------------------------------------------------
-def test_backend_object_has_the_whole_surface(name):
-    be = load_backend(name)
-    assert be.name == name and be.framework == BACKENDS[name].package and lightnets.load_backend(name) is be
+def test_backend_object_has_the_whole_surface(any_name):
+    be = load_backend(any_name)
+    assert be.name == any_name and be.framework == BACKENDS[any_name].package
+    assert lightnets.load_backend(any_name) is be
     for attr in ("build", "owns", "graph_of", "set_weights", "get_weights", "run", "train_forward", "gradients",
                  "read_state_dict", "load_file", "save_file", "state_dict", "load_state_dict", "forward", "cast",
-                 "bn_eps", "in_model_preprocessing", "classifier_activation", "set_threads", "timed_call"):
+                 "bn_eps", "in_model_preprocessing", "classifier_activation", "set_threads", "timed_call",
+                 "training", "optimizer", "loss", "train_steps", "sync_batchnorm", "optimize"):
         assert callable(getattr(be, attr)), attr
     assert all(s.startswith(".") for s in be.FORMATS.values())
 

@@ -1,8 +1,11 @@
 """TFLite: the keras lowering converted by the TFLite converter and run by the LiteRT interpreter, as a backend,
 a parity target and an export (float32, and int8 post-training quantization).
 
-Every op case and four ids run against the float64 numpy reference; the int8 export of mobilenet_v2_050 is
-judged by its top-1 agreement with the reference (a measured floor, parity/tolerances.py INT8_TOP1_FLOOR).
+The backend contract (op cases and models against the float64 numpy reference, training refused, existing files
+kept) is tests/test_backend_contract.py's. Here: one interpreter runs any batch and size ("same" pads follow it),
+float64 models run the float32 flat buffer, every node's output by name, the card in the file; the int8 export of
+mobilenet_v2_050 is judged by its top-1 agreement with the reference (a measured floor, parity/tolerances.py
+INT8_TOP1_FLOOR).
 tensorflow is imported inside tests only and this module never imports paddle (tensorflow before paddle in
 one process segfaults; conftest runs the paddle tests first). Skipped without tensorflow/keras.
 """
@@ -21,7 +24,7 @@ from lightnets import cli, formats, reference, registry
 from lightnets import provenance as PV
 from lightnets import weights as W
 from lightnets.backends import tflite as TL  # imports no framework
-from lightnets.errors import FileFormatError, InputShapeError, LightnetsError
+from lightnets.errors import InputShapeError, LightnetsError
 from lightnets.export import (
     AGREEMENT_IMAGES,
     AGREEMENT_SEED,
@@ -40,11 +43,6 @@ from lightnets.parity import tolerances as T
 pytestmark = TFLITE_CONVERTER
 
 BE = load_backend("tflite")
-OP_CASES = C.op_cases()
-# (id, input size): "same" padding at an odd size for the keras-padded id; mobilenet_v2 (its ops are
-# mobilenet_v3's) with LIGHTNETS_SLOW=1
-MODELS = [("mobilenet_v3_small_075_keras", 65), ("shufflenet_v2_050", 64), ("ghostnet_050", 64)]
-MODELS += [("mobilenet_v2_050", 64)] if SLOW else []
 MEASURED: dict[str, float] = {}
 
 
@@ -66,31 +64,21 @@ def _built(graph, weights, dtype="float32"):
     return m
 
 
-# --- ops and models against the reference ---------------------------------------------------------------
-@pytest.mark.parametrize("case", OP_CASES, ids=[c.id for c in OP_CASES])
-def test_op_case_matches_the_reference(case):
-    w = W.init_weights(case.graph, seed=3)
-    x = C.make_input(case.graph, case.batch, seed=3)
-    y32 = BE.run(_built(case.graph, w), x)
-    assert y32.dtype == np.float32
-    assert _note("op float32", rel_error(y32, reference.run(case.graph, w, x))) <= T.OP_REL["float32"]
-    # float64 asks for float64 arrays; LiteRT computes them in float32 (the same flat buffer: no conversion)
-    y64 = BE.run(_built(case.graph, w, "float64"), x)
-    assert y64.dtype == np.float64 and np.array_equal(y64, y32)
-    assert T.effective_dtype("tflite", "float64") == "float32"
-
-
-@pytest.mark.parametrize("model_id, size", MODELS, ids=[m[0] for m in MODELS])
-def test_model_matches_the_reference_at_any_batch_and_size(model_id, size):
-    graph = registry.get_spec(model_id, num_classes=10, input_size=size)
+# --- the interpreter ----------------------------------------------------------------------------------
+def test_one_interpreter_runs_any_batch_and_size_and_float64_runs_the_float32_buffer():
+    """A keras-padded id (TF "same") built at an odd size: the interpreter resized to one image at another height
+    and width ("same" pads follow the size), converted once; its float64 model runs the same flat buffer."""
+    graph = registry.get_spec("mobilenet_v3_small_075_keras", num_classes=10, input_size=65)
     w = W.init_weights(graph, seed=1)
     m = _built(graph, w)
     x = np.random.default_rng(0).standard_normal((2, *graph.input_shape))
-    assert _note(f"{model_id}@{size}", rel_error(BE.run(m, x), reference.run(graph, w, x))) <= T.MODEL_REL["float32"]
-    # the same interpreter, resized: one image at another height/width ("same" pads follow the size)
-    x1 = np.random.default_rng(1).standard_normal((1, 3, size + 9, size - 7))
+    y = BE.run(m, x)
+    assert _note("mobilenet_v3_small_075_keras@65", rel_error(y, reference.run(graph, w, x))) <= T.MODEL_REL["float32"]
+    x1 = np.random.default_rng(1).standard_normal((1, 3, 65 + 9, 65 - 7))
     assert rel_error(BE.run(m, x1), reference.run(graph, w, x1)) <= T.MODEL_REL["float32"]
     assert len(m._buffers) == 1  # converted once
+    y64 = BE.run(_built(graph, w, "float64"), x)  # float64 arrays, computed in float32: no conversion
+    assert y64.dtype == np.float64 and np.array_equal(y64, y) and T.effective_dtype("tflite", "float64") == "float32"
 
 
 def test_return_all_gives_every_node_by_name():
@@ -123,14 +111,8 @@ def test_parity_target_is_inference_only():
     assert runner.TARGETS["tflite"][0] == "tflite" and runner.TARGETS["tflite"][1]["KERAS_BACKEND"] == "tensorflow"
     assert "tflite" in runner.INFERENCE_ONLY and "tflite" in cli.PARITY_TARGETS
     assert "tflite" not in cli.DEFAULT_PARITY_TARGETS  # a conversion per model: asked for by name
-    assert BE.name == "tflite" and BE.framework == "tensorflow" and lightnets.load_backend("tflite") is BE
     graph = registry.get_spec("mobilenet_v1_025", num_classes=10, input_size=32)
-    m = lightnets.build(graph, backend="tflite", seed=1)  # no conversion until it runs
-    assert lightnets.api.backend_of(m) is BE and BE.bn_eps(m) == {1e-5} and not m._buffers
-    x = np.zeros((1, 3, 32, 32), np.float32)
-    for call in (lambda: BE.train_forward(m, x), lambda: BE.gradients(m, x, np.zeros((1, 10)))):
-        with pytest.raises(LightnetsError, match="not supported by tflite"):
-            call()
+    assert not lightnets.build(graph, backend="tflite", seed=1)._buffers  # no conversion until it runs
 
 
 # --- export ------------------------------------------------------------------------------------------
@@ -165,17 +147,13 @@ def test_int8_export_agrees_with_the_float_model_on_top1(tmp_path):
     assert len(relu6) >= 10 and all(lo == 0.0 and 0.5 < hi <= 6.0 + 0.05 for lo, hi in relu6)
 
 
-def test_float_export_keeps_the_card_and_refuses_an_existing_file(tmp_path):
+def test_float_export_keeps_the_card(tmp_path):
     graph = registry.get_spec("mobilenet_v1_025", num_classes=10, input_size=32)
     model = lightnets.build(graph, backend="tflite", seed=4)  # init card in graph.meta
     x = np.random.default_rng(7).standard_normal((2, 3, 32, 32))
     want = BE.run(model, x)
     path = tmp_path / "m.tflite"
-    path.write_bytes(b"keep")
-    with pytest.raises(FileFormatError, match="exists; pass overwrite=True"):
-        lightnets.export(model, to="tflite", path=path)
-    assert path.read_bytes() == b"keep" and sorted(p.name for p in tmp_path.iterdir()) == ["m.tflite"]
-    assert lightnets.export(model, to="tflite", path=path, overwrite=True) == path
+    assert lightnets.export(model, to="tflite", path=path) == path
     assert sorted(p.name for p in tmp_path.iterdir()) == ["m.tflite", "m.tflite.lightnets.json"]
     assert np.array_equal(BE.forward(path, x), want)  # the file alone runs the same flat buffer
     assert rel_error(want, reference.run(graph, BE.get_weights(model), x)) <= T.MODEL_REL["float32"]
