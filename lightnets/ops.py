@@ -8,7 +8,8 @@ converter ``CONVERTERS[op](c: Lowering)`` in each of ``backends/torch/lowering.p
 (LiteRT converts keras'), ``paddle/lowering.py`` and ``onnx.py`` (tests/test_backend_contract.py lists a missing one);
 op cases in ``parity/cases.py`` and a use in ``tests/test_fuzz.py``'s random graphs (both checked to cover
 ``OPS``); and, where it applies, ``features.reductions`` (an op that sets a spatial size) and, for an op with
-weights, each backend's ``NATIVE_NAMES`` / ``NATIVE_LAYOUTS`` and the file importers (``lightnets/artifacts.py``).
+weights, each backend's ``NATIVE_NAMES`` / ``NATIVE_LAYOUTS`` and the file importers
+(``lightnets/artifacts/matching.py``).
 
 Activation formulas (pinned; every backend must compute exactly these):
 

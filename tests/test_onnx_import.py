@@ -174,7 +174,7 @@ def test_a_wrong_mapping_is_caught_by_the_probe(tmp_path, monkeypatch):
         w[a], w[b] = w[b], w[a]
         return m._replace(weights=w)
 
-    monkeypatch.setattr(A, "match", swapped)
+    monkeypatch.setattr(A.probe, "match", swapped)  # the matcher that fitting() calls
     with pytest.raises(WeightsError, match="not that net"):
         A.read(path, "onnx", "onnxruntime", input_size=SIZE)
 

@@ -16,6 +16,7 @@ from profiles import SLOW
 import lightnets
 from lightnets import artifacts as A
 from lightnets import cli, reference
+from lightnets import provenance as PV
 from lightnets.backends import tflite_file
 from lightnets.errors import FileFormatError, InputShapeError, RuntimeFailure, WeightsError
 from lightnets.numerics import rel_error, softmax
@@ -94,7 +95,7 @@ def test_keras_applications_tflite_float_and_int8_import_as_their_id(tmp_path, a
     assert card["classifier_activation"] == ("softmax" if softmax_head else "linear")
     assert card["source"]["sha256"] and card["source"]["format"] == "tflite"
     assert (card["preprocessing"] is not None) == v3
-    assert (A.PV.num_classes_of(imp.graph) == 1001) == (kwargs.get("classes") == 1001)
+    assert (PV.num_classes_of(imp.graph) == 1001) == (kwargs.get("classes") == 1001)
     assert any("background class" in n for n in card["notes"]) == (kwargs.get("classes") == 1001)
     assert any("hard sigmoid" in n for n in card["notes"]) == v3
     assert imp.probe["rel_error"] <= imp.probe["tolerance"]
