@@ -77,22 +77,32 @@ class _BatchNorm2D(nn.BatchNorm2D):
 
     paddle's batch_norm kernel takes epsilon as a float32 attribute (1e-3 becomes 1.00000005e-3,
     moving float64 outputs by ~5e-11) and updates the running variance with the biased batch
-    variance; the IR pins the exact eps and the unbiased update (torch convention). So training and
-    float64 eval are written out; float32 eval uses the fused kernel (eps rounding is below float32
-    resolution there), which is ~50x faster than the written-out form.
+    variance; the IR pins the exact eps and the unbiased update (torch convention). So float64 is
+    written out, and the running statistics are updated here. float32 normalises with the fused kernel
+    (eps rounding is below float32 resolution): ~50x faster in eval, and in training its batch variance is
+    ~10x more accurate than a written-out float32 one (paddle's reduction: 1.5e-6 against 1.6e-7 on a
+    stem map of 8192 values per channel; mobileone_s0's train-mode logits 9.8e-4 against torch's 4.7e-5).
     """
 
     def forward(self, x):
         shape = [1, -1, 1, 1]
+        fused = x.dtype == paddle.float32
         if self.training:
-            mean = x.mean(axis=[0, 2, 3])
-            var = ((x - mean.reshape(shape)) ** 2).mean(axis=[0, 2, 3])
+            if fused:  # momentum 0: the kernel writes the batch mean and (biased) variance into mean, var
+                mean, var = paddle.zeros_like(self._mean), paddle.zeros_like(self._variance)
+                y = F.batch_norm(x, mean, var, self.weight, self.bias, training=True, momentum=0.0,
+                                 epsilon=self._epsilon)
+            else:
+                mean = x.mean(axis=[0, 2, 3])
+                var = ((x - mean.reshape(shape)) ** 2).mean(axis=[0, 2, 3])
             n = x.size // x.shape[1]
             with paddle.no_grad():  # paddle's momentum weighs the old statistic
                 keep = self._momentum
                 paddle.assign(keep * self._mean + (1 - keep) * mean, self._mean)
                 paddle.assign(keep * self._variance + (1 - keep) * var * (n / (n - 1)), self._variance)
-        elif x.dtype == paddle.float32:
+            if fused:
+                return y
+        elif fused:
             return F.batch_norm(x, self._mean, self._variance, self.weight, self.bias, training=False,
                                 epsilon=self._epsilon)
         else:
