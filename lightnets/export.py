@@ -77,14 +77,15 @@ def onnx_module():
 
 def source_graph_and_weights(source, input_size: int | None = None, seed: int = 0, dtype: str = "float32"):
     """The graph (card in ``meta``) and canonical weights of an export source (see the module doc)."""
-    from . import api, formats
+    from . import api
+    from .file_graph import at_size
 
     if isinstance(source, tuple):
         if len(source) != 2 or not isinstance(source[0], Graph) or not isinstance(source[1], Mapping):
             raise LightnetsError("a (graph, weights) source must be a lightnets Graph and a mapping of canonical "
                                  "name -> array, e.g. (lightnets.get_spec(id), lightnets.export_weights(model))")
         graph, weights = source
-        graph = formats.at_size(graph, input_size)
+        graph = at_size(graph, input_size)
         return PV.with_card(graph, PV.card_of(graph) or PV.dict_card(graph)), W.check_weights(graph, weights)
     if isinstance(source, (str, os.PathLike)):
         if api.is_weights_file(source):
@@ -95,7 +96,7 @@ def source_graph_and_weights(source, input_size: int | None = None, seed: int = 
     from .frameworks import backend_of
 
     be = backend_of(source)  # LightnetsError for anything that is not a lightnets model
-    graph = formats.at_size(be.graph_of(source), input_size)
+    graph = at_size(be.graph_of(source), input_size)
     return PV.with_card(graph, PV.card_of(graph) or PV.dict_card(graph)), be.get_weights(source)
 
 
