@@ -54,7 +54,10 @@ def run_source(source: Source, x: np.ndarray) -> tuple[list[np.ndarray], str]:
         return outputs_of(source.graph, reference.run(source.graph, source.weights, x.astype(np.float64))), \
             "float64 reference"
     be, model = source.backend, source.model
-    y = be.run(model, x) if be.owns(model) else be.forward(model, x)  # a lightnets model, or a zoo model
+    if be.owns(model):
+        y = be.run(model, x)
+    else:  # a zoo model: fed what its in-model preprocessing (keras.applications EfficientNet's) maps onto x
+        y = be.forward(model, Z.convert.undo_in_model(be.in_model_preprocessing(model), x).astype(x.dtype))
     return outputs_of(source.graph, y), "source"
 
 

@@ -488,7 +488,9 @@ def test_preprocessing_and_classifier_activation(name):
         inp = keras.Input((4, 4, 3))
         y = keras.layers.Dense(3, activation="softmax")(keras.layers.Rescaling(1 / 127.5, offset=-1.0)(inp))
         m = keras.Model(inp, y)
-        assert be.in_model_preprocessing(m) == (1 / 127.5, -1.0) and be.classifier_activation(m) == "softmax"
+        # keras multiplies by the scale cast to floatx (float32), in a float64 model too: that value
+        assert be.in_model_preprocessing(m) == (float(np.float32(1 / 127.5)), -1.0)
+        assert be.classifier_activation(m) == "softmax"
 
 
 def test_timed_call(name):

@@ -41,7 +41,12 @@ PARAMS = {"MobileNet": 4_231_976, "MobileNet_0.75": 2_585_560, "MobileNet_0.5": 
           "MobileNet_0.25": 470_072, "MobileNetV2": 3_504_872, "MobileNetV2_0.75": 2_636_424,
           "MobileNetV2_0.5": 1_968_680, "MobileNetV2_0.35": 1_677_128, "MobileNetV2_1.4": 6_108_776,
           "MobileNetV3Large": 5_483_032, "MobileNetV3Large_0.75": 3_993_528,
-          "MobileNetV3Small": 2_542_856, "MobileNetV3Small_0.75": 2_041_872}
+          "MobileNetV3Small": 2_542_856, "MobileNetV3Small_0.75": 2_041_872,
+          "EfficientNetB0": 5_288_548, "EfficientNetB1": 7_794_184, "EfficientNetB2": 9_109_994,
+          "EfficientNetB3": 12_233_232}
+# an EfficientNet keras.applications build is ~3.5 s: `make test` counts B0's (its template is the import test's),
+# LIGHTNETS_SLOW=1 B1-B3's too (their graphs' counts are tests/test_archs.py's)
+PARAM_NAMES = sorted(n for n in PARAMS if profiles.SLOW or n in ("EfficientNetB0",) or not n.startswith("Efficient"))
 
 
 @pytest.fixture(scope="module")
@@ -122,7 +127,7 @@ def test_symmetric_padding_would_fail_the_probe(keras):
         zoo.ZOO[key] = good
 
 
-@pytest.mark.parametrize("name", sorted(PARAMS))
+@pytest.mark.parametrize("name", PARAM_NAMES)
 def test_params_equal_keras_applications_trainable_counts(name):
     shapes, _ = zoo.template("keras", name, 1000)  # a fresh keras.applications model at 224
     trainable = sum(int(np.prod(s)) for k, s in shapes.items()
@@ -171,6 +176,107 @@ def test_default_keras_model_with_preprocessing_and_softmax_imports(keras):
     assert info["zoo"]["model_rescaling"] == pytest.approx((1 / 127.5, -1.0))
     assert info["probe"]["dtype"] == "float64" and info["probe_rel_error"] <= zoo.PROBE_FLOAT64
     assert info["preprocessing"]["in_model"].startswith("Rescaling")
+
+
+# --- keras.applications EfficientNetB0-B3: the _tf ids, normalising inside the model -----------------------------
+# B0 at 224 in `make test` (~16 s: three EfficientNet builds, two predict traces, the float64 reference at 224);
+# LIGHTNETS_SLOW=1 adds B0 at 193 (odd at every stride: 193, 97, 49, 25, 13, 7) and B1-B3 at their own sizes
+EFFICIENTNET_CASES = [("EfficientNetB0", 224)] + ([("EfficientNetB0", 193), ("EfficientNetB1", 240),
+                                                   ("EfficientNetB2", 260), ("EfficientNetB3", 300)]
+                                                  if profiles.SLOW else [])
+
+
+def _calibrated(keras, name, size, seed=0):
+    """The zoo's twin (ImageNet mean/std in its Normalization; 1000 classes, the template's) with random weights
+    and BN statistics from data: one train-mode forward (keras momentum 0) of 4 images that the in-model
+    normalisation maps onto 0.05 x randn: running variances down to ~1e-4..1e-6."""
+    keras.utils.set_random_seed(seed)
+    model = zoo.ZOO[("keras", name)].make(1000, size)
+    bns = [la for la in model.layers if isinstance(la, keras.layers.BatchNormalization)]
+    for la in bns:
+        la.momentum = 0.0
+    pre = lightnets.frameworks.load_backend("keras").in_model_preprocessing(model)
+    x = 0.05 * np.random.default_rng(seed + 1).standard_normal((4, 3, size, size))
+    model(zoo.convert.undo_in_model(pre, x).transpose(0, 2, 3, 1).astype(np.float32), training=True)
+    for la in bns:
+        la.momentum = 0.99
+    return model, min(float(np.min(la.moving_variance.numpy())) for la in bns)
+
+
+@pytest.mark.parametrize("name,size", EFFICIENTNET_CASES, ids=[f"{n}@{s}" for n, s in EFFICIENTNET_CASES])
+def test_efficientnet_with_data_calibrated_bn_imports_in_float64_and_exports_back_bit_for_bit(keras, name, size):
+    e = zoo.ZOO[("keras", name)]
+    model, min_var = _calibrated(keras, name, size)
+    assert min_var < 1e-3
+    graph, w, info = zoo.import_zoo("keras", name, model)
+    p = info["probe"]
+    print(f"ZOOERR keras {name}@{size} calibrated (min var {min_var:.1e}): float64 {p['rel_error']:.2e}, "
+          f"float32 {p['float32_rel_error']:.2e}")
+    # the keras twin cast to float64 vs the float64 reference of the imported graph, on the probe batch (randn) at
+    # the twin's size, measured: B0@224 4.2e-12, B0@193 3.8e-15, B1@240 4.6e-14, B2@260 4.7e-12, B3@300 3.9e-13;
+    # PROBE_FLOAT64 = 1e-9 bounds it. The twin's own float32 is 7.5e-3 / 9.4e-7 / 1.9e-4 / 0.50 / 1.2e-4 off there
+    assert info["arch"] == e.arch == f"efficientnet_b{name[-1]}_tf" and p["dtype"] == "float64"
+    assert p["rel_error"] <= zoo.PROBE_FLOAT64 and p["shape"] == [1, 3, size, size]
+    assert {(n.attrs["eps"], n.attrs["momentum"]) for n in graph.nodes if n.op == "batch_norm"} == {(1e-3, 0.01)}
+    # the card: the twin's own in-model normalisation, x * scale + offset = (x * 1/255 - mean) / std
+    pre = info["preprocessing"]
+    assert pre["mean"] == [0.485, 0.456, 0.406] and pre["std"] == [0.229, 0.224, 0.225] and pre["scale"] == 1 / 255
+    assert pre["input_range"] == [0, 255] and "variance = std" in pre["in_model"]
+    assert np.allclose(info["zoo"]["model_rescaling"][0], np.float32(1 / 255) / np.array(pre["std"]), rtol=1e-7)
+    assert any("inside the model" in n and "per channel" in n for n in info["notes"])
+    # export: the twin's own weights back, bit for bit (Normalization state is not a weight)
+    native = zoo.export_zoo("keras", name, w)
+    sd = zoo.keras_state_dict(model)
+    assert sorted(native) == sorted(sd) and all(np.array_equal(native[k], sd[k]) for k in sd)
+    assert all(native[k].dtype == sd[k].dtype for k in sd)
+
+
+def test_keras_efficientnets_are_the_bench_twins_of_the_tf_ids():
+    from lightnets import bench
+
+    twins = bench.twins_of("keras")
+    assert [twins[f"efficientnet_b{i}_tf"] for i in range(4)] == [("keras", f"EfficientNetB{i}") for i in range(4)]
+    assert [zoo.ZOO[("keras", f"EfficientNetB{i}")].bn_momentum for i in range(4)] == [0.01] * 4  # keras 0.99
+
+
+def test_efficientnet_keras_pads_are_the_tf_ids_pads_at_an_odd_size(keras):
+    """correct_pad + 'valid' (keras' stem and strided depthwise convs) = TF 'same' of efficientnet_b0_tf at a size
+    odd at every stride (the import at 224 above is even at every stride)."""
+    size = 193
+    model = zoo.ZOO[("keras", "EfficientNetB0")].make(10, size)
+    g = lightnets.get_spec("efficientnet_b0_tf", num_classes=10, input_size=size)
+    convs = [n.name for n in g.nodes if n.op == "conv2d" and n.attrs["stride"] == (2, 2)]
+    pads = [la.padding for la in model.layers if type(la).__name__ == "ZeroPadding2D"]
+    assert len(convs) == len(pads) == 5
+    assert [_pads(g, n) for n in convs] == [(t, b, left, r) for (t, b), (left, r) in pads] == [
+        (1, 1, 1, 1), (1, 1, 1, 1), (2, 2, 2, 2), (1, 1, 1, 1), (2, 2, 2, 2)]
+    assert lightnets.get_spec("efficientnet_b0_tf", input_size=224).node("stem.conv").attrs["padding"] == "same"
+    assert [_pads(lightnets.get_spec("efficientnet_b0_tf", input_size=224), n) for n in convs] == [
+        (0, 1, 0, 1), (0, 1, 0, 1), (1, 2, 1, 2), (0, 1, 0, 1), (1, 2, 1, 2)]
+
+
+def test_in_model_normalisation_with_keras_imagenet_variance_quirk(keras):
+    """What keras.applications EfficientNet(weights="imagenet") computes, built small without the download:
+    Rescaling(1/255) -> Normalization(variance = the ImageNet std, as keras' file holds it) -> Rescaling(1/sqrt(std))
+    = (x / 255 - mean) / std; without the third layer the same Normalization divides by sqrt(std) only."""
+    mean, std = np.array([0.485, 0.456, 0.406]), np.array([0.229, 0.224, 0.225])
+    be = lightnets.frameworks.load_backend("keras")
+    for third in (True, False):
+        inp = keras.Input((4, 4, 3))
+        norm = keras.layers.Normalization(mean=mean, variance=std)
+        y = norm(keras.layers.Rescaling(1 / 255)(inp))
+        if third:
+            y = keras.layers.Rescaling(list(1 / np.sqrt(std)))(y)
+        model = keras.Model(inp, keras.layers.Conv2D(2, 1)(y))
+        scale, offset = map(np.array, be.in_model_preprocessing(model))
+        d = std if third else np.sqrt(std)
+        assert np.allclose(scale, np.float32(1 / 255) / d, rtol=1e-6) and np.allclose(offset, -mean / d, rtol=1e-6)
+        x = np.random.default_rng(0).uniform(0, 255, (1, 3, 4, 4)).astype(np.float32)
+        # zoo_forward feeds what the in-model layers map onto x
+        inner = keras.Model(inp, y)
+        got = be.forward(inner, zoo.convert.undo_in_model((scale, offset), x.astype(np.float64)).astype(np.float32))
+        assert rel_error(got, x) <= 1e-6
+        assert "normalization" not in " ".join(be.state_dict(model))  # not a weight of the graph
 
 
 def _kd(keras, name="MobileNetV2_0.35", size=96):

@@ -62,6 +62,17 @@ def _retype(config, dtype: str):
     return config
 
 
+# keras preprocessing layers a model may open with (some keras.applications models): not weights of
+# the graph. Their composite is ``in_model_preprocessing``; a Normalization's state (mean, variance, an int count)
+# stays out of the state dict (keras names the layer "normalization_<n>" after the first one in a process)
+_PREPROCESSING = ("Rescaling", "Normalization")
+
+
+def _weight_layers(model):
+    """``model.layers`` that hold weights of the computation (not its preprocessing layers)."""
+    return [la for la in model.layers if type(la).__name__ not in _PREPROCESSING]
+
+
 def _state_key(layer, weight) -> str:
     """``layer.leaf``; Keras 3 names a DepthwiseConv2D's kernel "kernel", the key says "depthwise_kernel"."""
     leaf = weight.name.rsplit("/", 1)[-1]
@@ -204,7 +215,7 @@ class KerasBackend(KerasTraining, Backend):
         if not hasattr(model, "layers"):
             raise LightnetsError(f"{type(model).__name__} is not a keras model")
         out = {}
-        for layer in model.layers:
+        for layer in _weight_layers(model):
             for w in layer.weights:
                 key = _state_key(layer, w)
                 if key in out:
@@ -213,7 +224,7 @@ class KerasBackend(KerasTraining, Backend):
         return out
 
     def _shapes(self, model):
-        return {_state_key(layer, w): tuple(w.shape) for layer in model.layers for w in layer.weights}
+        return {_state_key(layer, w): tuple(w.shape) for layer in _weight_layers(model) for w in layer.weights}
 
     def set_weights(self, model, weights):
         super().set_weights(model, weights)
@@ -221,7 +232,7 @@ class KerasBackend(KerasTraining, Backend):
 
     def _assign(self, model, sd):
         model.__dict__.pop(_FROZEN, None)
-        for layer in model.layers:
+        for layer in _weight_layers(model):
             for w in layer.weights:
                 w.assign(np.asarray(self.to_numpy(sd[_state_key(layer, w)]), dtype=w.dtype))
 
@@ -244,6 +255,9 @@ class KerasBackend(KerasTraining, Backend):
             copy = type(model).from_config(config)
         copy.set_weights([np.asarray(w, dtype) if np.asarray(w).dtype.kind == "f" else w
                           for w in model.get_weights()])
+        for layer in copy.layers:  # a Normalization computes with the mean/variance taken at build or load
+            if type(layer).__name__ == "Normalization":
+                layer.finalize_state()
         return copy
 
     def bn_eps(self, model):
@@ -253,10 +267,34 @@ class KerasBackend(KerasTraining, Backend):
                 if isinstance(la, keras.layers.BatchNormalization)}
 
     def in_model_preprocessing(self, model):
+        """``(scale, offset)`` of the Rescaling / Normalization layers the model opens with, composed: the model
+        computes ``x * scale + offset`` of its input before the first other layer. Floats if every channel has
+        the same, else per-channel tuples (e.g. Rescaling(1/255) then a per-channel Normalization,
+        ``(x - mean) / max(sqrt(variance), keras epsilon)``); None without such layers. Rescaling's python-float
+        scale is cast to floatx by keras (float32, in a float64 model too): the value returned is that one."""
+        import keras
+
+        c = int(model.inputs[0].shape[-1]) if getattr(model, "inputs", None) else 1
+        scale, offset, found = np.ones(c), np.zeros(c), False
         for layer in model.layers:
-            if type(layer).__name__ == "Rescaling":
-                return float(layer.scale), float(layer.offset)
-        return None
+            kind = type(layer).__name__
+            if kind == "InputLayer":
+                continue
+            if kind == "Rescaling":  # keras casts scale and offset to floatx first, in a float64 model too
+                s, o = (np.asarray(v, keras.config.floatx()).astype(np.float64) for v in (layer.scale, layer.offset))
+                scale, offset = scale * s, offset * s + o
+            elif kind == "Normalization" and not layer.invert:
+                mean = np.asarray(layer.mean, np.float64).reshape(-1)
+                d = np.maximum(np.sqrt(np.asarray(layer.variance, np.float64).reshape(-1)), keras.config.epsilon())
+                scale, offset = scale / d, (offset - mean) / d
+            else:
+                break
+            found = True
+        if not found:
+            return None
+        if np.all(scale == scale[0]) and np.all(offset == offset[0]):
+            return float(scale[0]), float(offset[0])
+        return tuple(map(float, scale)), tuple(map(float, offset))
 
     def classifier_activation(self, model):
         act = getattr(model.layers[-1], "activation", None)

@@ -175,8 +175,7 @@ def probe(e: ZooEntry, model, graph: Graph, canonical: Mapping[str, np.ndarray],
     def head(y):
         return softmax(y) if act == "softmax" else y
     want = head(want)
-    pre = be.in_model_preprocessing(model)
-    feed = x if pre is None else (x - pre[1]) / pre[0]  # raw pixels that the model's rescaling maps onto x
+    feed = undo_in_model(be.in_model_preprocessing(model), x)  # raw pixels that the model's rescaling maps onto x
     got32 = _run(be, model, feed.astype(np.float32), what)
     if got32.shape != want.shape:
         raise WeightsError(f"{what}: zoo output shape {got32.shape} != the imported graph's {want.shape}; "
@@ -233,11 +232,11 @@ def _import(zoo: str, name: str, sd: dict, model, nc: int, input_size: int, prob
                   f"(<= {result['tolerance']:.0e}) vs the float64 reference, float32 "
                   f"{result['float32_rel_error']:.1e}", *result["notes"], *notes]
     if pre is not None:
-        card_notes.append(f"the zoo model rescales its input inside the model (scale {pre[0]:.9g}, offset "
-                          f"{pre[1]:g}); the graph does not: apply it before the graph")
+        card_notes.append(f"the zoo model rescales its input inside the model ({in_model_note(pre)}: x * scale + "
+                          "offset); the graph does not: apply it before the graph")
     if act != "linear":
         card_notes.append(f"the zoo model ends in {act}; the graph outputs logits")
-    card = provenance.make_card(graph, source, preprocessing=e.preprocessing, classifier_activation=act,
+    card = provenance.make_card(graph, source, preprocessing=preprocessing_of(e, pre), classifier_activation=act,
                                 padding=e.padding, notes=card_notes)
     card["probe"] = provenance.plain({k: v for k, v in result.items() if k != "notes"})
     card["zoo"] = {"zoo": zoo, "name": name, "framework": e.framework, "default_classifier_activation":
@@ -245,6 +244,19 @@ def _import(zoo: str, name: str, sd: dict, model, nc: int, input_size: int, prob
     graph = provenance.with_card(graph, card)
     info = {**card, "name_map": nmap, "probe_rel_error": result["rel_error"]}
     return graph, canonical, info, model
+
+
+def preprocessing_of(e: ZooEntry, pre) -> Mapping[str, Any]:
+    """The card's preprocessing: the entry's, and for a zoo model that normalises per channel inside the model
+    (keras.applications EfficientNet: ``e.preprocessing["in_model_mean_std"]``) the mean and std that the model's own
+    layers hold, ``x * scale + offset = (x * e.preprocessing["scale"] - mean) / std`` (keras multiplies by that scale
+    rounded to float32), to 7 digits; the exact composite is ``model_scale_offset``."""
+    if pre is None or not e.preprocessing.get("in_model_mean_std"):
+        return e.preprocessing
+    scale, offset = (np.broadcast_to(np.asarray(v, np.float64), (3,)) for v in pre)
+    std = float(np.float32(e.preprocessing["scale"])) / scale  # keras rescales by float32(1/255)
+    return {**e.preprocessing, "mean": tuple(float(f"{v:.7g}") + 0.0 for v in -offset * std),
+            "std": tuple(float(f"{v:.7g}") for v in std), "model_scale_offset": [list(scale), list(offset)]}
 
 
 def _input_size(be, e: ZooEntry, model, input_size: int | None, what: str) -> tuple[int, bool, list[str]]:
@@ -359,7 +371,23 @@ def zoo_forward(zoo: str, model, x: np.ndarray) -> np.ndarray:
     be = load_backend(FRAMEWORKS[zoo])
     pre = be.in_model_preprocessing(model)
     x = np.asarray(x)
-    return np.asarray(be.forward(model, x if pre is None else ((x - pre[1]) / pre[0]).astype(x.dtype)))
+    return np.asarray(be.forward(model, undo_in_model(pre, x).astype(x.dtype)))
+
+
+def undo_in_model(pre, x: np.ndarray) -> np.ndarray:
+    """The input that a model's in-model preprocessing ``pre`` (the backend's ``(scale, offset)``: floats, or
+    per-channel sequences) maps onto the NCHW batch ``x``: ``(x - offset) / scale``."""
+    if pre is None:
+        return x
+    scale, offset = (np.asarray(v, np.float64).reshape(1, -1, 1, 1) if np.ndim(v) else float(v) for v in pre)
+    return (x - offset) / scale
+
+
+def in_model_note(pre) -> str:
+    """The card's words for a model's in-model preprocessing ``(scale, offset)``."""
+    def fmt(v):
+        return f"{v:.9g}" if not np.ndim(v) else "(" + ", ".join(f"{c:.9g}" for c in v) + ") per channel"
+    return f"scale {fmt(pre[0])}, offset {fmt(pre[1])}"
 
 
 # --- checkpoint files and detection --------------------------------------------------------------
@@ -404,9 +432,10 @@ def read_checkpoint(path, zoo: str, name: str, input_size: int = 224, *, fmt: st
     ``FORMATS``, else its first). ``state_dict``: the file's contents if the caller read them already.
     The file's keys must be the zoo model's (its state dict, or what that format stores, e.g. a keras
     ``.weights.h5`` written by a keras.applications model). ``source_model`` is a fresh zoo model of
-    the file's class count holding its weights (float32, logits, no in-model preprocessing): it
-    computes what ``graph`` computes, so ``backend.forward(source_model, x)`` is the port probe's
-    source side. ``card`` (also in ``graph.meta["provenance"]``) has source kind "file" with the zoo.
+    the file's class count holding its weights (float32, logits): it computes what ``graph``
+    computes on what its in-model preprocessing maps onto ``x`` (keras.applications EfficientNet
+    keeps its Rescaling + Normalization; ``zoo_forward`` / :func:`undo_in_model`), the port
+    probe's source side. ``card`` (also in ``graph.meta["provenance"]``) has source kind "file" with the zoo.
     """
     e = entry(zoo, name)
     be = _backend(e)

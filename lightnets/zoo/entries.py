@@ -16,6 +16,8 @@ from __future__ import annotations
 from collections.abc import Callable, Mapping
 from typing import Any, NamedTuple
 
+import numpy as np
+
 from ..errors import LightnetsError
 
 IMAGENET = {"mean": (0.485, 0.456, 0.406), "std": (0.229, 0.224, 0.225), "scale": 1 / 255,
@@ -35,6 +37,23 @@ KERAS_TF = {"mean": (0.5, 0.5, 0.5), "std": (0.5, 0.5, 0.5), "scale": 1 / 255, "
 # include_preprocessing=True (the default); the graph has no rescale op, so apply it before the graph
 KERAS_V3 = {**KERAS_TF, "in_model": "Rescaling(scale=1/127.5, offset=-1.0) when include_preprocessing=True",
             "source": "keras.applications.MobileNetV3*(include_preprocessing=True) Rescaling layer"}
+# keras.applications EfficientNetB0..B7 normalise inside the model: Rescaling(1/255) -> Normalization(axis=-1),
+# (x - mean) / max(sqrt(variance), 1e-7), and with weights="imagenet" a third layer Rescaling(1/sqrt(std)): keras'
+# imagenet file stores the ImageNet std (0.229, 0.224, 0.225) as the Normalization's *variance*
+# (tensorflow#49930), so that layer alone divides by sqrt(std), the third by sqrt(std) again: net
+# (x / 255 - mean) / std. weights=None builds neither the third layer nor a set Normalization (mean 0, variance 1:
+# x / 255 only); the zoo's twin (KERAS["EfficientNetB*"].make) sets mean and variance = std**2, the imagenet
+# model's function. An imported model's card holds the mean/std its own layers compute.
+KERAS_EFFICIENTNET = {
+    **IMAGENET, "layout": "NHWC", "input_range": (0, 255), "in_model_mean_std": True,
+    "in_model": "Rescaling(1/255) -> Normalization(mean, variance) [-> Rescaling(1/sqrt(std)) when built with "
+                "weights='imagenet', whose file holds variance = std (0.229, 0.224, 0.225), not std**2]: "
+                "(x / 255 - mean) / std; mean/std here are the model's own (a weights=None model: mean 0, std 1)",
+    "source": "keras.applications.efficientnet (Rescaling + Normalization layers inside the model; "
+              "preprocess_input is the identity)"}
+KERAS_EFFICIENTNET_PADDING = ("TF 'same' for stride-1 convs; the stem conv and strided depthwise convs "
+                              "ZeroPadding2D(correct_pad) + 'valid', which is TF 'same' at every input size; pads "
+                              "computed from the input size")
 
 # how each zoo stores weights: kind -> layout of lightnets.layouts
 TORCH_LAYOUTS = {"conv": "id", "depthwise": "id", "linear": "id", "conv_as_linear": "conv1x1"}
@@ -111,8 +130,13 @@ def _keras(ctor: str, **kw):
     def make(num_classes: int = 1000, input_size: int = 224):
         import keras
         extra = {"include_preprocessing": False} if ctor.startswith("MobileNetV3") else {}
-        return getattr(keras.applications, ctor)(weights=None, classes=num_classes, classifier_activation=None,
-                                                 input_shape=(input_size, input_size, 3), **extra, **kw)
+        model = getattr(keras.applications, ctor)(weights=None, classes=num_classes, classifier_activation=None,
+                                                  input_shape=(input_size, input_size, 3), **extra, **kw)
+        if ctor.startswith("EfficientNet"):  # the imagenet model's in-model normalisation (KERAS_EFFICIENTNET)
+            norm = next(la for la in model.layers if isinstance(la, keras.layers.Normalization))
+            norm.set_weights([np.asarray(IMAGENET["mean"]), np.square(IMAGENET["std"]), np.asarray(0)])
+            norm.finalize_state()  # the layer computes with the values taken at build (or load) time
+        return model
     return make
 
 
@@ -286,6 +310,9 @@ KERAS = {  # names are "<constructor>" at alpha 1.0, "<constructor>_<alpha>" oth
     ("keras", "MobileNetV3Small"): _ka("mobilenet_v3_small_100_keras", "MobileNetV3Small", 0.001, KERAS_V3),
     ("keras", "MobileNetV3Small_0.75"): _ka("mobilenet_v3_small_075_keras", "MobileNetV3Small", 0.001,
                                             KERAS_V3, alpha=0.75),
+    # EfficientNet B0-B3 = the _tf ids (timm tf_efficientnet_b*'s graph: TF "same", eps 1e-3); keras momentum 0.99
+    **{("keras", f"EfficientNetB{i}"): _ka(f"efficientnet_b{i}_tf", f"EfficientNetB{i}", 0.01, KERAS_EFFICIENTNET)
+       ._replace(padding=KERAS_EFFICIENTNET_PADDING) for i in range(4)},
 }
 ZOO: dict[tuple[str, str], ZooEntry] = {**TORCHVISION, **TIMM, **PADDLE, **KERAS}
 # the zoo names ("<zoo>:<name>" in port's from_format and the CLI's --from-format), in table order
