@@ -21,7 +21,8 @@ from Shape(x), Shape(like) (CumSum of ConstantOfShape ones, Mul, Div); slice_cha
 -> Reshape(x, [0, g, C/g, -1]) -> Transpose(0, 2, 1, 3) -> Reshape(., Shape(x)) (batch, height and width stay
 dynamic); max_pool2d -> MaxPool (pads are ignored elements: the IR's -inf); avg_pool2d -> AveragePool
 (count_include_pad); global_avg_pool -> GlobalAveragePool; flatten -> Flatten(axis 1); linear -> Gemm (transB=1,
-canonical (out, in) weight); dropout, drop_path -> Identity.
+canonical (out, in) weight); dropout, drop_path -> Identity. A lean export (``to_onnx(lean=True)``, the default for
+a float32 inference-form graph) writes no node for them and keeps concats as their pieces (``split_concats``).
 
 float64 (measured on onnxruntime 1.32 CPU): Conv, AveragePool, GlobalAveragePool, HardSigmoid and
 HardSwish have no double kernel (NOT_IMPLEMENTED); BatchNormalization, Relu, Clip, Sigmoid, Add/Sub/Mul/Div,
@@ -44,6 +45,7 @@ import numpy as np
 
 from lightnets import ops
 from lightnets import provenance as PV
+from lightnets import transforms as T
 from lightnets import weights as W
 from lightnets.errors import BackendNotInstalledError, FileFormatError, LightnetsError
 from lightnets.graph import INPUT, Graph, Node
@@ -85,6 +87,10 @@ class _Emitter:
         self.f64 = dtype == "float64"
         self.nodes: list = []
         self.inits: dict[str, object] = {}
+        self.sources: dict = {}  # part parameter -> its slice of a canonical weight (transforms.split_concats)
+        self.outputs: set[str] = set()  # the IR names the graph outputs (a node of its own each)
+        self.alias: dict[str, str] = {}  # IR name -> the tensor that holds it (an identity written as no node)
+        self.lean = False  # to_onnx(lean=True): identities as no node
 
     def init(self, name: str, value, dtype=None) -> str:
         if name not in self.inits:
@@ -100,6 +106,13 @@ class _Emitter:
 
     def param(self, node: Node, suffix: str, float32: bool = False) -> str:
         name = f"{node.name}.{suffix}"
+        if name in self.sources:  # a part of a canonical weight (split_concats): sliced, folded by the runtime
+            src, out, inp = self.sources[name]
+            axes = [0, 1] if inp else [0]
+            return self.add("Slice", [self.init(src, self.weights[src], np.float32 if float32 else self.np),
+                                      self.ints(f"{node.name}/{suffix}_starts", [out[0], *(inp or ())[:1]]),
+                                      self.ints(f"{node.name}/{suffix}_ends", [out[1], *(inp or ())[1:]]),
+                                      self.ints(f"const/axes{len(axes)}", axes)], f"{node.name}/{suffix}")
         return self.init(name, self.weights[name], np.float32 if float32 else self.np)
 
     def add(self, op: str, inputs: list[str], output: str, name: str | None = None, **attrs) -> str:
@@ -251,6 +264,16 @@ def _linear(c: Lowering):
     return em.add("Gemm", inputs, node.name, transB=1)
 
 
+def _identity(c: Lowering):
+    """dropout / drop_path at inference: an Identity; in a lean export no node (readers read the input) unless the
+    graph outputs it."""
+    em = c.native
+    if c.name in em.outputs or not em.lean:
+        return em.add("Identity", [c.inputs[0]], c.name)
+    em.alias[c.name] = c.inputs[0]
+    return c.inputs[0]
+
+
 CONVERTERS = {
     "conv2d": _conv2d,
     "batch_norm": _batch_norm,
@@ -266,8 +289,8 @@ CONVERTERS = {
     "global_avg_pool": _global_avg_pool,
     "flatten": lambda c: c.native.add("Flatten", [c.inputs[0]], c.name, axis=1),
     "linear": _linear,
-    "dropout": lambda c: c.native.add("Identity", [c.inputs[0]], c.name),
-    "drop_path": lambda c: c.native.add("Identity", [c.inputs[0]], c.name),  # inference: the identity
+    "dropout": _identity,
+    "drop_path": _identity,  # inference: the identity
 }
 
 
@@ -277,11 +300,17 @@ def doc_of(graph: Graph) -> str:
 
 
 def to_onnx(graph: Graph, weights: Mapping[str, np.ndarray], dtype: str = "float32", dynamic_hw: bool | None = None,
-            return_all: bool = False):
+            return_all: bool = False, lean: bool | None = None):
     """The ``onnx.ModelProto`` of ``graph`` with ``weights`` (canonical, checked) in ``dtype``.
 
     ``dynamic_hw`` (default: unless the graph is fixed to its size) makes height and width symbolic;
-    ``return_all`` makes every node's output a graph output (the divergence locator reads them).
+    ``return_all`` makes every node's output a graph output (the divergence locator reads them). ``lean``
+    (default: a float32 inference-form graph - batch norms folded, ``lightnets.optimize`` / ``build(...,
+    mode="inference")`` - without ``return_all``) writes channel concats as their pieces where the readers take
+    pieces (``lightnets.transforms.split_concats``: the part convs' weights are Slices of the canonical
+    initializers, which ONNX Runtime folds when it loads the file) and dropouts as no node (unless an output).
+    Otherwise every IR node is a tensor of its name and every weight an initializer (the file imports back
+    without its metadata).
     """
     check_dtype(dtype, DTYPES)
     if dynamic_hw is None:
@@ -290,9 +319,18 @@ def to_onnx(graph: Graph, weights: Mapping[str, np.ndarray], dtype: str = "float
         raise LightnetsError(f"graph {graph.name!r} is fixed to its {graph.input_shape[1]}x{graph.input_shape[2]} "
                              "input (meta fixed_size); export it with static height/width (dynamic_hw=False)")
     weights = W.check_weights(graph, weights)
-    em = _Emitter(graph, weights, dtype, dynamic_hw)
-    for node in graph.nodes:
-        CONVERTERS[node.op](Lowering(node, graph.in_shapes(node), list(node.inputs), dtype, node.name, em))
+    if lean is None:
+        lean = dtype == "float32" and not return_all and bool(graph.meta.get("bn_folded"))
+    emitted, sources = graph, {}
+    if lean:
+        emitted, parts, sources = T.split_concats(graph, weights)
+        weights = {**parts, **weights}
+    em = _Emitter(emitted, weights, dtype, dynamic_hw)
+    em.sources, em.lean = sources, lean
+    em.outputs = {n.name for n in graph.nodes} if return_all else set(graph.output_names)
+    for node in emitted.nodes:
+        CONVERTERS[node.op](Lowering(node, emitted.in_shapes(node), [em.alias.get(i, i) for i in node.inputs], dtype,
+                                     node.name, em))
     c, h, w = graph.input_shape
     hw = [HEIGHT, WIDTH] if dynamic_hw else [h, w]
 

@@ -235,7 +235,7 @@ def quantize_qdq(graph: Graph, weights, calibration: np.ndarray, quant_format: s
     import onnxruntime as ort
     from onnxruntime.quantization import QuantFormat, quantize_static
 
-    float_model = to_onnx(graph, weights, "float32", dynamic_hw=False)
+    float_model = to_onnx(graph, weights, "float32", dynamic_hw=False, lean=False)  # every node, for the ranges
     with tempfile.TemporaryDirectory(prefix="lightnets-qdq-") as tmp:
         src, folded, out = (str(Path(tmp) / n) for n in ("float.onnx", "folded.onnx", "qdq.onnx"))
         onnx.save(float_model, src)

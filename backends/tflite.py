@@ -107,13 +107,18 @@ def fixed_size_graph(graph: Graph) -> Graph:
     return Graph(graph.name, graph.input_shape, graph.nodes, {**graph.meta, "fixed_size": True}, graph.outputs)
 
 
-def keras_model(graph: Graph, weights: Mapping[str, np.ndarray], return_all: bool = False, static_hw: bool = False):
+def keras_model(graph: Graph, weights: Mapping[str, np.ndarray], return_all: bool = False, static_hw: bool = False,
+                lean: bool = False):
     """The keras backend's float32 model of ``graph`` with ``weights`` (every node's output a named output
-    with ``return_all``)."""
+    with ``return_all``); ``lean``: of ``lightnets.transforms.split_concats(graph)`` (channel concats kept as their
+    pieces where the readers take pieces; the outputs keep their names)."""
     from lightnets.frameworks import load_backend
+    from lightnets.transforms import split_concats
 
     _tensorflow()
     kb = load_backend("keras")
+    if lean and not return_all:
+        graph, weights, _ = split_concats(graph, weights)
     model = kb.build(fixed_size_graph(graph) if static_hw else graph, "float32")
     kb.set_weights(model, {k: np.asarray(v, np.float32) for k, v in weights.items()})
     if not return_all and not graph.multi_output:
@@ -142,7 +147,9 @@ def convert(graph: Graph, weights: Mapping[str, np.ndarray], return_all: bool = 
         raise LightnetsError("int8 quantization needs calibration images (an NCHW float array) for the "
                              "representative dataset")
     tf, _ = _tensorflow()
-    model = keras_model(graph, weights, return_all, static_hw)
+    # a float32 inference-form graph (batch norms folded: lightnets.optimize): concats in pieces (an int8 file keeps
+    # every node: its card records each node's range)
+    model = keras_model(graph, weights, return_all, static_hw, lean=quantize is None and graph.meta.get("bn_folded"))
     converter = tf.lite.TFLiteConverter.from_keras_model(model)
     if quantize == "int8":
         images = nhwc(calibration)
