@@ -189,29 +189,32 @@ def _fits(graph: Graph, size: int) -> bool:
         return False
 
 
-def train_forward(graph: Graph, weights: dict[str, np.ndarray], x: np.ndarray):
-    """Training-mode forward (BN on batch statistics, dropout and drop_path off) in float64.
+def train_forward(graph: Graph, weights: dict[str, np.ndarray], x: np.ndarray, stored_as: str | None = None):
+    """Training-mode forward (BN on batch statistics, dropout off) in float64.
 
     Returns the output (a list for a graph with ``outputs``) and the updated running statistics
     ``{"<bn>.mean": ..., "<bn>.var": ...}`` after one step, torch convention: ``new = (1 - m) * old + m * batch``
     with the unbiased batch variance (normalisation itself uses the biased variance).
+    ``stored_as="float32"`` rounds the input, the weights and every node's output to float32 (each node still
+    computed in float64): the error that storing tensors in float32 alone causes, which no float32 kernel avoids.
     """
     check_input(graph, x)
-    x = np.asarray(x, F)
+    stored = (lambda a: np.asarray(np.asarray(a, stored_as), F)) if stored_as else (lambda a: np.asarray(a, F))
+    x = stored(x)
     shapes = graph.shapes_at(*x.shape[2:])
-    w = {k: np.asarray(v, F) for k, v in weights.items()}
+    w = {k: stored(v) for k, v in weights.items()}
     stats = {}
 
     def step(node, inputs):
         if node.op != "batch_norm":
-            return run_node(node, inputs, w, shapes[node.name])
+            return stored(run_node(node, inputs, w, shapes[node.name]))
         h, m = inputs[0], node.attrs["momentum"]
         mean, var = h.mean(axis=(0, 2, 3)), h.var(axis=(0, 2, 3))
         n = h.size // h.shape[1]
         p = lambda s: w[f"{node.name}.{s}"]  # noqa: E731
         stats[f"{node.name}.mean"] = (1 - m) * p("mean") + m * mean
         stats[f"{node.name}.var"] = (1 - m) * p("var") + m * var * n / (n - 1)
-        return batch_norm(h, p("gamma"), p("beta"), mean, var, node.attrs["eps"])
+        return stored(batch_norm(h, p("gamma"), p("beta"), mean, var, node.attrs["eps"]))
     return graph.walk(x, step), stats
 
 

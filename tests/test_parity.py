@@ -150,3 +150,28 @@ def test_op_cases_cover_every_op():
 
     used = {n.op for c in C.op_cases() for n in c.graph.nodes}
     assert used == set(ops.OPS), set(ops.OPS) - used
+
+
+def test_float32_train_logits_are_held_to_the_graphs_own_conditioning(tmp_path):
+    """A float32 train-mode logit over MODEL_REL passes within TRAIN_KAPPA_FACTOR x kappa (the error of storing
+    every tensor as float32) and fails beyond it; float64 keeps its bound. mobileone_s0 at 64 px, batch 2: kappa is
+    1.5e-4, over the float32 bound by itself."""
+    from lightnets import reference
+    from lightnets import weights as W
+
+    case = C.model_cases(["mobileone_s0"], input_size=64, num_classes=10)[0]
+    m = runner.Matrix([case], tmp_path)
+    files = m.files[case.id]
+    w, x = W.load(files["weights"]), np.load(files["input"])
+    exact, stats = reference.train_forward(case.graph, w, x)
+    stored, _ = reference.train_forward(case.graph, w, x, stored_as="float32")
+    kappa = T.rel_error(stored, exact)
+    assert T.MODEL_REL["float32"] < kappa < 1e-3
+    scale = float(np.max(np.abs(exact)))
+    stat_arrays = {f"stat:{k}": v for k, v in stats.items()}
+    off = lambda k: {"train:output": exact + k * kappa * scale, **stat_arrays}  # noqa: E731 -- k x kappa
+    for dtype, k, status in [("float32", 1.0, "pass"), ("float32", T.TRAIN_KAPPA_FACTOR - 1, "pass"),
+                             ("float32", T.TRAIN_KAPPA_FACTOR + 1, "fail"),
+                             ("float64", 1.0, "fail")]:
+        train = [r for r in m._compare_train(case.id, dtype, {"torch": off(k)}) if r.kind == "train"]
+        assert [r.status for r in train] == [status], (dtype, k, train)
