@@ -95,11 +95,15 @@ def _ort():
     return onnxruntime
 
 
-def make_session(model_bytes: bytes, threads: int = 0):
+def make_session(model_bytes: bytes, threads: int = 0, parallel: bool = False):
+    """An ONNX Runtime CPU session: ``threads`` intra-op threads; ``parallel``: ORT's parallel execution mode
+    (independent nodes at once, on ``threads`` inter-op threads too) instead of the sequential one."""
     ort = _ort()
     so = ort.SessionOptions()
     so.intra_op_num_threads = threads
-    so.inter_op_num_threads = 1
+    so.inter_op_num_threads = threads if parallel else 1
+    if parallel:
+        so.execution_mode = ort.ExecutionMode.ORT_PARALLEL
     so.log_severity_level = 3
     return ort.InferenceSession(model_bytes, so, providers=["CPUExecutionProvider"])
 
@@ -194,10 +198,12 @@ class OnnxBackend(InferenceRuntime):
     def set_threads(self, n):
         _THREADS[:] = [int(n)]
 
-    def timed_call(self, model):
+    def timed_call(self, model, parallel: bool = False):
+        """``(to_input, call)`` of ``model``'s session (``parallel``: in ORT's parallel execution mode)."""
         model.threads = _default_threads()
         model.invalidate()
-        sess = model.session(False)
+        sess = make_session(model.proto().SerializeToString(), model.threads, parallel) if parallel else \
+            model.session(False)
         dtype = model.DTYPES[model.dtype]
         return (lambda x: np.ascontiguousarray(x, dtype)), (lambda x: sess.run(None, {INPUT: x})[0])
 

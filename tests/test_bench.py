@@ -30,7 +30,7 @@ def test_bench_tiny_torch(tmp_path, capsys):
     assert res["peak"]["gflops"] > 0
     (row,) = res["rows"]
     assert row["model"] == "mobilenet_v2_100" and row["twin_name"] == "torchvision.mobilenet_v2"
-    assert set(row["variants"]) == set(bench.VARIANTS)
+    assert set(row["variants"]) == set(bench.FRAMEWORK_VARIANTS)
     for name, s in row["variants"].items():
         assert s["n"] == 3 and 0 < s["min_ms"] <= s["median_ms"] <= s["p90_ms"], name
         assert s["images_per_s"] > 0 and s["first_call_s"] > 0
@@ -47,19 +47,28 @@ def test_bench_tiny_torch(tmp_path, capsys):
     assert line["target"] == bench.TARGETS["torch"][1] and isinstance(line["target_met"], bool)
     (fastest,) = report["summary"]["fastest"]
     assert fastest["fastest"] == "torch" and fastest["vs_fastest"] == {"torch": 1.0}
+    # the cells of the row (model x batch): every variant against the fastest one
+    cells = report["summary"]["cells"]
+    assert [c["cell"] for c in cells] == sorted((f"torch {k}" for k in v), key=lambda c: v[c[6:]]["median_ms"])
+    assert cells[0]["vs_fastest"] == 1.0 and all(c["vs_fastest"] >= 1.0 for c in cells)
+    for c in cells:
+        ms = v[c["cell"][6:]]["median_ms"]
+        assert c["gflops"] == pytest.approx(2 * report["macs"]["mobilenet_v2_100"] / ms * 1e3 / 1e9, rel=1e-2)
     assert (out / "bench.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     printed = capsys.readouterr().out
     assert "mobilenet_v2_100" in printed and "fastest mobilenet_v2_100 bs1: torch" in printed
 
 
 def test_bench_tiny_onnxruntime_times_our_export_and_the_twins_export(tmp_path, capsys):
-    """ONNX Runtime runs lightnets' export (plain, BN folded) and torchvision's torch.onnx export of the twin."""
+    """ONNX Runtime runs lightnets' export (plain, BN folded; the folded one in the sequential and the parallel
+    execution mode) and torchvision's torch.onnx export of the twin."""
     pytest.importorskip("onnxruntime")
     res = _tiny_bench(tmp_path, capsys, "onnxruntime", 2)[0]["backends"]["onnxruntime"]
     assert not res.get("failed") and res["errors"] == []
     (row,) = res["rows"]
     assert row["twin_name"] == "torchvision.mobilenet_v2" and set(row["variants"]) == set(bench.RUNTIME_VARIANTS)
     assert row["variants"]["fast"]["rel_vs_plain"] <= 1e-5  # the folded export computes the plain export's function
+    assert row["variants"]["parallel"]["rel_vs_plain"] == 0.0  # the same file, another execution mode
     assert all(s["n"] == 3 and s["median_ms"] > 0 for s in row["variants"].values())
 
 

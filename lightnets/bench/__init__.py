@@ -14,7 +14,8 @@ framework's eval path: torch ``inference_mode``, keras a ``tf.function``, paddle
 - ``twin_compiled``: the twin through the backend's ``optimize(compile=True)`` (no BN folding by lightnets).
 
 The inference runtimes (``onnxruntime``, ``tflite``) run lightnets' own export (``plain``; ``fast``: with the
-batch norms folded) and the twin's export, made the way the zoo's users make it (``RUNTIME_TWINS``): the
+batch norms folded; ``parallel``: the ``fast`` file in ONNX Runtime's parallel execution mode, the other variants
+running in its sequential mode) and the twin's export, made the way the zoo's users make it (``RUNTIME_TWINS``): the
 torchvision/timm twin through ``torch.onnx.export`` (TorchScript exporter, dynamic batch) in ONNX Runtime, the
 keras.applications twin through ``tf.lite.TFLiteConverter.from_keras_model`` in LiteRT (XNNPack).
 
@@ -55,9 +56,12 @@ BACKENDS = tuple(f.name for f in FRAMEWORKS)
 RUNTIME_TWINS = {f.name: f.runs_exports_of for f in FRAMEWORKS if f.runs_exports_of}
 # THE default bench models (the CLI's default too)
 DEFAULT_MODELS = ("mobilenet_v2_100", "mobilenet_v3_large_100", "shufflenet_v2_100", "ghostnet_100")
-VARIANTS = ("plain", "fast", "compiled", "twin", "twin_compiled")
-RUNTIME_VARIANTS = ("plain", "fast", "twin")  # a runtime compiles what it loads: no compiled variants
+VARIANTS = ("plain", "fast", "compiled", "twin", "twin_compiled", "parallel")
+FRAMEWORK_VARIANTS = VARIANTS[:5]
+RUNTIME_VARIANTS = ("plain", "fast", "parallel", "twin")  # a runtime compiles what it loads: no compiled variants
+PARALLEL_RUNTIMES = ("onnxruntime",)  # runtimes with a parallel execution mode (the ``parallel`` variant)
 FAST_VARIANTS = ("fast", "compiled")  # a framework's fast path: the better of these
+BEST_VARIANTS = (*FAST_VARIANTS, "parallel")  # lightnets' best cell of a backend: the best of these
 WARMUP = 3
 WARMUP_S = 0.5
 PORT_MODEL = "mobilenet_v2_100"

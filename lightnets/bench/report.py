@@ -6,18 +6,19 @@ import json
 import os
 from pathlib import Path
 
-from . import FAST_VARIANTS, PEAK_N, TARGETS, VARIANTS, WITHIN_FASTEST
+from . import BEST_VARIANTS, FAST_VARIANTS, PEAK_N, TARGETS, VARIANTS, WITHIN_FASTEST
 
 
 def summarize(report: dict) -> dict:
-    """Ratios, throughput vs peak, the fastest framework per model and batch, and the targets' status."""
+    """Ratios, throughput vs peak, the fastest framework per model and batch, every cell of a (model, batch) row
+    against that row's fastest cell, and the targets' status."""
     peaks = [res["peak"]["gflops"] for res in report["backends"].values() if res.get("peak")]
     peak = max(peaks) if peaks else None
     lines, best = [], {}
     for backend, r in rows(report):
         v = r["variants"]
         ms = {k: s["median_ms"] for k, s in v.items()}
-        fast = {k: ms[k] for k in FAST_VARIANTS if k in ms}
+        fast = {k: ms[k] for k in BEST_VARIANTS if k in ms}
         line = {"backend": backend, "model": r["model"], "batch": r["batch"], "twin": r["twin_name"]}
         if fast:
             name = min(fast, key=fast.get)
@@ -44,7 +45,24 @@ def summarize(report: dict) -> dict:
         fastest.append({"model": model, "batch": batch, "fastest": winner, "ms": per[winner],
                         "vs_fastest": {b: round(t / per[winner], 3) for b, t in per.items()},
                         "within": {b: t / per[winner] <= WITHIN_FASTEST for b, t in per.items()}})
-    return {"peak_gflops": peak, "lines": lines, "fastest": fastest}
+    return {"peak_gflops": peak, "lines": lines, "fastest": fastest, "cells": cells(report, peak)}
+
+
+def cells(report: dict, peak: float | None) -> list[dict]:
+    """Per (model, batch): every (backend, variant) cell's median ms, GFLOP/s (the lightnets graph's conv/linear
+    MACs x 2: a twin is the same net), fraction of the peak and ratio to the row's fastest cell, fastest first."""
+    per: dict = {}
+    for backend, r in rows(report):
+        for name, s in r["variants"].items():
+            per.setdefault((r["model"], r["batch"]), {})[f"{backend} {name}"] = s["median_ms"]
+    out = []
+    for (model, batch), ms in per.items():
+        best = min(ms.values())
+        for cell, t in sorted(ms.items(), key=lambda kv: kv[1]):
+            gflops = 2 * report["macs"][model] * batch / (t / 1000) / 1e9
+            out.append({"model": model, "batch": batch, "cell": cell, "ms": t, "gflops": round(gflops, 2),
+                        "peak_fraction": round(gflops / peak, 3) if peak else None, "vs_fastest": round(t / best, 3)})
+    return out
 
 
 def failures(report: dict) -> list[str]:
@@ -67,9 +85,10 @@ def print_table(report: dict, console) -> None:
 
     m, summary = report["meta"], report.get("summary") or summarize(report)
     lines = {(s["backend"], s["model"], s["batch"]): s for s in summary["lines"]}
-    t = Table(title=f"lightnets: plain, fast path (optimize), compiled (optimize(compile=True)) and the zoo twin; "
+    t = Table(title=f"lightnets: plain, fast path (optimize), compiled (optimize(compile=True)), the zoo twin, par: "
+                    "the fast file in ONNX Runtime's parallel execution mode; "
                     f"{m['size']}px, {m['threads']} threads, median of {m['repeats']} interleaved runs (ms)")
-    cols = ("backend", "model", "bs", "plain", "fast", "comp", "twin", "twin comp", "fast /plain", "comp /plain",
+    cols = ("backend", "model", "bs", "plain", "fast", "comp", "twin", "twin comp", "par", "fast /plain", "comp /plain",
             "best /twin (goal)", "GFLOP/s", "% peak", "once s fast/comp")
     for col in cols:
         t.add_column(col, justify="left" if col in ("backend", "model") else "right", no_wrap=col == "model")
@@ -83,10 +102,17 @@ def print_table(report: dict, console) -> None:
             best = f"[{'green' if met else 'red'}]{best}[/] (<={goal})"
         once = "/".join(_f(_once(v.get(k)), 1) for k in FAST_VARIANTS)
         t.add_row(backend, r["model"], str(r["batch"]), ms["plain"], ms["fast"], ms["compiled"], ms["twin"],
-                  ms["twin_compiled"], _f(s.get("fast/plain"), 2), _f(s.get("compiled/plain"), 2), best,
+                  ms["twin_compiled"], ms["parallel"], _f(s.get("fast/plain"), 2), _f(s.get("compiled/plain"), 2), best,
                   _f(s.get("gflops"), 1),
                   _f(100 * s["peak_fraction"], 1) if s.get("peak_fraction") is not None else "-", once)
     console.print(t)
+    c = Table(title="every cell of a (model, batch) row against its fastest (GFLOP/s: the graph's MACs x 2)")
+    for col in ("model", "bs", "backend variant", "ms", "GFLOP/s", "% peak", "x fastest"):
+        c.add_column(col, justify="left" if col in ("model", "backend variant") else "right", no_wrap=True)
+    for e in summary.get("cells", []):
+        c.add_row(e["model"], str(e["batch"]), e["cell"], _f(e["ms"]), _f(e["gflops"]),
+                  _f(100 * e["peak_fraction"]) if e["peak_fraction"] is not None else "-", _f(e["vs_fastest"], 2))
+    console.print(c)
     out = []
     for f in summary["fastest"]:
         others = ", ".join(f"{b} {x:.2f}x" + ("" if f["within"][b] else f" [red](> {WITHIN_FASTEST}x)[/]")

@@ -13,6 +13,8 @@ import numpy as np
 
 from . import (
     FAST_VARIANTS,
+    FRAMEWORK_VARIANTS,
+    PARALLEL_RUNTIMES,
     PEAK_N,
     PORT_MODEL,
     RESULT,
@@ -98,6 +100,10 @@ def _make_variant(be, name: str, model_id: str, size: int, made: dict, work: str
 
     if name == "plain":
         return lightnets.build(model_id, backend=be.name, dtype="float32", input_size=size), None, True
+    if name == "parallel":  # the fast model's file in the runtime's parallel execution mode
+        fast = made.get("fast") or lightnets.optimize(made.get("plain") or lightnets.build(
+            model_id, backend=be.name, input_size=size))
+        return Timed(*be.timed_call(fast, parallel=True)), None, True
     if name in FAST_VARIANTS:
         plain = made.get("plain") or lightnets.build(model_id, backend=be.name, input_size=size)
         t0 = time.perf_counter()
@@ -122,8 +128,9 @@ def _bench_model(be, model_id: str, batches: list[int], size: int, repeats: int,
                  work: str) -> list[dict]:
     """Every wanted variant of ``model_id`` at every batch size: built (and its memory measured) at the first."""
     twin_key = twins_of(be.name).get(model_id)
-    variants = RUNTIME_VARIANTS if be.name in RUNTIME_TWINS else VARIANTS
-    names = [n for n in variants if n in wanted and (twin_key is not None or not n.startswith("twin"))]
+    variants = RUNTIME_VARIANTS if be.name in RUNTIME_TWINS else FRAMEWORK_VARIANTS
+    names = [n for n in variants if n in wanted and (twin_key is not None or not n.startswith("twin"))
+             and (n != "parallel" or be.name in PARALLEL_RUNTIMES)]
     made: dict = {}
     built: dict[str, dict] = {}
     same: dict[str, bool] = {}
@@ -162,6 +169,7 @@ def _bench_model(be, model_id: str, batches: list[int], size: int, repeats: int,
                      "variants": {}}
         for name, e in live.items():
             ref = "twin" if name.startswith("twin") else "plain"
+            ref = "fast" if name == "parallel" else ref
             rel = _rel(outputs[name], outputs[ref]) if ref in outputs and same[name] else None
             row["variants"][name] = {**_stats(e["times"], batch), "first_call_s": e["first_call_s"],
                                      **built[name], "peak_mb": e["peak_mb"], "rel_vs_plain": rel}
