@@ -231,6 +231,34 @@ def test_efficientnet_with_data_calibrated_bn_imports_in_float64_and_exports_bac
     assert all(native[k].dtype == sd[k].dtype for k in sd)
 
 
+@pytest.mark.skipif(not profiles.SLOW, reason="~2 min under load: LIGHTNETS_SLOW=1")
+def test_efficientnet_files_carry_their_own_normalisation_and_port_to_a_float32_runtime(keras, tmp_path):
+    """.keras and .weights.h5 files of a keras.applications EfficientNetB0 whose Normalization holds other statistics
+    than the twin's: read_checkpoint's card states the file's mean/std, and lightnets.port to onnxruntime (a float32
+    target, probed against the file's keras model through its in-model normalisation) and torch reproduce it."""
+    pytest.importorskip("onnxruntime")
+    size, mean, var = 64, [0.1, 0.2, 0.3], [4.0, 1.0, 0.25]
+    keras.utils.set_random_seed(0)
+    model = keras.applications.EfficientNetB0(weights=None, classes=10, classifier_activation=None,
+                                              input_shape=(size, size, 3))
+    norm = next(la for la in model.layers if isinstance(la, keras.layers.Normalization))
+    norm.set_weights([np.array(mean), np.array(var), np.array(0)])
+    norm.finalize_state()
+    _randomise(model, 1)
+    x = _x(size)
+    want = zoo.zoo_forward("keras", model, x)
+    for path in (tmp_path / "b0.keras", tmp_path / "b0.weights.h5"):
+        model.save(path) if path.suffix == ".keras" else model.save_weights(path)
+        _, graph, w, card = zoo.read_checkpoint(path, "keras", "EfficientNetB0", input_size=size)
+        assert card["preprocessing"]["mean"] == mean and card["preprocessing"]["std"] == [2.0, 1.0, 0.5], path
+        assert card["probe"]["dtype"] == "float64" and card["probe"]["rel_error"] <= zoo.PROBE_FLOAT64
+        for to in ("onnxruntime", "torch"):
+            ported = lightnets.port(path, to=to, from_format="keras:EfficientNetB0", input_size=size)
+            err = rel_error(lightnets.run(ported, x), want)
+            print(f"ZOOERR keras EfficientNetB0 {path.name} -> {to}: {err:.2e}")
+            assert err <= TOL, (path.name, to, err)
+
+
 def test_keras_efficientnets_are_the_bench_twins_of_the_tf_ids():
     from lightnets import bench
 

@@ -73,6 +73,16 @@ def _weight_layers(model):
     return [la for la in model.layers if type(la).__name__ not in _PREPROCESSING]
 
 
+def _copy_preprocessing(source, model) -> None:
+    """The state of ``source``'s preprocessing layers (Normalization mean/variance) into ``model``'s, in order."""
+    pairs = zip(*([la for la in m.layers if type(la).__name__ in _PREPROCESSING and la.weights]
+                  for m in (source, model)), strict=False)
+    for a, b in pairs:
+        if [tuple(w.shape) for w in a.weights] == [tuple(w.shape) for w in b.weights]:
+            b.set_weights(a.get_weights())
+            b.finalize_state()  # a Normalization computes with the values taken at build or load
+
+
 def _state_key(layer, weight) -> str:
     """``layer.leaf``; Keras 3 names a DepthwiseConv2D's kernel "kernel", the key says "depthwise_kernel"."""
     leaf = weight.name.rsplit("/", 1)[-1]
@@ -193,7 +203,9 @@ class KerasBackend(KerasTraining, Backend):
     def load_file(self, model, path, fmt):
         self.check_format(fmt)
         if fmt == "keras-model":
-            self.load_state_dict(model, self.state_dict(self.load_model(path)))
+            source = self.load_model(path)
+            self.load_state_dict(model, self.state_dict(source))
+            _copy_preprocessing(source, model)
             return
         path = self.existing(path)
         try:

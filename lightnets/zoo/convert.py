@@ -445,7 +445,9 @@ def read_checkpoint(path, zoo: str, name: str, input_size: int = 224, *, fmt: st
     raw = {str(k): be.to_numpy(v) for k, v in raw.items()}
     shapes = {k: tuple(np.shape(v)) for k, v in raw.items()}
     size = input_size if e.fixed_input else probe_size
-    if _fit(zoo, name, shapes) is not None:  # the file holds the zoo model's state dict
+    # the file holds the zoo model's state dict; a model normalising inside with state of its own (keras.applications
+    # EfficientNet's Normalization, not in the state dict) is loaded from the file, which holds that state
+    if _fit(zoo, name, shapes) is not None and not e.preprocessing.get("in_model_mean_std"):
         sd, model = raw, None
         nc = _check_fit(be, zoo, name, sd)
     else:
