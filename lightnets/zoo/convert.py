@@ -221,6 +221,9 @@ def _import(zoo: str, name: str, sd: dict, model, nc: int, input_size: int, prob
     if model is None:
         model = e.make(nc, size)
         be.load_state_dict(model, sd)
+        if e.preprocessing.get("in_model_mean_std"):
+            notes = [*notes, "a state dict holds no in-model Normalization state: the card's mean/std are the zoo "
+                             "twin's (import the model or its file for its own)"]
     eps = {round(float(v), 12) for v in be.bn_eps(model)}
     if eps and eps != {round(e.bn_eps, 12)}:
         raise WeightsError(f"{zoo} {name}: the model's BatchNorm eps {sorted(eps)} differ from the importer's "
