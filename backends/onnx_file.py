@@ -22,6 +22,7 @@ from onnx import TensorProto, helper, numpy_helper
 
 from lightnets.artifacts import Artifact, Layer, in_batches, then_rescale
 from lightnets.errors import FileFormatError, LightnetsError, runtime_failure
+from lightnets.layouts import TO_NCHW, TO_NHWC
 
 from . import onnx_int8
 from .base import unreadable
@@ -115,7 +116,7 @@ def _conv_layer(f: _OnnxFile, node) -> Layer:
         t, l, b, r = a.get("pads", [0, 0, 0, 0])
         padding, pads = "explicit", (t, b, l, r)
         src, nhwc = f.producer.get(x), False
-        if src is not None and src.op_type == "Transpose" and tuple(_attrs(src).get("perm", ())) == _TO_NCHW:
+        if src is not None and src.op_type == "Transpose" and tuple(_attrs(src).get("perm", ())) == TO_NCHW:
             src, nhwc = f.producer.get(src.input[0]), True  # tf2onnx: NHWC Pad -> Transpose -> Conv
         if src is not None and src.op_type == "Pad":
             extra = _zero_pad(f, src, nhwc)
@@ -127,9 +128,6 @@ def _conv_layer(f: _OnnxFile, node) -> Layer:
     return Layer(node.name, node.op_type, "conv", tensors, attrs, (x,), out)
 
 
-_TO_NHWC, _TO_NCHW = (0, 2, 3, 1), (0, 3, 1, 2)
-
-
 def _absorb_affine(f: _OnnxFile, tensors: dict, out: str) -> str:
     """Fold the per-channel Mul/Add/Sub by constants that alone follow a conv (tf2onnx writes a keras batch norm
     as ``conv * scale + shift``, NCHW or behind a Transpose to NHWC) into its weight and bias; the tensor after
@@ -139,8 +137,8 @@ def _absorb_affine(f: _OnnxFile, tensors: dict, out: str) -> str:
     nhwc, changed, end = False, False, out
     while len(f.users.get(out, [])) == 1:
         node = f.users[out][0]
-        if node.op_type == "Transpose" and tuple(_attrs(node).get("perm", ())) in (_TO_NHWC, _TO_NCHW):
-            nhwc, out = tuple(_attrs(node)["perm"]) == _TO_NHWC, node.output[0]
+        if node.op_type == "Transpose" and tuple(_attrs(node).get("perm", ())) in (TO_NHWC, TO_NCHW):
+            nhwc, out = tuple(_attrs(node)["perm"]) == TO_NHWC, node.output[0]
             continue
         other = [i for i in node.input if i != out]
         if node.op_type not in ("Mul", "Add", "Sub") or len(other) != 1 or other[0] not in f.const:

@@ -47,6 +47,7 @@ import numpy as np
 from lightnets import weights as W
 from lightnets.errors import BackendNotInstalledError, FileFormatError, InputShapeError, LightnetsError, runtime_failure
 from lightnets.graph import Graph
+from lightnets.layouts import to_nchw, to_nhwc
 from lightnets.reference import check_input
 
 from . import tflite_file
@@ -133,10 +134,6 @@ def keras_model(graph: Graph, weights: Mapping[str, np.ndarray], return_all: boo
     return keras.Model(model.inputs[0], outputs, name=f"{model.name}__all" if return_all else model.name)
 
 
-def nhwc(x) -> np.ndarray:
-    return np.ascontiguousarray(np.asarray(x, np.float32).transpose(0, 2, 3, 1))
-
-
 def convert(graph: Graph, weights: Mapping[str, np.ndarray], return_all: bool = False, quantize: str | None = None,
             calibration: np.ndarray | None = None, static_hw: bool = False) -> bytes:
     """The TFLite flat buffer of ``graph`` with canonical ``weights`` (float32, or int8 with ``quantize="int8"``
@@ -152,7 +149,7 @@ def convert(graph: Graph, weights: Mapping[str, np.ndarray], return_all: bool = 
     model = keras_model(graph, weights, return_all, static_hw, lean=quantize is None and graph.meta.get("bn_folded"))
     converter = tf.lite.TFLiteConverter.from_keras_model(model)
     if quantize == "int8":
-        images = nhwc(calibration)
+        images = to_nhwc(calibration, np.float32)
         converter.optimizations = [tf.lite.Optimize.DEFAULT]
         converter.representative_dataset = lambda: ([images[i: i + 1]] for i in range(len(images)))
         converter.target_spec.supported_ops = [tf.lite.OpsSet.TFLITE_BUILTINS_INT8]
@@ -224,12 +221,7 @@ class Runner:
 def _timed(runner: Runner):
     """``(to_input, call)`` of a runner for the bench: NCHW -> NHWC once, the first output per call."""
     out = runner.output_names[0]
-    return nhwc, (lambda x: runner(x)[out])
-
-
-def _nchw(y: np.ndarray, dtype) -> np.ndarray:
-    y = np.asarray(y, dtype)
-    return np.ascontiguousarray(y.transpose(0, 3, 1, 2)) if y.ndim == 4 else y
+    return (lambda x: to_nhwc(x, np.float32)), (lambda x: runner(x)[out])
 
 
 def _cache_limit() -> int:
@@ -370,13 +362,13 @@ class TFLiteBackend(InferenceRuntime):
         x = np.asarray(x)
         check_input(model.graph, x)  # also: the graph has a valid output at x's height/width
         runner = model.runner(return_all)
-        outs = runner(nhwc(x))
+        outs = runner(to_nhwc(x, np.float32))
         dtype = DTYPES[model.dtype]
         if return_all:
-            return {n.name: _nchw(outs[n.name], dtype) for n in model.graph.nodes}
+            return {n.name: to_nchw(outs[n.name], dtype) for n in model.graph.nodes}
         if model.graph.multi_output:  # a backbone: the list of its outputs, by name
-            return [_nchw(outs[o], dtype) for o in model.graph.outputs]
-        return _nchw(outs[runner.output_names[0]], dtype)
+            return [to_nchw(outs[o], dtype) for o in model.graph.outputs]
+        return to_nchw(outs[runner.output_names[0]], dtype)
     quantize_int8 = staticmethod(quantize_int8)
 
     def read_artifact(self, path):
@@ -411,8 +403,9 @@ class TFLiteBackend(InferenceRuntime):
         sig = interpreter.get_input_details()[0].get("shape_signature")
         batch = int(sig[0]) if sig is not None and len(sig) and sig[0] > 0 else None
         where = Path(model) if isinstance(model, (str, os.PathLike)) else "the flat buffer"
-        y = tflite_file.file_runner(interpreter, where, batch)(nhwc(x))  # fixed batch, integer I/O, errors named
-        return [_nchw(v, np.float32) for v in y] if isinstance(y, list) else _nchw(y, np.float32)
+        # fixed batch, integer I/O, errors named
+        y = tflite_file.file_runner(interpreter, where, batch)(to_nhwc(x, np.float32))
+        return [to_nchw(v, np.float32) for v in y] if isinstance(y, list) else to_nchw(y, np.float32)
 
     def _cast_native(self, model, dtype):
         raise LightnetsError(f"cannot cast a {type(model).__name__}; TFLite files are float32 (or int8): build a "

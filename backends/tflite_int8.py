@@ -18,9 +18,10 @@ import numpy as np
 
 from lightnets.errors import LightnetsError
 from lightnets.graph import INPUT, Graph
+from lightnets.layouts import to_nchw, to_nhwc
 
 from .keras import layer_name
-from .tflite import interpreter_class, nhwc
+from .tflite import interpreter_class
 
 
 class QuantTensor(NamedTuple):
@@ -167,7 +168,7 @@ def node_tensors(flat_buffer: bytes, graph: Graph, x_nchw: np.ndarray, xnnpack: 
     it = cls(model_content=bytes(flat_buffer), experimental_preserve_all_tensors=True,
              **({} if xnnpack else _builtin_kernels(cls)))
     inp = it.get_input_details()[0]
-    x = nhwc(x_nchw)
+    x = to_nhwc(x_nchw, np.float32)
     if tuple(inp["shape"]) != x.shape:
         it.resize_tensor_input(inp["index"], x.shape)
     it.allocate_tensors()
@@ -179,9 +180,7 @@ def node_tensors(flat_buffer: bytes, graph: Graph, x_nchw: np.ndarray, xnnpack: 
     it.invoke()
     out: dict[str, QuantTensor] = {}
     for q in _quantized_outputs(it, graph):
-        values = (it.get_tensor(q.index).astype(np.float64) - q.zero_point) * q.scale
-        if values.ndim == 4:
-            values = values.transpose(0, 3, 1, 2)
+        values = to_nchw((it.get_tensor(q.index).astype(np.float64) - q.zero_point) * q.scale)
         info = np.iinfo(q.dtype)
         out[q.node] = QuantTensor(q.node, q.fused, q.op, values, q.scale, q.zero_point, int(info.min), int(info.max))
     return out

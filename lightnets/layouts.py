@@ -55,6 +55,22 @@ LAYOUTS: dict[str, Layout] = {
 }
 
 
+# Activations: lightnets' arrays are NCHW; keras, LiteRT and NHWC files hold (N, H, W, C). The one pair of transposes.
+TO_NHWC, TO_NCHW = (0, 2, 3, 1), (0, 3, 1, 2)
+
+
+def to_nhwc(x, dtype=None) -> np.ndarray:
+    """An NCHW batch as a contiguous NHWC array (in ``dtype``); other ranks are only cast."""
+    x = np.asarray(x)
+    return np.ascontiguousarray(x.transpose(TO_NHWC) if x.ndim == 4 else x, dtype=dtype)
+
+
+def to_nchw(y, dtype=None) -> np.ndarray:
+    """A native NHWC map as a contiguous NCHW array (in ``dtype``); other ranks (logits) are only cast."""
+    y = np.asarray(y, dtype)
+    return np.ascontiguousarray(y.transpose(TO_NCHW)) if y.ndim == 4 else y
+
+
 def _get(layout: str) -> Layout:
     if layout not in LAYOUTS:
         raise SpecError(f"unknown weight layout {layout!r}; layouts are {', '.join(LAYOUTS)}")

@@ -21,6 +21,7 @@ import tempfile
 import numpy as np
 
 from lightnets.errors import FileFormatError, LightnetsError, WeightsError
+from lightnets.layouts import to_nchw, to_nhwc
 
 from ..base import Backend, before_tensorflow, unreadable
 from .layers import custom_objects
@@ -31,7 +32,6 @@ from .lowering import (
     _dtype,
     _nhwc,
     _param_layer_name,
-    _to_nchw,
     build,
     graph_of,
     layer_name,
@@ -136,11 +136,10 @@ class KerasBackend(KerasTraining, Backend):
         return _nhwc(model, x)
 
     def _probe(self, model, probe):
-        probe = np.asarray(probe, _dtype(model))
-        return probe.transpose(0, 2, 3, 1) if probe.ndim == 4 else probe
+        return to_nhwc(probe, _dtype(model))
 
     def _output(self, model, y):
-        return _to_nchw(y, _dtype(model))
+        return to_nchw(y, _dtype(model))
 
     def _evaluating(self, model):
         return contextlib.nullcontext()  # a keras call is in inference mode unless it passes training=True
@@ -252,11 +251,11 @@ class KerasBackend(KerasTraining, Backend):
         x = np.asarray(x)
         dtype = np.dtype(model.inputs[0].dtype) if getattr(model, "inputs", None) else x.dtype
         # predict_on_batch: inference mode, the same compiled path as run() (or its frozen sessions)
-        x = np.ascontiguousarray(x.transpose(0, 2, 3, 1), dtype=dtype)
+        x = to_nhwc(x, dtype)
         frozen = getattr(model, _FROZEN, None)
         y = model.predict_on_batch(x) if frozen is None else frozen(x)
         ys = [np.asarray(v) for v in y] if isinstance(y, (list, tuple)) else [np.asarray(y)]
-        ys = [np.ascontiguousarray(v.transpose(0, 3, 1, 2)) if v.ndim == 4 else v for v in ys]
+        ys = [to_nchw(v) for v in ys]
         return ys if isinstance(y, (list, tuple)) else ys[0]
 
     def _cast_native(self, model, dtype):
@@ -330,7 +329,7 @@ class KerasBackend(KerasTraining, Backend):
         import keras
 
         def to_input(x):
-            return np.ascontiguousarray(np.asarray(x).transpose(0, 2, 3, 1))
+            return to_nhwc(x)
         frozen = getattr(model, _FROZEN, None)
         if frozen is not None:
             return to_input, frozen

@@ -10,6 +10,7 @@ import numpy as np
 from lightnets import ops as ir_ops  # the IR's op rules (keras.ops is `ops` below)
 from lightnets.errors import InputShapeError, LightnetsError, SpecError
 from lightnets.graph import INPUT, Graph, Node
+from lightnets.layouts import to_nhwc
 from lightnets.reference import check_input
 
 from ..base import Lowering
@@ -224,12 +225,6 @@ def graph_of(model) -> Graph:
     return getattr(model, _GRAPH)
 
 
-def _to_nchw(y, dtype) -> np.ndarray:
-    """NHWC -> NCHW, in the model's dtype (keras on torch may return float32 from a float64 model)."""
-    y = np.asarray(y, dtype)
-    return np.ascontiguousarray(y.transpose(0, 3, 1, 2)) if y.ndim == 4 else y
-
-
 def _nhwc(model, x) -> np.ndarray:
     """Validate the NCHW numpy batch ``x`` and return it in NHWC and the model's dtype: the one transpose."""
     graph = graph_of(model)
@@ -240,7 +235,7 @@ def _nhwc(model, x) -> np.ndarray:
         raise InputShapeError(f"input size {x.shape[2]}x{x.shape[3]} differs from the {fixed[0]}x{fixed[1]} this "
                               "keras model was built for (its graph needs a static size); build it at that "
                               "input_size")
-    return np.ascontiguousarray(x.transpose(0, 2, 3, 1), dtype=_dtype(model))
+    return to_nhwc(x, _dtype(model))
 
 
 def _dtype(model) -> np.dtype:

@@ -9,6 +9,7 @@ import math
 import numpy as np
 
 from lightnets.errors import LightnetsError
+from lightnets.layouts import to_nhwc
 
 from .layers import custom_objects
 from .lowering import _GRAPH, _dtype, graph_of, layer_name
@@ -167,7 +168,7 @@ class KerasTraining:
         lrs: list[float] = []
 
         def step(x, y, lr):
-            xn = np.ascontiguousarray(np.asarray(x).transpose(0, 2, 3, 1), dtype=dtype)  # NHWC
+            xn = to_nhwc(x, dtype)
             shapes = graph.shapes_at(xn.shape[1], xn.shape[2])
             hw = {layer_name(n.name): shapes[n.inputs[0]][1] * shapes[n.inputs[0]][2] for n in bns}
             old = {name: model.get_layer(name).moving_variance.numpy() for name in hw}

@@ -16,6 +16,7 @@ from .. import weights as W
 from ..errors import FileFormatError, LightnetsError, WeightsError, runtime_failure
 from ..frameworks import load_backend
 from ..graph import Graph
+from ..layouts import to_nchw, to_nhwc
 from ..numerics import rel_error, softmax
 from .artifact import Artifact
 from .matching import Match, Unit, file_units, graph_units, match
@@ -142,12 +143,12 @@ def _paired(got: list[np.ndarray], want: list[np.ndarray], path: str, mid: str) 
 
 
 def _to_layout(x: np.ndarray, layout: str) -> np.ndarray:
-    return np.ascontiguousarray(x.transpose(0, 2, 3, 1) if layout == "NHWC" else x)
+    return to_nhwc(x) if layout == "NHWC" else np.ascontiguousarray(x)
 
 
 def _from_layout(y: np.ndarray, layout: str) -> np.ndarray:
     y = np.asarray(y, np.float64)
-    return y.transpose(0, 3, 1, 2) if layout == "NHWC" and y.ndim == 4 else y
+    return to_nchw(y) if layout == "NHWC" else y
 
 
 def import_artifact(art: Artifact, runtime, arch: str | Graph | None = None, num_classes: int | None = None,
