@@ -108,6 +108,7 @@ class OpSchema:
     n_inputs: int | None  # None: any number >= 2
     infer: Callable[[dict, list[Shape]], Shape]
     params: Callable[[dict, list[Shape]], list[tuple[str, Shape, str, bool]]] = lambda a, s: []
+    weight_kind: str | None = None  # an op with parameters: how zoo matchers and file importers group them
 
 
 def _need_map(op: str, shape: Shape) -> tuple[int, int, int]:
@@ -305,11 +306,11 @@ OPS: dict[str, OpSchema] = {
             "dilation": Attr("ints", (1, 1), _positive, 2),
             "groups": Attr("int", 1, _positive),
             "bias": Attr("bool", False),
-        }, 1, _conv_infer, _conv_params),
+        }, 1, _conv_infer, _conv_params, "conv"),
         OpSchema("batch_norm", {
             "eps": Attr("float", 1e-5, _eps),
             "momentum": Attr("float", 0.1, lambda v: None if 0 < v <= 1 else "must be in (0, 1]"),
-        }, 1, _bn_infer, _bn_params),
+        }, 1, _bn_infer, _bn_params, "bn"),
         OpSchema("activation", {"kind": Attr("str", R, _in(ACTIVATIONS))}, 1, _same("activation")),
         OpSchema("add", {}, 2, _same("add")),
         OpSchema("mul", {}, 2, _mul_infer),
@@ -325,12 +326,15 @@ OPS: dict[str, OpSchema] = {
         OpSchema("global_avg_pool", {}, 1, _gap_infer),
         OpSchema("flatten", {}, 1, _flatten_infer),
         OpSchema("linear", {"out_features": Attr("int", R, _positive), "bias": Attr("bool", True)}, 1,
-                 _linear_infer, _linear_params),
+                 _linear_infer, _linear_params, "linear"),
         OpSchema("dropout", {"rate": Attr("float", 0.0, _rate)}, 1, _same("dropout")),
         # drop_path(x): stochastic depth of a residual branch (per sample, see the module docstring)
         OpSchema("drop_path", {"rate": Attr("float", 0.0, _rate)}, 1, _same("drop_path")),
     ]
 }
+# the weight kinds of the ops with parameters: the unit of a zoo matcher (lightnets.zoo.matcher) and of a file
+# importer's layers (lightnets.artifacts.Layer.kind)
+WEIGHT_KINDS = tuple(dict.fromkeys(s.weight_kind for s in OPS.values() if s.weight_kind))
 
 
 def _coerce(op: str, key: str, spec: Attr, value: Any) -> Any:

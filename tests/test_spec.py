@@ -350,3 +350,15 @@ def test_bad_weights_fail_before_any_framework_is_touched():
             "except lightnets.errors.WeightsError as e:\n    print('torch' in sys.modules, e)\n")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
     assert out.startswith("False") and "missing keys ['head.fc.weight']" in out
+
+
+def test_every_op_with_parameters_has_a_weight_kind_the_importers_know():
+    """ops.OpSchema.weight_kind is the one table of weight kinds: every op that carries parameters in a registered
+    graph names one, and the file importers' layer kinds are those (lightnets.artifacts.KINDS)."""
+    from lightnets import artifacts, registry
+
+    graphs = [registry.get_spec(m) for m in registry.list_models()]
+    with_params = {g.node(p.name.rsplit(".", 1)[0]).op for g in graphs for p in g.params}
+    assert with_params == {"conv2d", "batch_norm", "linear"}
+    assert {ops.OPS[o].weight_kind for o in with_params} == set(ops.WEIGHT_KINDS) == set(artifacts.KINDS)
+    assert all(s.weight_kind is None for s in ops.OPS.values() if s.name not in with_params)

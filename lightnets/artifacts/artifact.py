@@ -8,7 +8,9 @@ from typing import Any, NamedTuple
 
 import numpy as np
 
-KINDS = ("conv", "bn", "linear")
+from ..ops import WEIGHT_KINDS
+
+KINDS = WEIGHT_KINDS
 
 
 class Layer(NamedTuple):

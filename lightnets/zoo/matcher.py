@@ -25,9 +25,8 @@ from .. import weights as W
 from ..errors import WeightsError
 from ..frameworks import load_backend
 from ..graph import Graph, Node
+from ..ops import OPS
 from .entries import ZOO, entry
-
-_KIND = {"conv2d": "conv", "batch_norm": "bn", "linear": "linear"}
 
 
 def is_weight_key(key: str, be) -> bool:
@@ -108,7 +107,7 @@ def _graph_groups(graph: Graph) -> list[tuple[Node, str, dict]]:
     for p in graph.params:
         node = p.name[: -len(p.name.rsplit(".", 1)[1]) - 1]
         groups.setdefault(node, {})[p.role] = (p.name, tuple(p.shape))
-    return [(graph.node(n), _KIND[graph.node(n).op], roles) for n, roles in groups.items()]
+    return [(graph.node(n), OPS[graph.node(n).op].weight_kind, roles) for n, roles in groups.items()]
 
 
 def _is_depthwise(graph: Graph, node: Node) -> bool:
