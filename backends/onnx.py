@@ -60,8 +60,8 @@ class OnnxModel(CompiledModel):
     def __repr__(self) -> str:
         return f"<OnnxModel {self.graph.name!r} {self.dtype}, {len(self.graph.nodes)} nodes>"
 
-    def proto(self, return_all: bool = False, dynamic_hw: bool | None = None):
-        return to_onnx(self.graph, self.weights, self.dtype, dynamic_hw, return_all)
+    def proto(self, return_all: bool = False, dynamic_hw: bool | None = None, lean: bool | None = None):
+        return to_onnx(self.graph, self.weights, self.dtype, dynamic_hw, return_all, lean)
 
     def session(self, return_all: bool = False):
         if return_all not in self._sessions:
@@ -152,7 +152,7 @@ class OnnxBackend(InferenceRuntime):
         return initializers(model)
 
     def _write(self, model, path, fmt):
-        proto = model.proto() if self.owns(model) else model
+        proto = model.proto(lean=False) if self.owns(model) else model  # a written file builds back node for node
         onnx.save(proto, path)
 
     def _file_state_dict(self, model):

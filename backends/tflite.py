@@ -135,7 +135,7 @@ def keras_model(graph: Graph, weights: Mapping[str, np.ndarray], return_all: boo
 
 
 def convert(graph: Graph, weights: Mapping[str, np.ndarray], return_all: bool = False, quantize: str | None = None,
-            calibration: np.ndarray | None = None, static_hw: bool = False) -> bytes:
+            calibration: np.ndarray | None = None, static_hw: bool = False, lean: bool = True) -> bytes:
     """The TFLite flat buffer of ``graph`` with canonical ``weights`` (float32, or int8 with ``quantize="int8"``
     calibrated on the NCHW images ``calibration``, one at a time)."""
     if quantize is not None and quantize not in QUANTIZE:
@@ -144,9 +144,10 @@ def convert(graph: Graph, weights: Mapping[str, np.ndarray], return_all: bool = 
         raise LightnetsError("int8 quantization needs calibration images (an NCHW float array) for the "
                              "representative dataset")
     tf, _ = _tensorflow()
-    # a float32 inference-form graph (batch norms folded: lightnets.optimize): concats in pieces (an int8 file keeps
-    # every node: its card records each node's range)
-    model = keras_model(graph, weights, return_all, static_hw, lean=quantize is None and graph.meta.get("bn_folded"))
+    # ``lean``: a float32 inference-form graph (batch norms folded: lightnets.optimize) runs its concats in pieces; an
+    # int8 file keeps every node (its card records each node's range), a written file too (it builds back by its ops)
+    lean = lean and quantize is None and bool(graph.meta.get("bn_folded"))
+    model = keras_model(graph, weights, return_all, static_hw, lean=lean)
     converter = tf.lite.TFLiteConverter.from_keras_model(model)
     if quantize == "int8":
         images = to_nhwc(calibration, np.float32)
@@ -261,17 +262,19 @@ class TFLiteModel(CompiledModel):
     """A lightnets graph and its canonical weights, run as a TFLite flat buffer (converted on first use).
 
     ``quantize="int8"`` with ``calibration`` (NCHW images) makes the int8 model (float32 input/output);
-    ``static_hw`` fixes the flat buffer's height/width to the graph's. ``flat_buffer()`` gives the bytes.
+    ``static_hw`` fixes the flat buffer's height/width to the graph's. ``lean``: an inference-form graph's concats in
+    pieces (``convert``): None (default) when it runs but not in a written file (which then builds back node for
+    node), True in both, False in neither. ``flat_buffer()`` gives the bytes.
     """
 
     DTYPES = DTYPES
 
     def __init__(self, graph: Graph, dtype: str = "float32", quantize: str | None = None,
-                 calibration: np.ndarray | None = None, static_hw: bool = False):
+                 calibration: np.ndarray | None = None, static_hw: bool = False, lean: bool | None = None):
         super().__init__(graph, dtype)
         if quantize is not None and quantize not in QUANTIZE:
             raise LightnetsError(f"quantize={quantize!r} is not supported; use None (float32) or one of {QUANTIZE}")
-        self.quantize, self.static_hw = quantize, static_hw
+        self.quantize, self.static_hw, self.lean = quantize, static_hw, lean
         self.calibration = None if calibration is None else np.asarray(calibration, np.float32)
         self.threads = _default_threads()
         self._buffers: dict[bool, bytes] = {}
@@ -285,10 +288,11 @@ class TFLiteModel(CompiledModel):
         if return_all not in self._buffers:
             w32 = {k: np.asarray(v, np.float32) for k, v in self.weights.items()}
             calib = None if self.calibration is None else W.digest({"calibration": self.calibration})
-            key = (self.graph.to_json(), W.digest(w32), return_all, self.quantize, calib, self.static_hw)
+            key = (self.graph.to_json(), W.digest(w32), return_all, self.quantize, calib, self.static_hw, self.lean)
             buf = _CACHE.get(key)
             if buf is None:
-                buf = convert(self.graph, w32, return_all, self.quantize, self.calibration, self.static_hw)
+                buf = convert(self.graph, w32, return_all, self.quantize, self.calibration, self.static_hw,
+                              self.lean is not False)
                 _CACHE.put(key, buf)
             self._buffers[return_all] = buf
         return self._buffers[return_all]
@@ -381,6 +385,10 @@ class TFLiteBackend(InferenceRuntime):
                               "lightnets.build(file), which match its ops onto the model id")
 
     def _write(self, model, path, fmt):
+        if isinstance(model, TFLiteModel) and model.lean is None and model.quantize is None:  # builds back node by node
+            kept = TFLiteModel(model.graph, model.dtype, static_hw=model.static_hw, lean=False)
+            self.set_weights(kept, model.weights)
+            model = kept
         Path(path).write_bytes(_flat_buffer_of(model))
 
     def _file_state_dict(self, model):

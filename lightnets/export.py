@@ -101,13 +101,13 @@ def source_graph_and_weights(source, input_size: int | None = None, seed: int = 
 
 
 def to_onnx(source, dtype: str = "float32", dynamic_hw: bool | None = None, input_size: int | None = None,
-            seed: int = 0):
-    """The checked ``onnx.ModelProto`` of ``source`` (nothing written)."""
+            seed: int = 0, lean: bool = False):
+    """The checked ``onnx.ModelProto`` of ``source`` (nothing written; ``lean``: see :func:`export`)."""
     check_dtype(dtype)
     onnx_module()
     O = importlib.import_module("lightnets.backends.onnx_export")  # noqa: N806 -- the exporter
     graph, weights = source_graph_and_weights(source, input_size, seed, dtype)
-    return O.checked(O.to_onnx(graph, weights, dtype, dynamic_hw)), graph, weights
+    return O.checked(O.to_onnx(graph, weights, dtype, dynamic_hw, lean=lean)), graph, weights
 
 
 def outputs_rel_error(got, want) -> float:
@@ -191,7 +191,7 @@ def folder_images(folder, graph: Graph, n: int = CALIBRATION_IMAGES, seed: int =
 
 
 def to_tflite(source, quantize: str | None = None, calibration=None, dynamic_hw: bool | None = None,
-              input_size: int | None = None, seed: int = 0):
+              input_size: int | None = None, seed: int = 0, lean: bool = False):
     """The TFLite model of ``source`` (``lightnets.backends.tflite.TFLiteModel``, converted on first use), its
     graph and canonical weights (nothing written). int8 ``calibration``: NCHW images, a count of seeded N(0, 1) images
     (default :data:`CALIBRATION_IMAGES`) or a folder of image files (:func:`folder_images`)."""
@@ -202,7 +202,7 @@ def to_tflite(source, quantize: str | None = None, calibration=None, dynamic_hw:
     if dynamic_hw and graph.fixed_size:
         raise LightnetsError(f"graph {graph.name!r} is fixed to its {graph.input_shape[1]}x{graph.input_shape[2]} "
                              "input (meta fixed_size); export it with static height/width (dynamic_hw=False)")
-    model = TL.TFLiteModel(graph, "float32", static_hw=dynamic_hw is False)
+    model = TL.TFLiteModel(graph, "float32", static_hw=dynamic_hw is False, lean=lean)  # False: the file builds back
     TL.BACKEND.set_weights(model, weights)
     if quantize == "int8":
         model = TL.quantize_int8(model, calibration_images(graph, calibration))
@@ -340,13 +340,13 @@ class TFLiteExport(NamedTuple):
 
 def export_tflite(source, path, overwrite: bool = False, quantize: str | None = None, calibration=None,
                   dynamic_hw: bool | None = None, input_size: int | None = None, seed: int = 0,
-                  check: bool = True) -> TFLiteExport:
+                  check: bool = True, lean: bool = False) -> TFLiteExport:
     """Write ``source`` as a ``.tflite`` file (float32, or int8 with ``quantize="int8"``) with its graph and card in
     the ``<path>.lightnets.json`` sidecar; returns the path and the check's report (see the module doc)."""
     from . import formats
 
     path = formats.check_writable(path, overwrite)
-    model, graph, weights = to_tflite(source, quantize, calibration, dynamic_hw, input_size, seed)
+    model, graph, weights = to_tflite(source, quantize, calibration, dynamic_hw, input_size, seed, lean)
     TL = tflite_module()  # noqa: N806
     runner = model.runner()  # converts: a converter failure leaves nothing written
     dims = [name if d == -1 else str(d) for name, d in zip("NHWC", runner.signature, strict=True)]
@@ -382,7 +382,7 @@ def export_tflite(source, path, overwrite: bool = False, quantize: str | None = 
 
 def export(source, to: str = "onnx", path=None, overwrite: bool = False, dtype: str = "float32",
            dynamic_hw: bool | None = None, input_size: int | None = None, seed: int = 0,
-           check: bool = True, quantize: str | None = None, calibration=None) -> Path:
+           check: bool = True, quantize: str | None = None, calibration=None, lean: bool = False) -> Path:
     """Write ``source`` (a lightnets model of any backend, a weights file, ``(graph, weights)`` or a model id)
     as an ONNX or TFLite file at ``path``; returns the path.
 
@@ -392,7 +392,10 @@ def export(source, to: str = "onnx", path=None, overwrite: bool = False, dtype: 
     doc). ``check``: probe the export (onnxruntime when installed / the LiteRT interpreter) against the float64
     reference before writing; int8: measure its top-1 agreement instead. ``quantize="int8"`` and
     ``calibration``: see the module doc (TFLite: full-integer; ONNX: QDQ); :func:`export_tflite` and
-    :func:`export_onnx_int8` also return the check's report.
+    :func:`export_onnx_int8` also return the check's report. ``lean=True`` (float only): the file of an inference-form
+    source (batch norms folded: ``lightnets.optimize(model)``, ``build(..., mode="inference")``) as its runtime runs
+    it - channel concats in pieces (``lightnets.transforms.split_concats``), no dropout node - faster, but it no longer
+    builds back through the importer (it still runs anywhere); default: every IR node in the file.
     """
     from .formats import check_writable
 
@@ -414,9 +417,9 @@ def export(source, to: str = "onnx", path=None, overwrite: bool = False, dtype: 
             raise LightnetsError(f"TFLite export is float32 (the LiteRT interpreter has no float64 kernels), not "
                                  f"{dtype!r}; use dtype='float32', or quantize='int8'")
         return export_tflite(source, path, overwrite, quantize, calibration, dynamic_hw, input_size, seed,
-                             check).path
+                             check, lean).path
     path = check_writable(path, overwrite)
-    model, graph, weights = to_onnx(source, dtype, dynamic_hw, input_size, seed)
+    model, graph, weights = to_onnx(source, dtype, dynamic_hw, input_size, seed, lean)
     if check:
         rel = probe(model, graph, weights, seed)
         if rel is not None and not rel <= PROBE_REL:
