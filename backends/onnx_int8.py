@@ -271,7 +271,8 @@ class QDQModel(OnnxModel):
     def __repr__(self) -> str:
         return f"<QDQModel {self.graph.name!r} int8, {len(self.graph.nodes)} nodes>"
 
-    def proto(self, return_all: bool = False, dynamic_hw: bool | None = None):
+    def proto(self, return_all: bool = False, dynamic_hw: bool | None = None, lean: bool | None = None):
+        """The QDQ file (quantized from the node-for-node float graph: ``lean`` does not apply)."""
         if return_all:
             raise LightnetsError("a QDQ model keeps its quantized tensors, not every node's float output: use "
                                  "lightnets.backends.onnx_int8.node_tensors")

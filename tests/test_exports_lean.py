@@ -160,18 +160,19 @@ def test_lean_onnx_runs_and_its_weight_slices_fold_at_load(tmp_path):
 
 
 # --- TFLite -------------------------------------------------------------------------------------------
-def tflite_ops(graph, weights):
+def tflite_ops(graph, weights, static_hw=False):
     """(op counts, the largest tensor rank) of the float32 TFLite file of ``graph``."""
     from lightnets.backends import tflite as TL
 
     cls, _ = TL.interpreter_class()
-    interp = cls(model_content=TL.convert(graph, {k: np.asarray(v, np.float32) for k, v in weights.items()}))
+    w32 = {k: np.asarray(v, np.float32) for k, v in weights.items()}
+    interp = cls(model_content=TL.convert(graph, w32, static_hw=static_hw))
     ops = Counter(d["op_name"] for d in interp._get_ops_details())
     return ops, max(len(t["shape"]) for t in interp.get_tensor_details())
 
 
-def _check_tflite(graph, weights):
-    ops, rank = tflite_ops(graph, weights)
+def _check_tflite(graph, weights, static_hw=False):
+    ops, rank = tflite_ops(graph, weights, static_hw)
     lean, ir = _ir(T.split_concats(graph, weights)[0]), _ir(graph)
     assert rank <= 4  # no 5-D tensor anywhere (the channel shuffle: 3-D reshape, transpose)
     assert ops["TRANSPOSE"] == ir["channel_shuffle"]  # NHWC-native: a transpose in the shuffle only
@@ -183,8 +184,11 @@ def _check_tflite(graph, weights):
 @tflite_converter
 def test_tflite_export_is_lean():
     g, w = _forms(tiny_graph())["fast"]
-    ops = _check_tflite(g, w)
+    ops = _check_tflite(g, w, static_hw=True)  # a fixed-size file (export --static): its shuffle reshapes are constant
     assert ops["CONCATENATION"] == 1
+    # a shape read at run time (SHAPE -> STRIDED_SLICE -> PACK) only in keras' Flatten of the head (its batch), none
+    # in the shuffle (before: one per shuffle)
+    assert ops["SHAPE"] == ops["PACK"] == _ir(g)["flatten"] == 1
 
 
 @tflite_converter

@@ -74,7 +74,10 @@ def _custom_layers():
         def call(self, x):
             c, g = x.shape[-1], self.groups  # channels are static; batch, height and width may not be
             y = ops.swapaxes(ops.reshape(x, (-1, g, c // g)), 1, 2)
-            return ops.reshape(y, ops.shape(x))
+            # back to x's shape: a constant where at most the batch is unknown (a TFLite RESHAPE alone; the
+            # shape read at run time costs SHAPE + 3 STRIDED_SLICE + PACK per shuffle, outside XNNPack)
+            static = sum(d is None for d in x.shape) <= 1
+            return ops.reshape(y, tuple(-1 if d is None else d for d in x.shape) if static else ops.shape(x))
 
         def get_config(self):
             return {**super().get_config(), "groups": self.groups}
