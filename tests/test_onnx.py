@@ -12,6 +12,7 @@ import subprocess
 import sys
 
 import numpy as np
+import profiles
 import pytest
 
 onnx = pytest.importorskip("onnx")
@@ -274,7 +275,8 @@ def test_locator_names_a_planted_wrong_pad_in_onnxruntime(tmp_path):
         "mobilenet_v1_025", num_classes=10, input_size=32).nodes)
 
 
-@pytest.mark.parametrize("arch", ["mobilenet_v2_050", "ghostnet_050"])
+@pytest.mark.parametrize("arch", [pytest.param("mobilenet_v2_050", marks=pytest.mark.skipif(
+    not profiles.SLOW, reason="ghostnet covers the quick profile: LIGHTNETS_SLOW=1")), "ghostnet_050"])
 def test_backbone_exports_one_output_per_map_and_imports_back(tmp_path, arch):
     """build(id, features=True) exports (the probe compares every map; it raised on the list of maps before), one
     ONNX output per feature map named after its node; the file builds back (its graph) and, stripped of its lightnets
