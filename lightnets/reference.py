@@ -218,13 +218,14 @@ def train_forward(graph: Graph, weights: dict[str, np.ndarray], x: np.ndarray, s
     return graph.walk(x, step), stats
 
 
-def run(graph: Graph, weights: dict[str, np.ndarray], x: np.ndarray,
-        return_all: bool = False) -> np.ndarray | list[np.ndarray] | dict[str, np.ndarray]:
+def run(graph: Graph, weights: dict[str, np.ndarray], x: np.ndarray, return_all: bool = False,
+        stored_as: str | None = None) -> np.ndarray | list[np.ndarray] | dict[str, np.ndarray]:
     """Run ``graph`` on the NCHW batch ``x`` in float64 at any input size the graph allows (``padding="same"``
     pads follow the size): the output, or the list of outputs of a graph with ``outputs`` (a feature graph);
-    ``return_all`` gives every node's output."""
+    ``return_all`` gives every node's output; ``stored_as`` as in :func:`train_forward`."""
     check_input(graph, x)
-    x = np.asarray(x, F)
+    stored = (lambda a: np.asarray(np.asarray(a, stored_as), F)) if stored_as else (lambda a: np.asarray(a, F))
+    x = stored(x)
     shapes = graph.shapes_at(*x.shape[2:])
-    w = {k: np.asarray(v, F) for k, v in weights.items()}
-    return graph.walk(x, lambda node, inputs: run_node(node, inputs, w, shapes[node.name]), keep_all=return_all)
+    w = {k: stored(v) for k, v in weights.items()}
+    return graph.walk(x, lambda node, inputs: stored(run_node(node, inputs, w, shapes[node.name])), keep_all=return_all)

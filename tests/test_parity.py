@@ -153,7 +153,7 @@ def test_op_cases_cover_every_op():
 
 
 def test_float32_train_logits_are_held_to_the_graphs_own_conditioning(tmp_path):
-    """A float32 train-mode logit over MODEL_REL passes within TRAIN_KAPPA_FACTOR x kappa (the error of storing
+    """A float32 train-mode logit over MODEL_REL passes within KAPPA_FACTOR x kappa (the error of storing
     every tensor as float32) and fails beyond it; float64 keeps its bound. mobileone_s0 at 64 px, batch 2: kappa is
     1.5e-4, over the float32 bound by itself."""
     from lightnets import reference
@@ -170,8 +170,15 @@ def test_float32_train_logits_are_held_to_the_graphs_own_conditioning(tmp_path):
     scale = float(np.max(np.abs(exact)))
     stat_arrays = {f"stat:{k}": v for k, v in stats.items()}
     off = lambda k: {"train:output": exact + k * kappa * scale, **stat_arrays}  # noqa: E731 -- k x kappa
-    for dtype, k, status in [("float32", 1.0, "pass"), ("float32", T.TRAIN_KAPPA_FACTOR - 1, "pass"),
-                             ("float32", T.TRAIN_KAPPA_FACTOR + 1, "fail"),
+    for dtype, k, status in [("float32", 1.0, "pass"), ("float32", T.KAPPA_FACTOR - 1, "pass"),
+                             ("float32", T.KAPPA_FACTOR + 1, "fail"),
                              ("float64", 1.0, "fail")]:
         train = [r for r in m._compare_train(case.id, dtype, {"torch": off(k)}) if r.kind == "train"]
         assert [r.status for r in train] == [status], (dtype, k, train)
+    # eval logits likewise (kappa of reference.run stored as float32: 1.5e-5 here, so 17x is over MODEL_REL too)
+    eval_exact = reference.run(case.graph, w, x)
+    eval_kappa = T.rel_error(reference.run(case.graph, w, x, stored_as="float32"), eval_exact)
+    assert T.MODEL_REL["float32"] / (T.KAPPA_FACTOR + 1) < eval_kappa < T.MODEL_REL["float32"]
+    for k, status in [(T.KAPPA_FACTOR - 1, "pass"), (T.KAPPA_FACTOR + 1, "fail")]:
+        r = runner.Result("model", case.id, "torch", "float32", rel_err=k * eval_kappa, tol=T.MODEL_REL["float32"])
+        assert runner._judge(m._conditioned(r, eval_exact, train=False)).status == status, (k, r)
