@@ -189,6 +189,13 @@ def _fits(graph: Graph, size: int) -> bool:
         return False
 
 
+def _storage(stored_as: str | None):
+    """``a -> float64 array``, rounded through ``stored_as`` first (``None``: exact)."""
+    if stored_as is None:
+        return lambda a: np.asarray(a, F)
+    return lambda a: np.asarray(np.asarray(a, stored_as), F)
+
+
 def train_forward(graph: Graph, weights: dict[str, np.ndarray], x: np.ndarray, stored_as: str | None = None):
     """Training-mode forward (BN on batch statistics, dropout off) in float64.
 
@@ -199,7 +206,7 @@ def train_forward(graph: Graph, weights: dict[str, np.ndarray], x: np.ndarray, s
     computed in float64): the error that storing tensors in float32 alone causes, which no float32 kernel avoids.
     """
     check_input(graph, x)
-    stored = (lambda a: np.asarray(np.asarray(a, stored_as), F)) if stored_as else (lambda a: np.asarray(a, F))
+    stored = _storage(stored_as)
     x = stored(x)
     shapes = graph.shapes_at(*x.shape[2:])
     w = {k: stored(v) for k, v in weights.items()}
@@ -224,7 +231,7 @@ def run(graph: Graph, weights: dict[str, np.ndarray], x: np.ndarray, return_all:
     pads follow the size): the output, or the list of outputs of a graph with ``outputs`` (a feature graph);
     ``return_all`` gives every node's output; ``stored_as`` as in :func:`train_forward`."""
     check_input(graph, x)
-    stored = (lambda a: np.asarray(np.asarray(a, stored_as), F)) if stored_as else (lambda a: np.asarray(a, F))
+    stored = _storage(stored_as)
     x = stored(x)
     shapes = graph.shapes_at(*x.shape[2:])
     w = {k: stored(v) for k, v in weights.items()}
